@@ -1,0 +1,138 @@
+"""Training configs: dataclass schemas, YAML loading, dotlist overrides and validation.
+
+Example:
+    >>> cfg = load_config("polyp_unet_lite0", ["trainer.max_epochs=2", "model.name=unetplusplus"])
+    >>> cfg.model.name
+    'unetplusplus'
+
+A config is a YAML file path or the name of a file shipped in ``colonseg/configs/``. Unknown keys
+and misspelt names fail here, before any data is read.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from colonseg.data.datamodule import DataSource
+from colonseg.errors import ColonsegError
+
+__all__ = ["TrainConfig", "load_config", "save_config", "CONFIG_DIR"]
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    encoder: str = "tf_efficientnet_lite0"
+    classes: int = 1
+    pretrained: bool = True
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    train: list[DataSource] = field(default_factory=list)
+    val: list[DataSource] = field(default_factory=list)
+    image_size: int = 256
+    augment: str = "polyp"
+    batch_size: int = 16
+    num_workers: int = 0
+    cache_dir: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    loss: str = "bce_dice"
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    gamma: float = 0.6
+    step_epochs: int = 5
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    seed: int = 0
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    fast_dev_run: bool = False
+    log_every_n_steps: int = 10
+    logger: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    threshold: float = 0.5
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _resolve_path(config: str | Path) -> Path:
+    path = Path(config)
+    if path.is_file():
+        return path
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    if str(config) in shipped:
+        return CONFIG_DIR / f"{config}.yaml"
+    close = difflib.get_close_matches(str(config), shipped, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ColonsegError(f"{config}: config file not found.{hint} Shipped configs: {', '.join(shipped)}")
+
+
+def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Load a YAML config onto the schema, apply ``key=value`` overrides and validate it."""
+    path = _resolve_path(config)
+    schema = OmegaConf.structured(TrainConfig)
+    try:
+        cfg = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.resolve(cfg)
+    except (ConfigKeyError, ValidationError) as exc:
+        msg = str(exc).splitlines()[0]
+        key = getattr(exc, "key", None)
+        parent = getattr(exc, "parent_node", None)
+        if key is not None and isinstance(parent, DictConfig) and "did you mean" not in msg.lower():
+            close = difflib.get_close_matches(str(key), list(parent.keys()), n=1)
+            if close:
+                msg += f". Did you mean '{close[0]}'?"
+        raise ColonsegError(f"{path}: invalid config: {msg}") from None
+    from colonseg.data.transforms import AUGMENTATIONS
+    from colonseg.losses import LOSSES
+    from colonseg.models import MODELS
+    from colonseg.registry import look_up_option
+
+    try:
+        look_up_option(cfg.model.name, MODELS.names(), "model")
+        look_up_option(cfg.optim.loss, LOSSES.names(), "loss")
+        look_up_option(cfg.data.augment, AUGMENTATIONS.names(), "augmentation")
+        look_up_option(cfg.optim.optimizer, ["adam", "adamw"], "optimizer")
+        look_up_option(cfg.optim.scheduler, ["cosine", "exponential", "none"], "scheduler")
+    except ValueError as exc:
+        raise ColonsegError(f"{path}: {exc}") from None
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    from colonseg.data.io import write_atomic
+
+    text = OmegaConf.to_yaml(cfg)
+    write_atomic(path, lambda tmp: tmp.write_text(text))

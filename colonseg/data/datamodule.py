@@ -1,0 +1,135 @@
+"""Training data: resized arrays in memory → albumentations → normalised tensors.
+
+Example:
+    >>> dm = SegmentationDataModule(train=[DataSource(path=".../kvasir-seg", split="pranet_train")])
+    >>> dm.setup("fit"); batch = next(iter(dm.train_dataloader()))
+    >>> batch["image"].shape, batch["mask"].shape   # (B, 3, S, S), (B, 1, S, S)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from colonseg.data.cache import load_resized_pairs
+from colonseg.data.layouts import find_pairs
+from colonseg.data.transforms import create_augmentation
+
+__all__ = ["ArraySegmentationDataset", "DataSource", "SegmentationDataModule", "normalize"]
+
+
+@dataclass
+class DataSource:
+    """One dataset folder, its layout (``auto`` detects it) and an optional split file or name."""
+
+    path: str
+    split: str | None = None
+    layout: str = "auto"
+
+
+def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(..., H, W, 3) uint8`` → ``(..., 3, H, W) float32`` normalised with ``mean``/``std``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = (x - torch.tensor(mean)) / torch.tensor(std)
+    return x.movedim(-1, -3).contiguous()
+
+
+class ArraySegmentationDataset(Dataset):
+    """Samples ``{"image", "mask", "id"}`` from in-memory arrays, augmented on the fly."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        ids: list[str],
+        mean: Sequence[float],
+        std: Sequence[float],
+        transform: A.Compose | None = None,
+    ) -> None:
+        self.images, self.masks, self.ids = images, masks, ids
+        self.mean, self.std, self.transform = tuple(mean), tuple(std), transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self.images[i], self.masks[i]
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": normalize(image, self.mean, self.std),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
+            "id": self.ids[i],
+        }
+
+
+def _load(sources: Sequence[DataSource], size: int, cache_dir: str | None) -> list[tuple]:
+    loaded = []
+    for s in sources:
+        pairs = find_pairs(s.path, s.layout, s.split)
+        images, masks = load_resized_pairs(pairs, size, cache_dir)
+        loaded.append((Path(s.path).name, images, masks, [p.id for p in pairs]))
+    return loaded
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train on the union of ``train`` sources; validate on each ``val`` source separately."""
+
+    def __init__(
+        self,
+        train: Sequence[DataSource],
+        val: Sequence[DataSource] = (),
+        image_size: int = 256,
+        augment: str = "polyp",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.train_sources, self.val_sources = list(train), list(val)
+        self.image_size, self.augment = image_size, augment
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.mean, self.std, self.cache_dir = tuple(mean), tuple(std), cache_dir
+        self.val_names: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        aug = create_augmentation(self.augment)
+        self.train_set = ConcatDataset(
+            [
+                ArraySegmentationDataset(im, m, ids, self.mean, self.std, aug)
+                for _, im, m, ids in _load(self.train_sources, self.image_size, self.cache_dir)
+            ]
+        )
+        val = _load(self.val_sources, self.image_size, self.cache_dir)
+        self.val_names = [name for name, *_ in val]
+        self.val_sets = [
+            ArraySegmentationDataset(im, m, ids, self.mean, self.std) for _, im, m, ids in val
+        ]
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ds, shuffle=False) for ds in self.val_sets]

@@ -1,0 +1,59 @@
+"""Albumentations pipelines, chosen by name in the config (``data.augment``).
+
+``none``   no augmentation.
+``flips``  horizontal/vertical flips and 90° rotations.
+``polyp``  the reference polyp projects' recipe: flips, rotations, shift/scale/rotate, gamma,
+           brightness/contrast, hue, blur and coarse dropout.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+
+from colonseg.registry import Registry
+
+__all__ = ["AUGMENTATIONS", "create_augmentation"]
+
+AUGMENTATIONS = Registry("augmentation")
+
+
+@AUGMENTATIONS.register("none")
+def _none() -> A.Compose:
+    return A.Compose([])
+
+
+@AUGMENTATIONS.register("flips")
+def _flips() -> A.Compose:
+    return A.Compose([A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90()])
+
+
+@AUGMENTATIONS.register("polyp")
+def _polyp() -> A.Compose:
+    return A.Compose(
+        [
+            A.HorizontalFlip(),
+            A.VerticalFlip(),
+            A.RandomRotate90(),
+            A.Affine(
+                scale=(0.8, 1.25),
+                translate_percent=(-0.1, 0.1),
+                rotate=(-20, 20),
+                border_mode=0,
+                p=0.5,
+            ),
+            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+            A.RandomBrightnessContrast(0.15, 0.15, p=0.3),
+            A.HueSaturationValue(5, 10, 10, p=0.2),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=5)], p=0.15),
+            A.CoarseDropout(
+                num_holes_range=(1, 4),
+                hole_height_range=(0.04, 0.1),
+                hole_width_range=(0.04, 0.1),
+                p=0.15,
+            ),
+        ]
+    )
+
+
+def create_augmentation(name: str) -> A.Compose:
+    return AUGMENTATIONS.create(name)

@@ -1,0 +1,154 @@
+"""One self-describing checkpoint format: ``weights.safetensors`` + ``config.json`` in a folder.
+
+``config.json`` holds everything needed to rebuild and use the model without the training config:
+
+.. code-block:: json
+
+    {"format": "colonseg-checkpoint", "version": 1,
+     "arch": "unet", "init_kwargs": {"encoder": "...", "classes": 1, ...},
+     "preprocessing": {"size": [256, 256], "mean": [...], "std": [...]},
+     "class_names": ["polyp"], "threshold": 0.5, "provenance": {...}, "metrics": {...}}
+
+Example:
+    >>> save_pretrained(model, meta, "runs/x/model")
+    >>> model, meta = load_pretrained("runs/x/model")   # or a zoo name such as "default"
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from colonseg.data.io import write_atomic
+from colonseg.errors import ColonsegError
+
+__all__ = ["ModelMeta", "ZOO_DIR", "list_zoo", "load_pretrained", "resolve_model_path", "save_pretrained"]
+
+ZOO_DIR = Path(__file__).resolve().parents[1] / "weights"
+FORMAT = "colonseg-checkpoint"
+
+
+@dataclass
+class ModelMeta:
+    """What a checkpoint says about its model."""
+
+    arch: str
+    init_kwargs: dict[str, Any]
+    size: tuple[int, int] = (256, 256)
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    class_names: list[str] = field(default_factory=lambda: ["polyp"])
+    threshold: float = 0.5
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        pre = {"size": list(d.pop("size")), "mean": list(d.pop("mean")), "std": list(d.pop("std"))}
+        return {"format": FORMAT, "version": 1, **d, "preprocessing": pre}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], source: Path) -> ModelMeta:
+        if d.get("format") != FORMAT or "arch" not in d or "init_kwargs" not in d:
+            raise ColonsegError(f"{source}: not a colonseg config.json (needs format, arch, init_kwargs)")
+        pre = d.get("preprocessing", {})
+        return cls(
+            arch=d["arch"],
+            init_kwargs=dict(d["init_kwargs"]),
+            size=tuple(pre.get("size", (256, 256))),
+            mean=tuple(pre.get("mean", (0.5, 0.5, 0.5))),
+            std=tuple(pre.get("std", (0.5, 0.5, 0.5))),
+            class_names=list(d.get("class_names", ["polyp"])),
+            threshold=float(d.get("threshold", 0.5)),
+            provenance=dict(d.get("provenance", {})),
+            metrics=dict(d.get("metrics", {})),
+        )
+
+
+def save_pretrained(model: nn.Module, meta: ModelMeta, folder: str | Path, half: bool = False) -> Path:
+    """Write ``weights.safetensors`` (optionally fp16) and ``config.json`` into ``folder``."""
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    write_atomic(folder / "weights.safetensors", lambda tmp: save_file(state, str(tmp)))
+    text = json.dumps(meta.to_json(), indent=2)
+    write_atomic(folder / "config.json", lambda tmp: tmp.write_text(text))
+    return folder
+
+
+def list_zoo() -> list[str]:
+    """Names of the trained checkpoints shipped with the package."""
+    return sorted(p.parent.name for p in ZOO_DIR.glob("*/config.json"))
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A zoo name or a checkpoint folder / ``config.json`` / weight file → the checkpoint folder."""
+    if str(model) in list_zoo():
+        return ZOO_DIR / str(model)
+    path = Path(model)
+    if path.is_file() and path.name == "config.json":
+        return path.parent
+    if path.is_dir() or path.is_file():
+        return path if path.is_dir() else path.parent
+    zoo = ", ".join(list_zoo()) or "none installed"
+    raise ColonsegError(f"{model}: no such checkpoint (not a path, not a zoo model; zoo: {zoo})")
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise ColonsegError(f"{path}: corrupt safetensors file ({exc.__class__.__name__})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ColonsegError(
+            f"{path}: refused or unreadable (only plain tensor checkpoints load; "
+            f"{exc.__class__.__name__})"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj:  # a Lightning checkpoint
+        obj = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+    if not isinstance(obj, dict):
+        raise ColonsegError(f"{path}: expected a state dict of tensors")
+    return obj
+
+
+def load_pretrained(model: str | Path, weights: str | Path | None = None) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild a model from a checkpoint folder or zoo name, in eval mode.
+
+    Args:
+        model: zoo name, checkpoint folder, or its ``config.json``.
+        weights: another weight file (``.safetensors``, ``.pth``, Lightning ``.ckpt``) for the same
+            architecture; ``.pth`` files load with ``torch.load(weights_only=True)``.
+    """
+    from colonseg.models import create_model
+
+    folder = resolve_model_path(model)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ColonsegError(f"{folder}: no config.json beside the weights (arch unknown)")
+    try:
+        meta = ModelMeta.from_json(json.loads(cfg_path.read_text()), cfg_path)
+    except json.JSONDecodeError as exc:
+        raise ColonsegError(f"{cfg_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    net = create_model(meta.arch, **{**meta.init_kwargs, "pretrained": False})
+    wpath = Path(weights) if weights is not None else folder / "weights.safetensors"
+    if not wpath.is_file():
+        raise ColonsegError(f"{wpath}: weight file not found")
+    state = _load_state(wpath)
+    reference = net.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise ColonsegError(f"{wpath}: weights do not fit {meta.arch} ({first[:200]})") from None
+    return net.eval(), meta

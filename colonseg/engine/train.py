@@ -1,0 +1,133 @@
+"""``run_train(cfg)``: one function from a validated config to a run dir with a usable model.
+
+Run dir layout (``<out_dir>/<name>/``): ``config.yaml`` (resolved), ``checkpoints/last.ckpt``
+(resume), ``logs/`` (CSV + TensorBoard), ``curves.png``, ``metrics.json`` and ``model/`` (the
+self-describing checkpoint that ``predict``/``evaluate`` take).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from colonseg.config import save_config
+from colonseg.data.datamodule import DataSource, SegmentationDataModule
+from colonseg.data.io import write_atomic
+from colonseg.engine.checkpoint import ModelMeta, save_pretrained
+from colonseg.methods.supervised import SupervisedModule
+from colonseg.models import create_model
+from colonseg.models.encoders import encoder_normalization
+from colonseg.viz.curves import epoch_table, plot_curves
+
+__all__ = ["run_train"]
+
+
+def _precision(cfg: DictConfig) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    if cfg.trainer.accelerator in ("cpu",) or not torch.cuda.is_available():
+        return "bf16-mixed"  # ~2.5x faster than fp32 for a Lite0 U-Net on this CPU
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def run_train(cfg: DictConfig, resume: bool = False) -> dict:
+    """Train the model the config describes; return ``{"run_dir", "model_dir", "metrics"}``."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"{last}: nothing to resume")
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    mean, std = encoder_normalization(cfg.model.encoder)
+    dm = SegmentationDataModule(
+        train=[DataSource(**s) for s in cfg.data.train],
+        val=[DataSource(**s) for s in cfg.data.val],
+        image_size=cfg.data.image_size,
+        augment=cfg.data.augment,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        mean=mean,
+        std=std,
+        cache_dir=cfg.data.cache_dir,
+    )
+    dm.setup("fit")
+    init_kwargs = {
+        "encoder": cfg.model.encoder,
+        "classes": cfg.model.classes,
+        **OmegaConf.to_container(cfg.model.kwargs),
+    }
+    net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **init_kwargs)
+    module = SupervisedModule(
+        net,
+        loss=cfg.optim.loss,
+        optimizer=cfg.optim.optimizer,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        scheduler=cfg.optim.scheduler,
+        warmup_steps=cfg.optim.warmup_steps,
+        gamma=cfg.optim.gamma,
+        step_epochs=cfg.optim.step_epochs,
+        threshold=cfg.threshold,
+        channels_last=cfg.trainer.channels_last,
+        val_names=dm.val_names,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    loggers = []
+    if cfg.trainer.logger:
+        loggers = [
+            CSVLogger(run_dir, name="logs", version=""),
+            TensorBoardLogger(run_dir, name="logs", version="tb", default_hp_metric=False),
+        ]
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+        precision=_precision(cfg),
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        limit_val_batches=cfg.trainer.limit_val_batches,
+        fast_dev_run=cfg.trainer.fast_dev_run,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    csv_path = run_dir / "logs" / "metrics.csv"
+    if csv_path.is_file():
+        plot_curves(csv_path, run_dir / "curves.png")
+        metrics["history"] = epoch_table(csv_path)
+    meta = ModelMeta(
+        arch=cfg.model.name,
+        init_kwargs=init_kwargs,
+        size=(cfg.data.image_size, cfg.data.image_size),
+        mean=mean,
+        std=std,
+        threshold=cfg.threshold,
+        provenance={
+            "config": cfg.name,
+            "train": [dict(s) for s in cfg.data.train],
+            "epochs": cfg.trainer.max_epochs,
+            "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
+        },
+        metrics={k: v for k, v in metrics.items() if k.startswith("val/")},
+    )
+    model_dir = save_pretrained(module.net, meta, run_dir / "model")
+    text = json.dumps(metrics, indent=2)
+    write_atomic(run_dir / "metrics.json", lambda tmp: tmp.write_text(text))
+    return {"run_dir": run_dir, "model_dir": model_dir, "metrics": metrics}

@@ -1,0 +1,154 @@
+"""LightningModule for fully supervised segmentation (binary masks)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+from torch import nn
+
+from colonseg.losses import create_loss
+
+__all__ = ["SupervisedModule", "batch_confusion"]
+
+
+def batch_confusion(probs: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per-image ``(tp, fp, fn, tn)`` counts, shape ``(B, 4)``, for binary maps ``(B, 1, H, W)``."""
+    pred = probs >= threshold
+    gt = target >= 0.5
+    dims = tuple(range(1, pred.ndim))
+    tp = (pred & gt).sum(dims)
+    fp = (pred & ~gt).sum(dims)
+    fn = (~pred & gt).sum(dims)
+    tn = (~pred & ~gt).sum(dims)
+    return torch.stack([tp, fp, fn, tn], 1).double()
+
+
+def _dice_per_image(c: torch.Tensor) -> torch.Tensor:
+    tp, fp, fn = c[:, 0], c[:, 1], c[:, 2]
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(tp))
+
+
+class SupervisedModule(L.LightningModule):
+    """Trains ``net`` on ``{"image", "mask"}`` batches; logs ``train/loss``, ``val/dice`` etc.
+
+    Example:
+        >>> module = SupervisedModule(create_model("unet"), loss="bce_dice")
+        >>> L.Trainer(max_epochs=1).fit(module, datamodule)
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: str = "bce_dice",
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "cosine",
+        warmup_steps: int = 0,
+        gamma: float = 0.6,
+        step_epochs: int = 5,
+        threshold: float = 0.5,
+        channels_last: bool = True,
+        val_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.criterion = create_loss(loss, classes=1)
+        self._val_counts: dict[int, list[torch.Tensor]] = {}
+        self._train_counts: list[torch.Tensor] = []
+        self._val_loss: list[tuple[float, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def on_fit_start(self) -> None:
+        self._t0 = time.perf_counter() - getattr(self, "_elapsed_before", 0.0)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["elapsed_s"] = time.perf_counter() - getattr(self, "_t0", time.perf_counter())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"]).float()
+        loss = self.criterion(logits, batch["mask"])
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits)
+        )
+        self._train_counts.append(
+            batch_confusion(logits.detach().sigmoid(), batch["mask"], self.hparams.threshold)
+        )
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_counts:
+            self._log_counts("train", torch.cat(self._train_counts))
+        self._train_counts = []
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self(batch["image"]).float()
+        loss = self.criterion(logits, batch["mask"])
+        self._val_loss.append((float(loss) * len(logits), len(logits)))
+        counts = batch_confusion(logits.sigmoid(), batch["mask"], self.hparams.threshold)
+        self._val_counts.setdefault(dataloader_idx, []).append(counts)
+
+    def on_validation_epoch_end(self) -> None:
+        names = self.hparams.val_names or []
+        all_counts = []
+        for idx, parts in sorted(self._val_counts.items()):
+            counts = torch.cat(parts)
+            all_counts.append(counts)
+            if len(self._val_counts) > 1 and idx < len(names):
+                self.log(f"val/dice_{names[idx]}", _dice_per_image(counts).mean().float())
+        if all_counts:
+            self._log_counts("val", torch.cat(all_counts))
+        if hasattr(self, "_t0"):  # wall-clock minutes of training so far, for time-to-Dice curves
+            self.log("time/minutes", (time.perf_counter() - self._t0) / 60.0)
+        if self._val_loss:
+            total, n = map(sum, zip(*self._val_loss, strict=True))
+            self.log("val/loss", total / max(n, 1))
+        self._val_counts, self._val_loss = {}, []
+
+    def _log_counts(self, stage: str, c: torch.Tensor) -> None:
+        tp, fp, fn, tn = c.sum(0)
+        dice = _dice_per_image(c).mean()
+        acc = (tp + tn) / c.sum().clamp(min=1)
+        f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1)  # pooled over the epoch
+        self.log(f"{stage}/dice", dice.float(), prog_bar=stage == "val")
+        self.log(f"{stage}/accuracy", acc.float())
+        self.log(f"{stage}/f1", f1.float())
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            raise ValueError(f"Unknown optimizer '{hp.optimizer}'. Available: adam, adamw.")
+        if hp.scheduler == "none":
+            return opt
+        if hp.scheduler == "exponential":  # the NeoPolyp recipe: ×gamma every step_epochs epochs
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_epochs, gamma=hp.gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if hp.scheduler != "cosine":
+            raise ValueError(f"Unknown scheduler '{hp.scheduler}'. Available: cosine, exponential, none.")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = min(hp.warmup_steps, total - 1)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
