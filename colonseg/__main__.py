@@ -1,0 +1,3 @@
+from colonseg.cli.main import app
+
+app(prog_name="colonseg")

@@ -1,0 +1,172 @@
+"""The ``colonseg`` command line: parse, build a config, call one ``engine.run_*`` function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from colonseg.errors import ColonsegError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Colorectal image segmentation.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Inspect dataset folders.")
+app.add_typer(datasets_app, name="datasets")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _friendly(fn):
+    """Turn user-input errors into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ColonsegError, FileNotFoundError) as exc:
+            _fail(str(exc))
+
+    return wrapper
+
+
+def _predictor(model: str, weights: Path | None, tta: bool, size: int | None, device: str, threshold):
+    from colonseg.engine.predict import Predictor
+
+    return Predictor.from_pretrained(
+        model, weights=weights, tta=tta, size=size, device=device, threshold=threshold
+    )
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or checkpoint folder.")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="Other weights (.safetensors/.pth/.ckpt).")]
+TTAOpt = Annotated[bool, typer.Option("--tta", help="Average in the horizontal-flip prediction.")]
+SizeOpt = Annotated[int | None, typer.Option(help="Override the model's input size.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
+ThresholdOpt = Annotated[float | None, typer.Option(help="Override the model's threshold.")]
+
+
+@app.command()
+@_friendly
+def train(
+    config: Annotated[str, typer.Argument(help="YAML file or shipped config name.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last.ckpt.")] = False,
+) -> None:
+    """Train a model: colonseg train polyp_unet_lite0 trainer.max_epochs=5."""
+    from colonseg.config import load_config
+    from colonseg.engine.train import run_train
+
+    cfg = load_config(config, overrides or [])
+    result = run_train(cfg, resume=resume)
+    val = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith("val/")}
+    typer.echo(f"model: {result['model_dir']}\nval: {json.dumps(val)}")
+
+
+@app.command()
+@_friendly
+def evaluate(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Dataset folder (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    model: ModelOpt = "default",
+    split: Annotated[list[str] | None, typer.Option(help="Split file per --data, in order.")] = None,
+    layout: Annotated[str, typer.Option(help="Layout name for every --data (default: detect).")] = "auto",
+    weights: WeightsOpt = None,
+    tta: TTAOpt = False,
+    size: SizeOpt = None,
+    device: DeviceOpt = "auto",
+    threshold: ThresholdOpt = None,
+) -> None:
+    """Evaluate a model on labelled datasets: per_case.csv, summary.json, table.md, report.html."""
+    from colonseg.engine.evaluate import EvalSource, run_evaluate
+
+    split = split or []
+    if len(split) > len(data):
+        _fail(f"{len(split)} --split values for {len(data)} --data values")
+    sources = [
+        EvalSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
+    ]
+    predictor = _predictor(model, weights, tta, size, device, threshold)
+    summary = run_evaluate(predictor, sources, out, title=f"colonseg evaluate: {model}")
+    typer.echo((out / "table.md").read_text())
+    typer.echo(f"report: {out / 'report.html'}")
+    del summary
+
+
+@app.command()
+@_friendly
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Images and/or folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    model: ModelOpt = "default",
+    weights: WeightsOpt = None,
+    tta: TTAOpt = False,
+    size: SizeOpt = None,
+    device: DeviceOpt = "auto",
+    threshold: ThresholdOpt = None,
+    skip_bad: Annotated[bool, typer.Option(help="Exit 0 even if some files were unreadable.")] = False,
+) -> None:
+    """Segment images: masks/, probs/ and overlays/ (mask + heat map) as PNG."""
+    from colonseg.engine.predict_files import run_predict
+
+    predictor = _predictor(model, weights, tta, size, device, threshold)
+    result = run_predict(predictor, list(inputs), out)
+    typer.echo(f"{len(result['written'])} images → {out}")
+    for path, message in result["failed"]:
+        typer.echo(f"skipped: {message}", err=True)
+    if result["failed"] and not skip_bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),
+    model: ModelOpt = "default",
+) -> None:
+    """Run the shipped model on the bundled sample frames (no data or network needed)."""
+    from colonseg.engine.demo import run_demo
+
+    result = run_demo(out, model)
+    typer.echo((out / "table.md").read_text())
+    typer.echo(f"{result['n_images']} frames → {out}/overlays, report: {out / 'report.html'}")
+
+
+@app.command()
+def models() -> None:
+    """List the trained checkpoints shipped in the zoo, with their metrics."""
+    from colonseg.engine.checkpoint import ZOO_DIR, list_zoo
+
+    for name in list_zoo():
+        cfg = json.loads((ZOO_DIR / name / "config.json").read_text())
+        kw = cfg["init_kwargs"]
+        metrics = " ".join(f"{k}={v:.3f}" for k, v in cfg.get("metrics", {}).items())
+        typer.echo(f"{name}\t{cfg['arch']}/{kw.get('encoder', '?')}\t{metrics}")
+
+
+@datasets_app.command("check")
+@_friendly
+def datasets_check(
+    path: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    layout: Annotated[str, typer.Option(help="Layout name (default: detect).")] = "auto",
+    split: Annotated[str | None, typer.Option(help="Split file or name.")] = None,
+) -> None:
+    """Report the layout found, the number of pairs and every problem (exit 1 if any)."""
+    from colonseg.data.check import run_check
+
+    report = run_check(path, layout, split)
+    typer.echo(f"{path}: layout {report['layout']}, {report['n_pairs']} pairs")
+    for problem in report["problems"]:
+        typer.echo(f"problem: {problem}")
+    if report["problems"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m colonseg`
+    app(prog_name="colonseg")
+    sys.exit(0)

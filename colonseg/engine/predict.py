@@ -1,0 +1,109 @@
+"""``Predictor``: the one place that turns images into probabilities and masks.
+
+Every consumer of a trained model (``predict``, ``evaluate``, the demo, the app, export) goes
+through it; nothing else resizes, normalises or thresholds images for inference.
+
+Example:
+    >>> predictor = Predictor.from_pretrained("default")
+    >>> out = predictor.predict(read_image("frame.jpg"))
+    >>> out.prob.shape, out.mask.max()           # (H, W) float32 in [0, 1], uint8 {0, 1}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from colonseg.data.datamodule import normalize
+from colonseg.engine.checkpoint import ModelMeta, load_pretrained
+
+__all__ = ["Prediction", "Predictor"]
+
+
+@dataclass
+class Prediction:
+    """Probability map ``prob (H, W) float32`` and binary ``mask (H, W) uint8`` at image size."""
+
+    prob: np.ndarray
+    mask: np.ndarray
+
+
+class Predictor:
+    """Resize → normalise → model → sigmoid (→ flip TTA) → resize back → threshold.
+
+    Args:
+        model: a network returning logits ``(B, 1, H, W)``.
+        meta: its checkpoint metadata (input size, mean/std, threshold).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        tta: average the horizontal-flip prediction in.
+        threshold: overrides the checkpoint's threshold.
+        size: overrides the checkpoint's input size (square side in pixels).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; faster on recent CPUs).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: ModelMeta,
+        device: str = "auto",
+        tta: bool = False,
+        threshold: float | None = None,
+        size: int | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"Unknown precision '{precision}'. Available: bf16, fp32.")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.meta = meta
+        self.tta = tta
+        self.threshold = meta.threshold if threshold is None else float(threshold)
+        self.size = (size, size) if size else tuple(meta.size)
+        self.precision = precision
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | Path = "default", weights: str | Path | None = None, **kwargs
+    ) -> Predictor:
+        """Load a zoo name or checkpoint folder (see :func:`load_pretrained`)."""
+        net, meta = load_pretrained(model, weights)
+        return cls(net, meta, **kwargs)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """RGB uint8 images of any sizes → normalised ``(B, 3, S, S)`` tensor."""
+        h, w = self.size
+        batch = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
+        return normalize(batch, self.meta.mean, self.meta.std)
+
+    @torch.inference_mode()
+    def predict_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(B, 3, S, S)`` → probabilities ``(B, 1, S, S)`` at model resolution."""
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            prob = self.model(x).float().sigmoid()
+            if self.tta:
+                prob = 0.5 * (prob + self.model(x.flip(-1)).float().sigmoid().flip(-1))
+        return prob
+
+    def postprocess(self, prob: np.ndarray, shape: tuple[int, int]) -> Prediction:
+        """A model-resolution map ``(S, S)`` → :class:`Prediction` at ``shape`` (H, W)."""
+        full = cv2.resize(prob, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        full = np.clip(full, 0.0, 1.0).astype(np.float32)
+        return Prediction(prob=full, mask=(full >= self.threshold).astype(np.uint8))
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predict several RGB uint8 images (any sizes) in one forward pass."""
+        probs = self.predict_torch(self.preprocess(images))[:, 0].cpu().numpy()
+        return [self.postprocess(p, im.shape[:2]) for p, im in zip(probs, images, strict=True)]
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Predict one RGB uint8 image ``(H, W, 3)``."""
+        return self.predict_batch([image])[0]

@@ -1,0 +1,47 @@
+"""Pictures for people: mask overlays, heat maps and prediction-vs-truth comparisons."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["contours", "heatmap", "overlay", "compare", "thumbnail"]
+
+GREEN, RED, YELLOW = (0, 220, 0), (255, 40, 40), (255, 220, 0)
+
+
+def contours(image: np.ndarray, mask: np.ndarray, color=YELLOW, thickness: int | None = None):
+    """Draw the outline of ``mask`` on a copy of ``image``."""
+    out = image.copy()
+    t = thickness or max(1, round(max(image.shape[:2]) / 250))
+    found, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, found, -1, color, t)
+    return out
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=YELLOW, alpha: float = 0.35) -> np.ndarray:
+    """Tint the mask area and outline it."""
+    out = image.astype(np.float32)
+    m = mask.astype(bool)
+    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, np.float32)
+    return contours(out.clip(0, 255).astype(np.uint8), mask, color)
+
+
+def heatmap(image: np.ndarray, prob: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a JET-coloured probability map over the image."""
+    colored = cv2.applyColorMap((np.clip(prob, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 1 - alpha, colored, alpha, 0)
+
+
+def compare(image: np.ndarray, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Ground truth outlined in green, prediction tinted and outlined in red."""
+    return contours(overlay(image, pred, RED, 0.3), target, GREEN)
+
+
+def thumbnail(image: np.ndarray, max_side: int = 320) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)

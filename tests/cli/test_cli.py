@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from colonseg.cli.main import app
+
+runner = CliRunner()
+
+
+def test_demo_runs_the_shipped_model(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["samples"]["n"] == 16
+    assert summary["samples"]["dice"] > 0.7  # a trained model, not noise
+    assert len(list((tmp_path / "demo" / "overlays").glob("*.png"))) == 16
+    assert (tmp_path / "demo" / "report.html").is_file()
+
+
+def test_models_lists_the_zoo():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0].startswith("default\tunet/tf_efficientnet_lite0")
+
+
+def test_datasets_check(tiny_dataset_dir):
+    result = runner.invoke(app, ["datasets", "check", str(tiny_dataset_dir)])
+    assert result.exit_code == 0 and "layout folder, 8 pairs" in result.output
+    (tiny_dataset_dir / "masks" / "case_2.png").write_bytes(b"")
+    result = runner.invoke(app, ["datasets", "check", str(tiny_dataset_dir)])
+    assert result.exit_code == 1 and "case_2.png: file is empty" in result.output
+
+
+def test_user_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["train", "polyp_unet_lite0", "trainer.max_epoch=1"])
+    assert result.exit_code == 2
+    assert "Did you mean: 'max_epochs'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["predict", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such file or folder" in result.output
+    result = runner.invoke(app, ["evaluate", "--model", "nosuch", "--data", str(tmp_path), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "no such checkpoint" in result.output
+
+
+def test_predict_cli_exit_codes(tmp_path, tiny_dataset_dir):
+    (tiny_dataset_dir / "images" / "bad.jpg").write_bytes(b"nope")
+    args = ["predict", str(tiny_dataset_dir / "images"), "--out", str(tmp_path / "p")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "bad.jpg" in result.output
+    assert len(list((tmp_path / "p" / "masks").glob("*.png"))) == 8
+    assert runner.invoke(app, [*args, "--skip-bad"]).exit_code == 0

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import colonseg.data.cache as cache
+from colonseg.data.datamodule import DataSource, SegmentationDataModule
+from colonseg.data.io import write_png
+from colonseg.data.layouts import find_pairs
+from colonseg.errors import ColonsegError
+
+
+def test_cache_decodes_once(tiny_dataset_dir, tmp_path, monkeypatch):
+    pairs = find_pairs(tiny_dataset_dir)
+    images, masks = cache.load_resized_pairs(pairs, 32, tmp_path)
+    assert images.shape == (8, 32, 32, 3) and masks.shape == (8, 32, 32)
+    assert set(np.unique(masks)) == {0, 1}
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(cache, "read_image", no_decode)
+    images2, _ = cache.load_resized_pairs(pairs, 32, tmp_path)
+    np.testing.assert_array_equal(images, images2)
+
+
+def test_size_mismatch_names_the_mask(tiny_dataset_dir, tmp_path):
+    write_png(tiny_dataset_dir / "masks" / "case_3.png", np.zeros((10, 10), np.uint8))
+    with pytest.raises(ColonsegError, match=r"case_3\.png: mask size 10x10 differs"):
+        cache.load_resized_pairs(find_pairs(tiny_dataset_dir), 32, tmp_path)
+
+
+def test_datamodule_batches(tiny_dataset_dir):
+    dm = SegmentationDataModule([DataSource(str(tiny_dataset_dir))], [DataSource(str(tiny_dataset_dir))],
+                                image_size=32, batch_size=4, augment="polyp")
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["mask"].shape == (4, 1, 32, 32)
+    assert -1.01 <= batch["image"].min() and batch["image"].max() <= 1.01  # mean = std = 0.5
+    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from colonseg.data.io import read_mask, write_png
+from colonseg.engine.checkpoint import ModelMeta
+from colonseg.engine.evaluate import SUMMARY_KEYS, EvalSource, run_evaluate
+from colonseg.engine.predict import Predictor
+from colonseg.engine.predict_files import run_predict
+from colonseg.models import create_model
+
+
+@pytest.fixture
+def predictor():
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    return Predictor(net, ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64)), device="cpu")
+
+
+def test_predictor_returns_original_size(predictor):
+    image = np.zeros((37, 51, 3), np.uint8)
+    out = predictor.predict(image)
+    assert out.prob.shape == (37, 51) and out.mask.shape == (37, 51)
+    assert out.prob.dtype == np.float32 and 0 <= out.prob.min() <= out.prob.max() <= 1
+    np.testing.assert_array_equal(out.mask, out.prob >= predictor.threshold)
+    tta = Predictor(predictor.model, predictor.meta, device="cpu", tta=True).predict(image)
+    assert tta.prob.shape == (37, 51)
+
+
+def test_run_predict_writes_outputs_and_skips_bad_files(predictor, tiny_dataset_dir, tmp_path):
+    (tiny_dataset_dir / "images" / "broken.png").write_bytes(b"junk")
+    result = run_predict(predictor, [tiny_dataset_dir / "images"], tmp_path / "out", progress=False)
+    assert len(result["written"]) == 8
+    assert len(result["failed"]) == 1 and "broken.png" in result["failed"][0][1]
+    mask = read_mask(tmp_path / "out" / "masks" / "case_0.png")
+    assert mask.shape == (64, 64)
+    assert (tmp_path / "out" / "overlays" / "case_0.png").is_file()
+    assert (tmp_path / "out" / "probs" / "case_0.png").is_file()
+
+
+def test_evaluate_writes_the_four_files(predictor, tiny_dataset_dir, tmp_path):
+    summary = run_evaluate(predictor, [EvalSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False)
+    saved = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert saved == summary
+    stats = saved["tiny"]
+    assert stats["n"] == 8 and set(SUMMARY_KEYS) <= set(stats)
+    assert all(0 <= stats[k] <= 1 for k in SUMMARY_KEYS if k != "hd95")
+    lines = (tmp_path / "ev" / "per_case.csv").read_text().splitlines()
+    assert len(lines) == 9 and lines[0].startswith("dataset,id,dice")
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 3 and "Worst cases" in html
+    assert "| tiny | 8 |" in (tmp_path / "ev" / "table.md").read_text()
+
+
+def test_perfect_predictor_scores_one(tiny_dataset_dir, tmp_path):
+    class Oracle(Predictor):
+        def predict(self, image):
+            from colonseg.engine.predict import Prediction
+
+            mask = (image[..., 1] > 130).astype(np.uint8)  # discs are brighter (synthetic data)
+            return Prediction(mask.astype(np.float32), mask)
+
+    oracle = Oracle(create_model("unet", encoder="test_efficientnet", pretrained=False),
+                    ModelMeta("unet", {}), device="cpu")
+    for i in range(8):  # make ground truth exactly what the oracle sees
+        from colonseg.data.io import read_image
+
+        image = read_image(tiny_dataset_dir / "images" / f"case_{i}.png")
+        write_png(tiny_dataset_dir / "masks" / f"case_{i}.png", (image[..., 1] > 130).astype(np.uint8) * 255)
+    stats = run_evaluate(oracle, [EvalSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False)["tiny"]
+    assert stats["dice"] == pytest.approx(1.0) and stats["iou"] == pytest.approx(1.0)
+    assert stats["mae"] == pytest.approx(0.0) and stats["hd95"] == pytest.approx(0.0)

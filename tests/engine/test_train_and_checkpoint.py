@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from colonseg.engine.checkpoint import load_pretrained, save_pretrained
+from colonseg.engine.train import run_train
+from colonseg.errors import ColonsegError
+
+
+def test_two_step_training_writes_a_usable_run(tiny_cfg):
+    result = run_train(tiny_cfg)
+    run = result["run_dir"]
+    for name in ("config.yaml", "curves.png", "metrics.json", "checkpoints/last.ckpt",
+                 "model/weights.safetensors", "model/config.json", "logs/metrics.csv"):
+        assert (run / name).is_file(), name
+    assert 0.0 <= result["metrics"]["val/dice"] <= 1.0
+    cfg = json.loads((run / "model" / "config.json").read_text())
+    assert cfg["arch"] == "unet" and cfg["preprocessing"]["size"] == [64, 64]
+
+    net, meta = load_pretrained(run / "model")
+    x = torch.rand(1, 3, 64, 64)
+    lightning = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    net2, _ = load_pretrained(run / "model", weights=run / "checkpoints" / "last.ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net2(x))
+    assert lightning["epoch"] == 1 and lightning["global_step"] == 2
+
+
+def test_resume_continues_from_last_checkpoint(tiny_cfg):
+    run_train(tiny_cfg)
+    tiny_cfg.trainer.max_epochs = 2
+    result = run_train(tiny_cfg, resume=True)
+    ckpt = torch.load(result["run_dir"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 4
+
+
+def test_save_load_roundtrip_identical(tmp_path):
+    from colonseg.engine.checkpoint import ModelMeta
+    from colonseg.models import create_model
+
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False).eval()
+    meta = ModelMeta(arch="unet", init_kwargs={"encoder": "test_efficientnet", "classes": 1})
+    save_pretrained(net, meta, tmp_path / "m")
+    loaded, meta2 = load_pretrained(tmp_path / "m")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), loaded(x))
+    assert meta2 == meta
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    from colonseg.engine.checkpoint import ModelMeta
+    from colonseg.models import create_model
+
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    save_pretrained(net, ModelMeta("unet", {"encoder": "test_efficientnet"}), tmp_path / "m")
+    (tmp_path / "m" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ColonsegError, match="corrupt safetensors"):
+        load_pretrained(tmp_path / "m")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ColonsegError, match="refused or unreadable"):
+        load_pretrained(tmp_path / "m", weights=tmp_path / "evil.pth")
+    with pytest.raises(ColonsegError, match="no such checkpoint"):
+        load_pretrained(tmp_path / "nothing")

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from colonseg.losses import LOSSES, create_loss
+
+BIG = 20.0  # logits that make sigmoid ~ 0 or 1
+
+
+@pytest.mark.parametrize(
+    "logits, target, expected",
+    [
+        ([BIG, BIG, -BIG, -BIG], [1, 1, 0, 0], 0.0),  # perfect
+        ([BIG, BIG, BIG, BIG], [1, 1, 0, 0], 1 - 2 * 2 / (4 + 2)),  # 2 FP: 1 - 4/6
+        ([-BIG, -BIG, -BIG, -BIG], [1, 1, 0, 0], 1.0),  # all missed
+    ],
+)
+def test_dice_hand_computed(logits, target, expected):
+    pred = torch.tensor(logits).view(1, 1, 2, 2)
+    gt = torch.tensor(target, dtype=torch.float32).view(1, 1, 2, 2)
+    assert create_loss("dice")(pred, gt).item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_bce_dice_is_sum():
+    pred = torch.tensor([0.3, -1.0, 2.0, 0.0]).view(1, 1, 2, 2)
+    gt = torch.tensor([1.0, 0, 1, 0]).view(1, 1, 2, 2)
+    total = create_loss("bce_dice")(pred, gt)
+    assert total.item() == pytest.approx((create_loss("bce")(pred, gt) + create_loss("dice")(pred, gt)).item())
+
+
+def test_ce_dice_multiclass():
+    pred = torch.full((1, 3, 2, 2), -BIG)
+    target = torch.tensor([[0, 1], [2, 1]]).view(1, 1, 2, 2)
+    pred.scatter_(1, target.long(), BIG)
+    assert create_loss("ce_dice", classes=3)(pred, target).item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_unknown_loss():
+    with pytest.raises(ValueError, match="Did you mean 'bce_dice'"):
+        create_loss("bce_dic")
+    assert LOSSES.names() == ["bce", "bce_dice", "ce_dice", "dice"]

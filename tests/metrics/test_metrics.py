@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import py_sod_metrics as sodm
+import pytest
+
+from colonseg.metrics import SODMeter, binary_metrics, hd95, mean_dice_256
+
+P = np.array([[1, 1], [0, 0]])
+T = np.array([[1, 0], [1, 0]])
+
+
+def test_hand_computed():
+    m = binary_metrics(P, T)  # tp=1 fp=1 fn=1 tn=1
+    assert m["dice"] == pytest.approx(0.5)
+    assert m["iou"] == pytest.approx(1 / 3)
+    assert m["precision"] == m["recall"] == m["accuracy"] == m["specificity"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "pred, target, dice, precision, recall",
+    [
+        (np.zeros((2, 2)), np.zeros((2, 2)), 1.0, 1.0, 1.0),  # empty & empty: perfect
+        (np.eye(2), np.zeros((2, 2)), 0.0, 0.0, 0.0),  # false positive on an empty image
+        (np.zeros((2, 2)), np.eye(2), 0.0, 0.0, 0.0),  # everything missed
+        (np.ones((2, 2)), np.ones((2, 2)), 1.0, 1.0, 1.0),  # all foreground
+    ],
+)
+def test_empty_mask_rule(pred, target, dice, precision, recall):
+    m = binary_metrics(pred, target)
+    assert (m["dice"], m["precision"], m["recall"]) == (dice, precision, recall)
+    assert m["iou"] == dice
+
+
+def test_mean_dice_256_matches_brute_force():
+    rng = np.random.default_rng(0)
+    prob = rng.random((16, 16))
+    target = rng.random((16, 16)) > 0.6
+    q = np.round(prob * 255)
+    brute = np.mean([binary_metrics(q >= t, target)["dice"] for t in range(256)])
+    assert mean_dice_256(prob, target) == pytest.approx(brute)
+
+
+def test_hd95():
+    a = np.zeros((20, 20), bool)
+    a[5:10, 5:10] = True
+    b = np.roll(a, 3, axis=1)
+    assert hd95(a, a) == 0.0
+    assert hd95(a, b) == pytest.approx(3.0)
+    assert hd95(np.zeros_like(a), np.zeros_like(a)) == 0.0
+    assert math.isnan(hd95(a, np.zeros_like(a)))
+
+
+def test_sod_metrics_equal_pysodmetrics():
+    rng = np.random.default_rng(1)
+    meter = SODMeter()
+    refs = [sodm.Smeasure(), sodm.Emeasure(), sodm.WeightedFmeasure(), sodm.MAE()]
+    for i in range(3):
+        prob = rng.random((24, 30))
+        target = np.zeros((24, 30), np.uint8)
+        target[4 + i : 14, 6:20] = 1
+        meter.update(prob, target)
+        pred = np.round(prob * 255).astype(np.uint8)
+        for r in refs:
+            r.step(pred=pred, gt=target * 255)
+    got = meter.compute()
+    assert got["s_measure"] == pytest.approx(refs[0].get_results()["sm"])
+    curve = refs[1].get_results()["em"]["curve"]
+    assert got["e_measure_mean"] == pytest.approx(curve.mean())
+    assert got["e_measure_max"] == pytest.approx(curve.max())
+    assert got["wfm"] == pytest.approx(refs[2].get_results()["wfm"])
+    assert got["mae"] == pytest.approx(refs[3].get_results()["mae"])

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from colonseg.config import CONFIG_DIR, load_config
+from colonseg.data.io import read_image, read_mask
+from colonseg.data.layouts import detect_layout, find_pairs
+from colonseg.errors import ColonsegError
+from tests.conftest import shared_dataset
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.data.train and cfg.model.name
+
+
+def test_config_errors():
+    with pytest.raises(ColonsegError, match="Did you mean 'unet'"):
+        load_config("polyp_unet_lite0", ["model.name=unte"])
+    with pytest.raises(ColonsegError, match="Did you mean 'polyp_unet_lite0'"):
+        load_config("polyp_unet_lite")
+
+
+@pytest.mark.parametrize(
+    "name, layout, split, n",
+    [
+        ("kvasir-seg", "kvasir_seg", "pranet_test", 100),
+        ("cvc-clinicdb", "folder", "pranet_test", 62),
+        ("bkai-neopolyp", "bkai", "test", 200),
+        ("glas", "glas", None, 165),
+    ],
+)
+def test_shared_datasets_read(name, layout, split, n):
+    root = shared_dataset(name)
+    assert detect_layout(root) == layout
+    pairs = find_pairs(root, split=split)
+    assert len(pairs) == n
+    image, mask = read_image(pairs[0].image), read_mask(pairs[0].mask)
+    assert image.shape[:2] == mask.shape and image.shape[2] == 3 and mask.max() == 1
