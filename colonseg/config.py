@@ -96,7 +96,9 @@ def _resolve_path(config: str | Path) -> Path:
         return CONFIG_DIR / f"{config}.yaml"
     close = difflib.get_close_matches(str(config), shipped, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ColonsegError(f"{config}: config file not found.{hint} Shipped configs: {', '.join(shipped)}")
+    raise ColonsegError(
+        f"{config}: config file not found.{hint} Shipped configs: {', '.join(shipped)}"
+    )
 
 
 def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

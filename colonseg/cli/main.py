@@ -35,7 +35,9 @@ def _friendly(fn):
     return wrapper
 
 
-def _predictor(model: str, weights: Path | None, tta: bool, size: int | None, device: str, threshold):
+def _predictor(
+    model: str, weights: Path | None, tta: bool, size: int | None, device: str, threshold
+):
     from colonseg.engine.predict import Predictor
 
     return Predictor.from_pretrained(
@@ -74,8 +76,12 @@ def evaluate(
     data: Annotated[list[str], typer.Option("--data", "-d", help="Dataset folder (repeatable).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     model: ModelOpt = "default",
-    split: Annotated[list[str] | None, typer.Option(help="Split file per --data, in order.")] = None,
-    layout: Annotated[str, typer.Option(help="Layout name for every --data (default: detect).")] = "auto",
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split file per --data, in order.")
+    ] = None,
+    layout: Annotated[
+        str, typer.Option(help="Layout name for every --data (default: detect).")
+    ] = "auto",
     weights: WeightsOpt = None,
     tta: TTAOpt = False,
     size: SizeOpt = None,
@@ -109,7 +115,9 @@ def predict(
     size: SizeOpt = None,
     device: DeviceOpt = "auto",
     threshold: ThresholdOpt = None,
-    skip_bad: Annotated[bool, typer.Option(help="Exit 0 even if some files were unreadable.")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Exit 0 even if some files were unreadable.")
+    ] = False,
 ) -> None:
     """Segment images: masks/, probs/ and overlays/ (mask + heat map) as PNG."""
     from colonseg.engine.predict_files import run_predict
@@ -117,7 +125,7 @@ def predict(
     predictor = _predictor(model, weights, tta, size, device, threshold)
     result = run_predict(predictor, list(inputs), out)
     typer.echo(f"{len(result['written'])} images → {out}")
-    for path, message in result["failed"]:
+    for _, message in result["failed"]:
         typer.echo(f"skipped: {message}", err=True)
     if result["failed"] and not skip_bad:
         raise typer.Exit(1)

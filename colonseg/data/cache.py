@@ -62,7 +62,8 @@ def load_resized_pairs(
     """Return ``images (N, S, S, 3) uint8`` and ``masks (N, S, S) uint8``, decoding at most once.
 
     The cache key covers every file's path, size and modification time and the target size, so a
-    changed file is re-decoded. ``cache_dir=None`` uses ``$COLONSEG_CACHE`` or ``~/.cache/colonseg``.
+    changed file is re-decoded. ``cache_dir=None`` uses ``$COLONSEG_CACHE`` or
+    ``~/.cache/colonseg``.
     """
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"pairs_{_key(pairs, size)}.npz"

@@ -1,7 +1,8 @@
 """Reading images and masks robustly, and writing outputs atomically.
 
 Every reader returns plain numpy arrays (images ``(H, W, 3) uint8`` RGB, masks ``(H, W) uint8``
-in {0, 1}) or raises :class:`~colonseg.errors.ColonsegError` with a one-line message naming the file.
+in {0, 1}) or raise :class:`~colonseg.errors.ColonsegError` with a one-line message naming
+the file.
 """
 
 from __future__ import annotations
@@ -87,22 +88,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def binarize_mask(arr: np.ndarray) -> np.ndarray:
-    """Binarise a decoded mask: 0/1 masks stay as they are, others threshold at 128.
+def binarize_mask(arr: np.ndarray, label_map: bool = False) -> np.ndarray:
+    """Binarise a decoded mask: threshold at 128, or nonzero for 0/1 masks and label maps.
 
     Colour masks count a pixel as foreground when any channel is >= 128 (so BKAI's red and green
-    polyps are both foreground).
+    polyps are both foreground). ``label_map=True`` (lossless single-channel files whose values
+    stay below 128, e.g. GlaS instance labels 0..k) makes every nonzero pixel foreground.
     """
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2)
-    if arr.max() <= 1:
-        return arr.astype(np.uint8)
+    if arr.max() <= 1 or (label_map and arr.max() < 128):
+        return (arr > 0).astype(np.uint8)
     return (arr >= 128).astype(np.uint8)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask as ``(H, W) uint8`` in {0, 1}."""
-    return binarize_mask(_decode(Path(path)))
+    """Read a mask as ``(H, W) uint8`` in {0, 1} (see :func:`binarize_mask` for the rule)."""
+    path = Path(path)
+    arr = _decode(path)
+    lossless = path.suffix.lower() not in (".jpg", ".jpeg")
+    return binarize_mask(arr, label_map=lossless and arr.ndim == 2)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -159,13 +159,15 @@ def detect_layout(root: str | Path) -> str:
 
 
 def read_split(root: Path, split: str | Path) -> list[str]:
-    """Read a split file (one stem per line). ``split`` is a path or a name under ``root/splits``."""
+    """Read a split file (one stem per line): a path, or a name under ``root/splits``."""
     path = Path(split)
     candidates = [path, root / path, root / "splits" / path, root / "splits" / f"{split}.txt"]
     for c in candidates:
         if c.is_file():
             stems = [ln.strip() for ln in c.read_text().splitlines() if ln.strip()]
-            return [Path(s).stem if Path(s).suffix.lower() in IMAGE_EXTENSIONS else s for s in stems]
+            return [
+                Path(s).stem if Path(s).suffix.lower() in IMAGE_EXTENSIONS else s for s in stems
+            ]
     raise ColonsegError(f"{split}: split file not found (looked in {root}/splits)")
 
 
@@ -189,7 +191,9 @@ def find_pairs(
         stems = read_split(root, split)
         missing = [s for s in stems if s not in by_id]
         if missing:
-            raise ColonsegError(f"{split}: {len(missing)} stems have no image in {root}: {missing[:3]}")
+            raise ColonsegError(
+                f"{split}: {len(missing)} stems have no image in {root}: {missing[:3]}"
+            )
         pairs = [by_id[s] for s in stems]
     if not pairs:
         raise ColonsegError(f"{root}: no images found ({name} layout)")

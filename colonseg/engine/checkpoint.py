@@ -28,7 +28,14 @@ from torch import nn
 from colonseg.data.io import write_atomic
 from colonseg.errors import ColonsegError
 
-__all__ = ["ModelMeta", "ZOO_DIR", "list_zoo", "load_pretrained", "resolve_model_path", "save_pretrained"]
+__all__ = [
+    "ModelMeta",
+    "ZOO_DIR",
+    "list_zoo",
+    "load_pretrained",
+    "resolve_model_path",
+    "save_pretrained",
+]
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "weights"
 FORMAT = "colonseg-checkpoint"
@@ -56,7 +63,9 @@ class ModelMeta:
     @classmethod
     def from_json(cls, d: dict[str, Any], source: Path) -> ModelMeta:
         if d.get("format") != FORMAT or "arch" not in d or "init_kwargs" not in d:
-            raise ColonsegError(f"{source}: not a colonseg config.json (needs format, arch, init_kwargs)")
+            raise ColonsegError(
+                f"{source}: not a colonseg config.json (needs format, arch, init_kwargs)"
+            )
         pre = d.get("preprocessing", {})
         return cls(
             arch=d["arch"],
@@ -71,7 +80,9 @@ class ModelMeta:
         )
 
 
-def save_pretrained(model: nn.Module, meta: ModelMeta, folder: str | Path, half: bool = False) -> Path:
+def save_pretrained(
+    model: nn.Module, meta: ModelMeta, folder: str | Path, half: bool = False
+) -> Path:
     """Write ``weights.safetensors`` (optionally fp16) and ``config.json`` into ``folder``."""
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -106,7 +117,9 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:
-            raise ColonsegError(f"{path}: corrupt safetensors file ({exc.__class__.__name__})") from None
+            raise ColonsegError(
+                f"{path}: corrupt safetensors file ({exc.__class__.__name__})"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -121,7 +134,9 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_pretrained(model: str | Path, weights: str | Path | None = None) -> tuple[nn.Module, ModelMeta]:
+def load_pretrained(
+    model: str | Path, weights: str | Path | None = None
+) -> tuple[nn.Module, ModelMeta]:
     """Rebuild a model from a checkpoint folder or zoo name, in eval mode.
 
     Args:

@@ -13,7 +13,9 @@ __all__ = ["SAMPLES_DIR", "run_demo"]
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 
 
-def run_demo(out_dir: str | Path = "demo_out", model: str = "default", progress: bool = True) -> dict:
+def run_demo(
+    out_dir: str | Path = "demo_out", model: str = "default", progress: bool = True
+) -> dict:
     """Segment the bundled frames; write overlays/masks and evaluate against their masks."""
     predictor = Predictor.from_pretrained(model)
     out_dir = Path(out_dir)

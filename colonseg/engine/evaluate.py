@@ -121,7 +121,9 @@ def run_evaluate(
     writer.writeheader()
     for name, rows in cases.items():
         for r in rows:
-            writer.writerow({"dataset": name, "id": r["id"], **{k: f"{r[k]:.6f}" for k in _CASE_KEYS}})
+            writer.writerow(
+                {"dataset": name, "id": r["id"], **{k: f"{r[k]:.6f}" for k in _CASE_KEYS}}
+            )
     write_atomic(out_dir / "per_case.csv", lambda tmp: tmp.write_text(buf.getvalue()))
     text = json.dumps(summary, indent=2)
     write_atomic(out_dir / "summary.json", lambda tmp: tmp.write_text(text))

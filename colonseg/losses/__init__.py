@@ -35,7 +35,9 @@ class ComboLoss(nn.Module):
         self.weights = list(weights)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(w * loss(pred, target) for w, loss in zip(self.weights, self.losses, strict=True))
+        return sum(
+            w * loss(pred, target) for w, loss in zip(self.weights, self.losses, strict=True)
+        )
 
 
 class _CrossEntropy(nn.CrossEntropyLoss):

@@ -53,11 +53,15 @@ def _map_by_order(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) ->
     src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
     dst_keys = [k for k in dst if not k.endswith("num_batches_tracked")]
     if len(src_items) != len(dst_keys):
-        raise ColonsegError(f"weight file has {len(src_items)} tensors, model needs {len(dst_keys)}")
+        raise ColonsegError(
+            f"weight file has {len(src_items)} tensors, model needs {len(dst_keys)}"
+        )
     out = {}
     for (sk, sv), dk in zip(src_items, dst_keys, strict=True):
         if tuple(sv.shape) != tuple(dst[dk].shape):
-            raise ColonsegError(f"tensor {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dst[dk].shape)}")
+            raise ColonsegError(
+                f"tensor {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dst[dk].shape)}"
+            )
         out[dk] = sv
     return out
 
@@ -74,7 +78,7 @@ def load_encoder_state_dict(encoder: str, weights: str | Path | None = None) -> 
         if encoder not in OFFLINE_ENCODERS:
             raise ColonsegError(
                 f"no offline ImageNet weights for encoder '{encoder}': use one of "
-                f"{', '.join(OFFLINE_ENCODERS)}, pass pretrained=False, or give encoder_weights=PATH"
+                f"{', '.join(OFFLINE_ENCODERS)}, pass pretrained=False or encoder_weights=PATH"
             )
         weights = _package_weights(encoder)
     weights = Path(weights)
@@ -86,7 +90,9 @@ def load_encoder_state_dict(encoder: str, weights: str | Path | None = None) -> 
         try:
             src = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ColonsegError(f"{weights}: not a loadable tensor file ({exc.__class__.__name__})") from None
+            raise ColonsegError(
+                f"{weights}: not a loadable tensor file ({exc.__class__.__name__})"
+            ) from None
         src = src.get("state_dict", src.get("model", src)) if isinstance(src, dict) else src
     dst = timm.create_model(encoder, pretrained=False).state_dict()
     if set(dst) - {k for k in dst if k.endswith("num_batches_tracked")} <= set(src):

@@ -30,7 +30,12 @@ def create_model(
         ValueError: unknown name (with a did-you-mean hint and the list of choices).
     """
     return MODELS.create(
-        name, encoder=encoder, in_channels=in_channels, classes=classes, pretrained=pretrained, **kwargs
+        name,
+        encoder=encoder,
+        in_channels=in_channels,
+        classes=classes,
+        pretrained=pretrained,
+        **kwargs,
     )
 
 

@@ -37,7 +37,9 @@ def _create_smp(
         target = model.encoder.model
         missing, _ = target.load_state_dict(state, strict=False)
         if missing:
-            raise ColonsegError(f"encoder weights for {encoder} miss {len(missing)} tensors: {missing[:3]}")
+            raise ColonsegError(
+                f"encoder weights for {encoder} miss {len(missing)} tensors: {missing[:3]}"
+            )
     return model
 
 

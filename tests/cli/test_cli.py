@@ -37,9 +37,13 @@ def test_user_errors_are_one_line(tmp_path):
     result = runner.invoke(app, ["train", "polyp_unet_lite0", "trainer.max_epoch=1"])
     assert result.exit_code == 2
     assert "Did you mean: 'max_epochs'" in result.output and "Traceback" not in result.output
-    result = runner.invoke(app, ["predict", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "no such file or folder" in result.output
-    result = runner.invoke(app, ["evaluate", "--model", "nosuch", "--data", str(tmp_path), "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["evaluate", "--model", "nosuch", "--data", str(tmp_path), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "no such checkpoint" in result.output
 
 

@@ -31,8 +31,13 @@ def test_size_mismatch_names_the_mask(tiny_dataset_dir, tmp_path):
 
 
 def test_datamodule_batches(tiny_dataset_dir):
-    dm = SegmentationDataModule([DataSource(str(tiny_dataset_dir))], [DataSource(str(tiny_dataset_dir))],
-                                image_size=32, batch_size=4, augment="polyp")
+    dm = SegmentationDataModule(
+        [DataSource(str(tiny_dataset_dir))],
+        [DataSource(str(tiny_dataset_dir))],
+        image_size=32,
+        batch_size=4,
+        augment="polyp",
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["mask"].shape == (4, 1, 32, 32)

@@ -41,14 +41,18 @@ def test_gray_rgba_and_16bit(tmp_path):
     rgba = np.dstack([_rgb(), np.full((12, 16), 7, np.uint8)])
     cv2.imwrite(str(tmp_path / "a.png"), rgba)
     assert read_image(tmp_path / "a.png").shape == (12, 16, 3)
-    deep = (gray.astype(np.uint16) * 257)
+    deep = gray.astype(np.uint16) * 257
     cv2.imwrite(str(tmp_path / "d.png"), deep)
     np.testing.assert_array_equal(read_image(tmp_path / "d.png")[..., 0], gray)
 
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b"", "empty"), (b"not an image at all", "not a readable image"), (b"\x89PNG\r\n\x1a\n\0\0", "not a readable")],
+    [
+        (b"", "empty"),
+        (b"not an image at all", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n\0\0", "not a readable"),
+    ],
 )
 def test_bad_files_give_one_line_error(tmp_path, content, message):
     path = tmp_path / "bad.png"
@@ -78,6 +82,13 @@ def test_masks_binarised(tmp_path):
     rgb[1, 1] = (0, 200, 0)  # a green (non-neoplastic) BKAI pixel is foreground
     cv2.imwrite(str(tmp_path / "c.png"), rgb)
     assert read_mask(tmp_path / "c.png")[1, 1] == 1 and read_mask(tmp_path / "c.png").sum() == 1
+
+
+def test_instance_label_png_is_foreground(tmp_path):
+    labels = np.zeros((8, 8), np.uint8)
+    labels[1:3, 1:3], labels[5:7, 5:7] = 1, 7  # GlaS-style instance ids
+    cv2.imwrite(str(tmp_path / "anno.png"), labels)
+    np.testing.assert_array_equal(read_mask(tmp_path / "anno.png"), (labels > 0).astype(np.uint8))
 
 
 def test_write_atomic_leaves_nothing_on_failure(tmp_path):

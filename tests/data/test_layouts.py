@@ -13,7 +13,9 @@ MASK = np.zeros((8, 10), np.uint8)
 
 
 def _png(path):
-    write_png(path, IMG if "mask" not in str(path).lower() and "gt" not in str(path).lower() else MASK)
+    write_png(
+        path, IMG if "mask" not in str(path).lower() and "gt" not in str(path).lower() else MASK
+    )
 
 
 def _make(root, files):
@@ -35,7 +37,11 @@ def _make(root, files):
         ("cvc_colondb", ["1.tiff", "p1.tiff", "2.tiff", "p2.tiff"], ["1", "2"]),
         ("etis", ["ETIS-LaribPolypDB/1.tif", "Ground Truth/p1.tif"], ["1"]),
         ("bkai", ["train/train/x.png", "train_gt/train_gt/x.png"], ["x"]),
-        ("glas", ["train_1.png", "train_1_anno.png", "testA_2.png", "testA_2_anno.png"], ["testA_2", "train_1"]),
+        (
+            "glas",
+            ["train_1.png", "train_1_anno.png", "testA_2.png", "testA_2_anno.png"],
+            ["testA_2", "train_1"],
+        ),
         ("folder", ["image/b.png", "mask/b.png"], ["b"]),  # PraNet TrainDataset
     ],
 )
@@ -52,7 +58,10 @@ def test_official_layouts_detected_and_paired(tmp_path, layout, files, ids):
 
 
 def test_split_file_and_errors(tmp_path):
-    root = _make(tmp_path / "d", ["images/a.png", "masks/a.png", "images/b.png", "masks/b.png", "images/c.png"])
+    root = _make(
+        tmp_path / "d",
+        ["images/a.png", "masks/a.png", "images/b.png", "masks/b.png", "images/c.png"],
+    )
     (root / "splits").mkdir()
     (root / "splits" / "test.txt").write_text("b\na.jpg\n")
     assert [p.id for p in find_pairs(root, split="test")] == ["b", "a"]

@@ -16,7 +16,9 @@ from colonseg.models import create_model
 @pytest.fixture
 def predictor():
     net = create_model("unet", encoder="test_efficientnet", pretrained=False)
-    return Predictor(net, ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64)), device="cpu")
+    return Predictor(
+        net, ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64)), device="cpu"
+    )
 
 
 def test_predictor_returns_original_size(predictor):
@@ -41,7 +43,9 @@ def test_run_predict_writes_outputs_and_skips_bad_files(predictor, tiny_dataset_
 
 
 def test_evaluate_writes_the_four_files(predictor, tiny_dataset_dir, tmp_path):
-    summary = run_evaluate(predictor, [EvalSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False)
+    summary = run_evaluate(
+        predictor, [EvalSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False
+    )
     saved = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert saved == summary
     stats = saved["tiny"]
@@ -62,13 +66,21 @@ def test_perfect_predictor_scores_one(tiny_dataset_dir, tmp_path):
             mask = (image[..., 1] > 130).astype(np.uint8)  # discs are brighter (synthetic data)
             return Prediction(mask.astype(np.float32), mask)
 
-    oracle = Oracle(create_model("unet", encoder="test_efficientnet", pretrained=False),
-                    ModelMeta("unet", {}), device="cpu")
+    oracle = Oracle(
+        create_model("unet", encoder="test_efficientnet", pretrained=False),
+        ModelMeta("unet", {}),
+        device="cpu",
+    )
     for i in range(8):  # make ground truth exactly what the oracle sees
         from colonseg.data.io import read_image
 
         image = read_image(tiny_dataset_dir / "images" / f"case_{i}.png")
-        write_png(tiny_dataset_dir / "masks" / f"case_{i}.png", (image[..., 1] > 130).astype(np.uint8) * 255)
-    stats = run_evaluate(oracle, [EvalSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False)["tiny"]
+        write_png(
+            tiny_dataset_dir / "masks" / f"case_{i}.png",
+            (image[..., 1] > 130).astype(np.uint8) * 255,
+        )
+    stats = run_evaluate(
+        oracle, [EvalSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False
+    )["tiny"]
     assert stats["dice"] == pytest.approx(1.0) and stats["iou"] == pytest.approx(1.0)
     assert stats["mae"] == pytest.approx(0.0) and stats["hd95"] == pytest.approx(0.0)

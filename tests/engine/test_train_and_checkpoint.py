@@ -13,8 +13,15 @@ from colonseg.errors import ColonsegError
 def test_two_step_training_writes_a_usable_run(tiny_cfg):
     result = run_train(tiny_cfg)
     run = result["run_dir"]
-    for name in ("config.yaml", "curves.png", "metrics.json", "checkpoints/last.ckpt",
-                 "model/weights.safetensors", "model/config.json", "logs/metrics.csv"):
+    for name in (
+        "config.yaml",
+        "curves.png",
+        "metrics.json",
+        "checkpoints/last.ckpt",
+        "model/weights.safetensors",
+        "model/config.json",
+        "logs/metrics.csv",
+    ):
         assert (run / name).is_file(), name
     assert 0.0 <= result["metrics"]["val/dice"] <= 1.0
     cfg = json.loads((run / "model" / "config.json").read_text())

@@ -26,7 +26,9 @@ def test_bce_dice_is_sum():
     pred = torch.tensor([0.3, -1.0, 2.0, 0.0]).view(1, 1, 2, 2)
     gt = torch.tensor([1.0, 0, 1, 0]).view(1, 1, 2, 2)
     total = create_loss("bce_dice")(pred, gt)
-    assert total.item() == pytest.approx((create_loss("bce")(pred, gt) + create_loss("dice")(pred, gt)).item())
+    assert total.item() == pytest.approx(
+        (create_loss("bce")(pred, gt) + create_loss("dice")(pred, gt)).item()
+    )
 
 
 def test_ce_dice_multiclass():

@@ -53,6 +53,10 @@ def test_user_weight_file(tmp_path):
 
     src = timm.create_model("test_efficientnet", pretrained=False).state_dict()
     torch.save(src, tmp_path / "enc.pth")
-    model = create_model("unet", encoder="test_efficientnet", pretrained=False,
-                         encoder_weights=str(tmp_path / "enc.pth"))
+    model = create_model(
+        "unet",
+        encoder="test_efficientnet",
+        pretrained=False,
+        encoder_weights=str(tmp_path / "enc.pth"),
+    )
     torch.testing.assert_close(model.encoder.model.conv_stem.weight, src["conv_stem.weight"])

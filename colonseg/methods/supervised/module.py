@@ -141,7 +141,9 @@ class SupervisedModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_epochs, gamma=hp.gamma)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         if hp.scheduler != "cosine":
-            raise ValueError(f"Unknown scheduler '{hp.scheduler}'. Available: cosine, exponential, none.")
+            raise ValueError(
+                f"Unknown scheduler '{hp.scheduler}'. Available: cosine, exponential, none."
+            )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm = min(hp.warmup_steps, total - 1)
 
