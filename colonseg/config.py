@@ -45,6 +45,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 0
     cache_dir: str | None = None
+    train_scales: list[float] = field(default_factory=lambda: [1.0])
 
 
 @dataclass
@@ -57,6 +58,8 @@ class OptimConfig:
     warmup_steps: int = 0
     gamma: float = 0.6
     step_epochs: int = 5
+    deep_supervision: bool = False
+    deep_supervision_weights: list[float] | None = None
 
 
 @dataclass
@@ -72,6 +75,8 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     fast_dev_run: bool = False
     log_every_n_steps: int = 10
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
     logger: bool = True
     progress_bar: bool = True
 

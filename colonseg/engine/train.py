@@ -37,8 +37,11 @@ def _precision(cfg: DictConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def run_train(cfg: DictConfig, resume: bool = False) -> dict:
-    """Train the model the config describes; return ``{"run_dir", "model_dir", "metrics"}``."""
+def run_train(cfg: DictConfig, resume: bool = False, callbacks: list | None = None) -> dict:
+    """Train the model the config describes; return ``{"run_dir", "model_dir", "metrics"}``.
+
+    ``callbacks`` are extra Lightning callbacks (e.g. early stopping), added to the built-in ones.
+    """
     run_dir = Path(cfg.out_dir) / cfg.name
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -77,6 +80,9 @@ def run_train(cfg: DictConfig, resume: bool = False) -> dict:
         threshold=cfg.threshold,
         channels_last=cfg.trainer.channels_last,
         val_names=dm.val_names,
+        deep_supervision=cfg.optim.deep_supervision,
+        deep_supervision_weights=cfg.optim.deep_supervision_weights,
+        train_scales=list(cfg.data.train_scales),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -86,9 +92,17 @@ def run_train(cfg: DictConfig, resume: bool = False) -> dict:
             CSVLogger(run_dir, name="logs", version=""),
             TensorBoardLogger(run_dir, name="logs", version="tb", default_hp_metric=False),
         ]
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)]
+    # monitor=None + save_top_k=1 keeps exactly one rolling ``last.ckpt``, rewritten every epoch
+    # (``save_top_k=0, save_last=True`` only writes it when fit ends: a killed run lost everything).
+    extra = list(callbacks or [])
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False
+        )
+    ]
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
+    callbacks += extra
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
@@ -99,6 +113,8 @@ def run_train(cfg: DictConfig, resume: bool = False) -> dict:
         limit_val_batches=cfg.trainer.limit_val_batches,
         fast_dev_run=cfg.trainer.fast_dev_run,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
         logger=loggers or False,
         callbacks=callbacks,
         enable_progress_bar=cfg.trainer.progress_bar,

@@ -4,6 +4,9 @@
 ``dice``      soft Dice (Milletari et al., 3DV 2016), binary or multi-class.
 ``bce_dice``  BCE + Dice, the usual polyp recipe.
 ``ce_dice``   cross-entropy + Dice for multi-class masks.
+``structure`` PraNet's weighted BCE + weighted IoU, weights growing near the mask boundary.
+
+``DeepSupervisionLoss`` wraps any of them for models that also return auxiliary outputs.
 
 All take ``(pred logits (B, C, H, W), target)``: binary targets ``(B, 1, H, W)`` in {0, 1}.
 """
@@ -11,12 +14,13 @@ All take ``(pred logits (B, C, H, W), target)``: binary targets ``(B, 1, H, W)``
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
 from colonseg.registry import Registry
 
-__all__ = ["LOSSES", "ComboLoss", "create_loss"]
+__all__ = ["LOSSES", "ComboLoss", "DeepSupervisionLoss", "StructureLoss", "create_loss"]
 
 LOSSES = Registry("loss")
 
@@ -67,6 +71,59 @@ def _bce_dice(classes: int = 1, bce_weight: float = 1.0, dice_weight: float = 1.
 @LOSSES.register("ce_dice")
 def _ce_dice(classes: int = 2, ce_weight: float = 1.0, dice_weight: float = 1.0) -> nn.Module:
     return ComboLoss([_CrossEntropy(), _dice(classes)], [ce_weight, dice_weight])
+
+
+class StructureLoss(nn.Module):
+    """PraNet's structure loss: weighted BCE + weighted IoU on a binary map.
+
+    Pixel weights are ``1 + 5 * |avg_pool31(mask) - mask|``: about 1 inside flat regions and up to
+    ~3.5 along the object boundary, so hard boundary pixels count more.
+    """
+
+    def __init__(self, kernel: int = 31, boost: float = 5.0) -> None:
+        super().__init__()
+        self.kernel, self.boost = kernel, boost
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.float()
+        local = F.avg_pool2d(target, self.kernel, stride=1, padding=self.kernel // 2)
+        weight = 1 + self.boost * (local - target).abs()
+        bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+        wbce = (weight * bce).sum((2, 3)) / weight.sum((2, 3))
+        prob = torch.sigmoid(pred)
+        inter = (prob * target * weight).sum((2, 3))
+        union = ((prob + target) * weight).sum((2, 3))
+        wiou = 1 - (inter + 1) / (union - inter + 1)
+        return (wbce + wiou).mean()
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Applies ``loss`` to every output of a deeply supervised model and sums with ``weights``.
+
+    Outputs are ``[main, aux1, aux2, ...]`` (all at the target's size, as colonseg models return
+    them from ``forward_with_aux``); weights default to 1 each.
+
+    Example:
+        >>> ds = DeepSupervisionLoss(create_loss("structure"))
+        >>> ds(model.forward_with_aux(images), masks)
+    """
+
+    def __init__(self, loss: nn.Module, weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.loss, self.weights = loss, weights
+
+    def forward(self, outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        weights = self.weights or [1.0] * len(outputs)
+        if len(weights) != len(outputs):
+            raise ValueError(f"{len(outputs)} outputs but {len(weights)} deep-supervision weights")
+        return sum(w * self.loss(o, target) for w, o in zip(weights, outputs, strict=True))
+
+
+@LOSSES.register("structure")
+def _structure(classes: int = 1) -> nn.Module:
+    if classes != 1:
+        raise ValueError("the structure loss is binary (classes=1)")
+    return StructureLoss()
 
 
 def create_loss(name: str, classes: int = 1, **kwargs) -> nn.Module:

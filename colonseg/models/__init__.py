@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from colonseg.models import smp_archs  # noqa: F401  (registers unet, unetplusplus, deeplabv3plus)
+from colonseg.models import (  # noqa: F401  (importing registers the architectures)
+    attention_unet,
+    emcad,
+    pranet,
+    smp_archs,
+)
 from colonseg.models.registry import MODELS, create_model, list_models
 
 __all__ = ["MODELS", "create_model", "list_models"]

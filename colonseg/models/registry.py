@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from colonseg.errors import ColonsegError
 from colonseg.registry import Registry
 
 __all__ = ["MODELS", "create_model", "list_models"]
@@ -29,14 +30,22 @@ def create_model(
     Raises:
         ValueError: unknown name (with a did-you-mean hint and the list of choices).
     """
-    return MODELS.create(
-        name,
-        encoder=encoder,
-        in_channels=in_channels,
-        classes=classes,
-        pretrained=pretrained,
-        **kwargs,
-    )
+    try:
+        return MODELS.create(
+            name,
+            encoder=encoder,
+            in_channels=in_channels,
+            classes=classes,
+            pretrained=pretrained,
+            **kwargs,
+        )
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        bad = str(exc).split("argument")[-1].strip()
+        raise ColonsegError(
+            f"model '{name}' does not take the option {bad} (model.kwargs in a config)"
+        ) from None
 
 
 def list_models(pattern: str = "*") -> list[str]:

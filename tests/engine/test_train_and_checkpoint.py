@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def test_two_step_training_writes_a_usable_run(tiny_cfg):
     net2, _ = load_pretrained(run / "model", weights=run / "checkpoints" / "last.ckpt")
     with torch.no_grad():
         torch.testing.assert_close(net(x), net2(x))
-    assert lightning["epoch"] == 1 and lightning["global_step"] == 2
+    assert lightning["epoch"] == 0 and lightning["global_step"] == 2  # saved as epoch 0 ended
 
 
 def test_resume_continues_from_last_checkpoint(tiny_cfg):
@@ -41,7 +42,7 @@ def test_resume_continues_from_last_checkpoint(tiny_cfg):
     tiny_cfg.trainer.max_epochs = 2
     result = run_train(tiny_cfg, resume=True)
     ckpt = torch.load(result["run_dir"] / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 4
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
 
 
 def test_save_load_roundtrip_identical(tmp_path):
@@ -77,3 +78,55 @@ def test_bad_checkpoints_are_refused(tmp_path):
         load_pretrained(tmp_path / "m", weights=tmp_path / "evil.pth")
     with pytest.raises(ColonsegError, match="no such checkpoint"):
         load_pretrained(tmp_path / "nothing")
+
+
+def test_pranet_recipe_trains_with_deep_supervision_and_scales(tiny_cfg):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(
+        tiny_cfg,
+        OmegaConf.from_dotlist(
+            [
+                "model.name=pranet",
+                "optim.loss=structure",
+                "optim.deep_supervision=true",
+                "data.train_scales=[0.75,1.0,1.25]",
+                "trainer.gradient_clip_val=0.5",
+                "trainer.gradient_clip_algorithm=value",
+            ]
+        ),
+    )
+    cfg.model.kwargs = {}  # merging keeps the U-Net's decoder_channels; replace instead
+    result = run_train(cfg)
+    assert result["metrics"]["train/loss_epoch"] > 0
+    net, meta = load_pretrained(result["model_dir"])
+    assert meta.arch == "pranet" and net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_deep_supervision_needs_auxiliary_outputs(tiny_cfg):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(tiny_cfg, OmegaConf.from_dotlist(["optim.deep_supervision=true"]))
+    with pytest.raises(ValueError, match="has no auxiliary outputs"):
+        run_train(cfg)
+
+
+def test_every_epoch_leaves_a_resumable_checkpoint(tiny_cfg):
+    """A run killed after epoch 1 must still have ``last.ckpt`` from that epoch."""
+    import lightning as L
+
+    class Stop(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == 1:
+                ckpt = torch.load(
+                    Path(tiny_cfg.out_dir) / "tiny" / "checkpoints" / "last.ckpt",
+                    weights_only=False,
+                )
+                assert ckpt["epoch"] == 0
+                raise SystemExit("killed")
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(tiny_cfg, OmegaConf.from_dotlist(["trainer.max_epochs=2"]))
+    with pytest.raises(SystemExit, match="killed"):
+        run_train(cfg, callbacks=[Stop()])

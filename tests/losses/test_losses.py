@@ -41,4 +41,29 @@ def test_ce_dice_multiclass():
 def test_unknown_loss():
     with pytest.raises(ValueError, match="Did you mean 'bce_dice'"):
         create_loss("bce_dic")
-    assert LOSSES.names() == ["bce", "bce_dice", "ce_dice", "dice"]
+    assert LOSSES.names() == ["bce", "bce_dice", "ce_dice", "dice", "structure"]
+
+
+def test_structure_loss_weights_the_boundary():
+    target = torch.zeros(1, 1, 64, 64)
+    target[..., 16:48, 16:48] = 1
+    loss = create_loss("structure")
+    perfect = torch.where(target > 0, BIG, -BIG)
+    assert loss(perfect, target).item() == pytest.approx(0.0, abs=1e-3)
+    # the same number of wrong pixels costs more on the boundary than deep inside the object
+    edge, centre = perfect.clone(), perfect.clone()
+    edge[..., 16, 16:32] = -BIG
+    centre[..., 32, 24:40] = -BIG
+    assert loss(edge, target) > loss(centre, target) > 0
+
+
+def test_deep_supervision_sums_weighted_outputs():
+    from colonseg.losses import DeepSupervisionLoss
+
+    gt = torch.tensor([1.0, 0, 1, 0]).view(1, 1, 2, 2)
+    a, b = torch.randn(1, 1, 2, 2), torch.randn(1, 1, 2, 2)
+    base = create_loss("bce")
+    ds = DeepSupervisionLoss(base, [1.0, 0.5])
+    assert ds([a, b], gt).item() == pytest.approx((base(a, gt) + 0.5 * base(b, gt)).item())
+    with pytest.raises(ValueError, match="2 outputs but 1"):
+        DeepSupervisionLoss(base, [1.0])([a, b], gt)

@@ -10,17 +10,82 @@ from colonseg.models import MODELS, create_model, list_models
 from colonseg.models.encoders import load_encoder_state_dict
 
 
+def _outputs(model, x):
+    """Every output a loss can see: the auxiliary ones too, for deeply supervised models."""
+    return model.forward_with_aux(x) if hasattr(model, "forward_with_aux") else [model(x)]
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 def test_forward_backward(name, tiny_batch):
     model = create_model(name, encoder="test_efficientnet", pretrained=False, classes=1)
-    out = model(tiny_batch["image"])
-    assert out.shape == (2, 1, 64, 64) and torch.isfinite(out).all()
-    out.mean().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    outs = _outputs(model, tiny_batch["image"])
+    for out in outs:
+        assert out.shape == (2, 1, 64, 64) and torch.isfinite(out).all()
+    sum(o.mean() for o in outs).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters outside the graph: {no_grad[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_save_load_round_trip(name, tmp_path):
+    from colonseg.engine.checkpoint import ModelMeta, load_pretrained, save_pretrained
+
+    kwargs = {"encoder": "test_efficientnet", "classes": 1}
+    net = create_model(name, pretrained=False, **kwargs).eval()
+    save_pretrained(net, ModelMeta(arch=name, init_kwargs=kwargs), tmp_path / name)
+    loaded, meta = load_pretrained(tmp_path / name)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), loaded(x))
+    assert meta.arch == name
+
+
+@pytest.mark.parametrize("name", ["attention_unet", "emcad", "pranet"])
+def test_hand_written_models_take_offline_weights(name):
+    model = create_model(name, encoder="tf_efficientnet_lite0", pretrained=True)
+    ref = load_encoder_state_dict("tf_efficientnet_lite0")
+    torch.testing.assert_close(model.encoder.body.conv_stem.weight, ref["conv_stem.weight"])
+
+
+def test_main_output_is_first_aux_output(tiny_batch):
+    for name in ("pranet", "emcad"):
+        model = create_model(name, encoder="test_efficientnet", pretrained=False).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(
+                model(tiny_batch["image"]), model.forward_with_aux(tiny_batch["image"])[0]
+            )
+
+
+def test_attention_maps_are_heat_maps(tiny_batch):
+    model = create_model("attention_unet", encoder="test_efficientnet", pretrained=False).eval()
+    with torch.no_grad():
+        logits, maps = model.forward_with_attention(tiny_batch["image"])
+        torch.testing.assert_close(logits, model(tiny_batch["image"]))
+    assert set(maps) == {"spatial_attention"} | {f"gate_stride{s}" for s in (16, 8, 4, 2)}
+    for m in maps.values():
+        assert m.shape == (2, 1, 64, 64) and 0 <= m.min() and m.max() <= 1
+
+
+def test_option_of_another_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="'pranet' does not take the option 'decoder_channels'"):
+        create_model("pranet", pretrained=False, decoder_channels=[16])
+
+
+def test_encoder_without_the_strides_is_a_clear_error():
+    with pytest.raises(ValueError, match="has feature strides"):
+        create_model("emcad", encoder="test_vit", pretrained=False)
 
 
 def test_list_and_did_you_mean():
-    assert {"unet", "unetplusplus", "deeplabv3plus"} <= set(list_models())
+    assert list_models() == [
+        "attention_unet",
+        "deeplabv3plus",
+        "emcad",
+        "pranet",
+        "unet",
+        "unetplusplus",
+    ]
     with pytest.raises(ValueError, match="Did you mean 'unet'"):
         create_model("unte")
 

@@ -7,9 +7,11 @@ import time
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from colonseg.losses import create_loss
+from colonseg.errors import ColonsegError
+from colonseg.losses import DeepSupervisionLoss, create_loss
 
 __all__ = ["SupervisedModule", "batch_confusion"]
 
@@ -54,19 +56,43 @@ class SupervisedModule(L.LightningModule):
         threshold: float = 0.5,
         channels_last: bool = True,
         val_names: list[str] | None = None,
+        deep_supervision: bool = False,
+        deep_supervision_weights: list[float] | None = None,
+        train_scales: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.criterion = create_loss(loss, classes=1)
+        if deep_supervision and not hasattr(net, "forward_with_aux"):
+            raise ColonsegError(
+                f"{net.__class__.__name__} has no auxiliary outputs: set deep_supervision=false"
+            )
+        self.ds_loss = (
+            DeepSupervisionLoss(self.criterion, deep_supervision_weights)
+            if deep_supervision
+            else None
+        )
+        self.train_scales = list(train_scales or [1.0])
         self._val_counts: dict[int, list[torch.Tensor]] = {}
         self._train_counts: list[torch.Tensor] = []
         self._val_loss: list[tuple[float, int]] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._prep(x))
+
+    def _loss(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training loss (deep supervision when enabled) and the main logits."""
+        if self.ds_loss is None:
+            logits = self(images).float()
+            return self.criterion(logits, masks), logits
+        outputs = [o.float() for o in self.net.forward_with_aux(self._prep(images))]
+        return self.ds_loss(outputs, masks), outputs[0]
 
     def on_fit_start(self) -> None:
         self._t0 = time.perf_counter() - getattr(self, "_elapsed_before", 0.0)
@@ -78,13 +104,26 @@ class SupervisedModule(L.LightningModule):
         self._elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"]).float()
-        loss = self.criterion(logits, batch["mask"])
+        images, masks = batch["image"], batch["mask"]
+        losses, logits = [], None
+        for scale in self.train_scales:  # PraNet's multi-scale training: every batch at each scale
+            if scale == 1.0:
+                loss, logits = self._loss(images, masks)
+            else:
+                size = [max(32, round(d * scale / 32) * 32) for d in images.shape[-2:]]
+                loss, _ = self._loss(
+                    F.interpolate(images, size=size, mode="bilinear", align_corners=False),
+                    F.interpolate(masks.float(), size=size, mode="bilinear", align_corners=False),
+                )
+            losses.append(loss)
+        loss = torch.stack(losses).mean()
+        if logits is None:  # no unit scale: score the batch at its own size
+            logits = self(images).float().detach()
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits)
         )
         self._train_counts.append(
-            batch_confusion(logits.detach().sigmoid(), batch["mask"], self.hparams.threshold)
+            batch_confusion(logits.detach().sigmoid(), masks, self.hparams.threshold)
         )
         return loss
 
