@@ -11,8 +11,19 @@ from tests.conftest import shared_dataset
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_validate(path):
+    from colonseg.methods.supervised import SupervisedModule
+    from colonseg.models import create_model
+
     cfg = load_config(path)
     assert cfg.data.train and cfg.model.name
+    net = create_model(
+        cfg.model.name,
+        encoder=cfg.model.encoder,
+        classes=cfg.model.classes,
+        pretrained=False,
+        **cfg.model.kwargs,
+    )
+    SupervisedModule(net, loss=cfg.optim.loss, deep_supervision=cfg.optim.deep_supervision)
 
 
 def test_config_errors():
