@@ -118,12 +118,15 @@ def predict(
     skip_bad: Annotated[
         bool, typer.Option(help="Exit 0 even if some files were unreadable.")
     ] = False,
+    attention: Annotated[
+        bool, typer.Option(help="Also write the attention maps as heat maps (attention_unet).")
+    ] = False,
 ) -> None:
     """Segment images: masks/, probs/ and overlays/ (mask + heat map) as PNG."""
     from colonseg.engine.predict_files import run_predict
 
     predictor = _predictor(model, weights, tta, size, device, threshold)
-    result = run_predict(predictor, list(inputs), out)
+    result = run_predict(predictor, list(inputs), out, save_attention=attention)
     typer.echo(f"{len(result['written'])} images → {out}")
     for _, message in result["failed"]:
         typer.echo(f"skipped: {message}", err=True)

@@ -22,6 +22,7 @@ from torch import nn
 
 from colonseg.data.datamodule import normalize
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained
+from colonseg.errors import ColonsegError
 
 __all__ = ["Prediction", "Predictor"]
 
@@ -107,3 +108,25 @@ class Predictor:
     def predict(self, image: np.ndarray) -> Prediction:
         """Predict one RGB uint8 image ``(H, W, 3)``."""
         return self.predict_batch([image])[0]
+
+    @property
+    def has_attention(self) -> bool:
+        return hasattr(self.model, "forward_with_attention")
+
+    @torch.inference_mode()
+    def attention_maps(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's attention maps for one image, each ``(H, W)`` float32 in [0, 1].
+
+        Raises:
+            ColonsegError: the architecture has no attention maps (only ``attention_unet`` has).
+        """
+        if not self.has_attention:
+            raise ColonsegError(f"{self.meta.arch}: this architecture has no attention maps")
+        x = self.preprocess([image]).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            _, maps = self.model.forward_with_attention(x)
+        h, w = image.shape[:2]
+        return {
+            k: cv2.resize(v[0, 0].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+            for k, v in maps.items()
+        }

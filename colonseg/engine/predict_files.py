@@ -51,13 +51,19 @@ def run_predict(
     out_dir: str | Path,
     save_probs: bool = True,
     save_overlays: bool = True,
+    save_attention: bool = False,
     progress: bool = True,
 ) -> dict:
     """Predict every image; write ``masks/``, ``probs/`` and ``overlays/`` PNGs under ``out_dir``.
 
+    ``save_attention`` also writes ``attention/<stem>.png``: the model's attention maps as heat
+    maps side by side (in the order of ``Predictor.attention_maps``; ``attention_unet`` only).
+
     Unreadable files are skipped and reported in ``result["failed"]`` as ``(path, message)``.
     """
     out_dir = Path(out_dir)
+    if save_attention and not predictor.has_attention:
+        raise ColonsegError(f"{predictor.meta.arch}: this architecture has no attention maps")
     files = collect_images(inputs)
     names = _unique_stems(files)
     written, failed, areas = [], [], {}
@@ -75,6 +81,10 @@ def run_predict(
         if save_overlays:
             pair = np.concatenate([overlay(image, out.mask), heatmap(image, out.prob)], axis=1)
             write_png(out_dir / "overlays" / f"{stem}.png", pair)
+        if save_attention:
+            maps = predictor.attention_maps(image)
+            strip = np.concatenate([heatmap(image, m) for m in maps.values()], axis=1)
+            write_png(out_dir / "attention" / f"{stem}.png", strip)
         areas[stem] = float(out.mask.mean())
         written.append(str(f))
     return {"out_dir": out_dir, "written": written, "failed": failed, "area_fraction": areas}

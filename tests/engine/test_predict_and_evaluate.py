@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,17 @@ def test_perfect_predictor_scores_one(tiny_dataset_dir, tmp_path):
     )["tiny"]
     assert stats["dice"] == pytest.approx(1.0) and stats["iou"] == pytest.approx(1.0)
     assert stats["mae"] == pytest.approx(0.0) and stats["hd95"] == pytest.approx(0.0)
+
+
+def test_attention_maps_export(tiny_dataset_dir, tmp_path, predictor):
+    kwargs = {"encoder": "test_efficientnet", "classes": 1}
+    net = create_model("attention_unet", pretrained=False, **kwargs)
+    att = Predictor(net, ModelMeta(arch="attention_unet", init_kwargs=kwargs, size=(64, 64)))
+    image = np.zeros((50, 70, 3), np.uint8)
+    maps = att.attention_maps(image)
+    assert len(maps) == 5 and all(m.shape == (50, 70) for m in maps.values())
+    result = run_predict(att, [tiny_dataset_dir / "images"], tmp_path / "p", save_attention=True)
+    first = tmp_path / "p" / "attention" / f"{Path(result['written'][0]).stem}.png"
+    assert first.is_file()
+    with pytest.raises(ValueError, match="has no attention maps"):
+        run_predict(predictor, [tiny_dataset_dir / "images"], tmp_path / "q", save_attention=True)

@@ -1,0 +1,130 @@
+"""Train every zoo architecture under one budget, evaluate it, and tabulate accuracy and cost.
+
+Run (CPU, ~1.5 h for the six on 2 cores):
+    .venv/bin/python benchmarks/zoo.py --epochs 4 --out runs/zoo
+    .venv/bin/python benchmarks/zoo.py --models pranet emcad --epochs 4 --out runs/zoo
+
+Each model trains with ``polyp_unet_lite0`` (256², flips, BCE+Dice, AdamW 1e-3 cosine, batch 16,
+EfficientNet-Lite0 ImageNet encoder) for ``--epochs`` epochs; PraNet and EMCAD add deep supervision
+(PraNet with its structure loss). Then ``colonseg evaluate`` on the Kvasir-SEG and CVC-ClinicDB
+PraNet test splits, parameter count, GFLOPs and CPU images/s (batch 1) at 352². Results go to
+``<out>/zoo.json`` (merged across invocations) and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from colonseg.config import load_config
+from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.predict import Predictor
+from colonseg.engine.train import run_train
+
+MODELS = ["unet", "attention_unet", "unetplusplus", "deeplabv3plus", "pranet", "emcad"]
+EXTRA = {  # what each architecture needs on top of the shared budget
+    "unet": [],
+    "attention_unet": [],
+    "unetplusplus": ["model.kwargs={}"],
+    "deeplabv3plus": ["model.kwargs={}"],
+    "pranet": ["model.kwargs={}", "optim.loss=structure", "optim.deep_supervision=true"],
+    "emcad": ["model.kwargs={}", "optim.deep_supervision=true"],
+}
+
+
+def gflops(net: torch.nn.Module, size: int = 352) -> float:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.rand(1, 3, size, size))
+    return counter.get_total_flops() / 2e9  # multiply-adds, as papers count GFLOPs
+
+
+def images_per_second(predictor: Predictor, n: int = 40) -> float:
+    frames = [np.random.default_rng(i).integers(0, 256, (352, 352, 3), np.uint8) for i in range(n)]
+    for f in frames[:5]:
+        predictor.predict(f)
+    start = time.perf_counter()
+    for f in frames:
+        predictor.predict(f)
+    return n / (time.perf_counter() - start)
+
+
+def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
+    overrides = [
+        f"name={name}",
+        f"out_dir={out}",
+        f"model.name={name}",
+        f"trainer.max_epochs={epochs}",
+        "trainer.progress_bar=false",
+        *EXTRA[name],
+    ]
+    cfg = load_config("polyp_unet_lite0", overrides)
+    if name not in ("unet", "attention_unet"):
+        cfg.model.kwargs = {}  # dotlist merges keep the U-Net decoder widths; replace instead
+    model_dir = out / name / "model"
+    if not (model_dir / "config.json").is_file():
+        run_train(cfg)
+    minutes = json.loads((out / name / "metrics.json").read_text()).get("time/minutes")
+    predictor = Predictor.from_pretrained(model_dir, device="cpu")
+    sources = [
+        EvalSource(path=f"{data}/kvasir-seg", split="pranet_test", name="kvasir-seg"),
+        EvalSource(path=f"{data}/cvc-clinicdb", split="pranet_test", name="cvc-clinicdb"),
+    ]
+    summary = run_evaluate(predictor, sources, out / name / "eval", progress=False)
+    net = predictor.model.float()
+    row = {
+        "model": name,
+        "epochs": epochs,
+        "train_minutes": minutes,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "gflops_352": gflops(net),
+        "cpu_img_s_352": images_per_second(Predictor.from_pretrained(model_dir, size=352)),
+        "command": "benchmarks/zoo.py " + " ".join(overrides[2:4]),
+    }
+    for ds, key in (("kvasir-seg", "kvasir"), ("cvc-clinicdb", "clinicdb")):
+        for metric in ("dice", "iou", "mdice_256", "s_measure", "accuracy", "f1"):
+            row[f"{key}_{metric}"] = summary[ds][metric]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| model | Kvasir dice | iou | mDice256 | Sα | ClinicDB dice | iou | mDice256 | Sα "
+        "| params (M) | GFLOPs@352 | CPU img/s@352 | train min |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for r in rows:
+        cells = [r["model"]]
+        for k in ("kvasir", "clinicdb"):
+            cells += [f"{r[f'{k}_{m}']:.3f}" for m in ("dice", "iou", "mdice_256", "s_measure")]
+        cells += [f"{r['params_m']:.2f}", f"{r['gflops_352']:.2f}", f"{r['cpu_img_s_352']:.1f}"]
+        cells.append(f"{r['train_minutes']:.0f}" if r.get("train_minutes") else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("runs/zoo"))
+    parser.add_argument("--data", default="../shared/datasets")
+    args = parser.parse_args()
+    results_path = args.out / "zoo.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in args.models:
+        results[name] = run_one(name, args.epochs, args.out, args.data)
+        args.out.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2))
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+    print(table([results[m] for m in MODELS if m in results]))
+
+
+if __name__ == "__main__":
+    main()
