@@ -1,13 +1,17 @@
-"""U-Net, UNet++ and DeepLabV3+ from segmentation_models_pytorch on timm encoders."""
+"""U-Net, UNet++ and DeepLabV3+ from segmentation_models_pytorch on timm encoders.
+
+Any timm name works as ``encoder`` (``tf_efficientnet_lite0`` with offline ImageNet weights by
+default; the NeoPolyp reference encoders are ``resnet50`` and ``regnetx_320``, whose weights a
+user passes as ``encoder_weights=PATH``).
+"""
 
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 from torch import nn
 
-from colonseg.errors import ColonsegError
-from colonseg.models.encoders import load_encoder_state_dict
 from colonseg.models.registry import MODELS
+from colonseg.models.timm_features import load_imagenet_weights
 
 __all__: list[str] = []
 
@@ -31,15 +35,7 @@ def _create_smp(
         **kwargs,
     )
     if pretrained or encoder_weights:
-        if in_channels != 3:
-            raise ColonsegError("ImageNet encoder weights need in_channels=3; use pretrained=False")
-        state = load_encoder_state_dict(encoder, encoder_weights)
-        target = model.encoder.model
-        missing, _ = target.load_state_dict(state, strict=False)
-        if missing:
-            raise ColonsegError(
-                f"encoder weights for {encoder} miss {len(missing)} tensors: {missing[:3]}"
-            )
+        load_imagenet_weights(model.encoder.model, encoder, encoder_weights, in_channels)
     return model
 
 

@@ -14,7 +14,29 @@ from torch import nn
 from colonseg.errors import ColonsegError
 from colonseg.models.encoders import load_encoder_state_dict
 
-__all__ = ["TimmFeatures"]
+__all__ = ["TimmFeatures", "load_imagenet_weights"]
+
+
+def load_imagenet_weights(
+    body: nn.Module, encoder: str, encoder_weights: str | None = None, in_channels: int = 3
+) -> None:
+    """Load ImageNet weights (offline, or a user's file) into a timm ``features_only`` model.
+
+    Every encoder tensor must be filled; the classifier's extra tensors are dropped.
+    """
+    if in_channels != 3:
+        raise ColonsegError("ImageNet encoder weights need in_channels=3; use pretrained=False")
+    state = load_encoder_state_dict(encoder, encoder_weights)
+    own = body.state_dict()
+    # feature wrappers keep the classifier's names, sometimes under a "model." prefix
+    prefix = "model." if own and all(k.startswith("model.") for k in own) else ""
+    state = {prefix + k: v for k, v in state.items() if prefix + k in own}
+    absent = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if absent:
+        raise ColonsegError(
+            f"encoder weights for {encoder} miss {len(absent)} tensors: {absent[:3]}"
+        )
+    body.load_state_dict(state, strict=False)
 
 
 class TimmFeatures(nn.Module):
@@ -55,23 +77,7 @@ class TimmFeatures(nn.Module):
         self.channels = list(self.body.feature_info.channels())
         self.strides = tuple(strides)
         if pretrained or encoder_weights:
-            if in_channels != 3:
-                raise ColonsegError(
-                    "ImageNet encoder weights need in_channels=3; use pretrained=False"
-                )
-            self._load(load_encoder_state_dict(encoder, encoder_weights), encoder)
-
-    def _load(self, state: dict, encoder: str) -> None:
-        own = self.body.state_dict()
-        # feature wrappers keep the classifier's names, sometimes under a "model." prefix
-        prefix = "model." if own and all(k.startswith("model.") for k in own) else ""
-        state = {prefix + k: v for k, v in state.items() if prefix + k in own}
-        absent = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-        if absent:
-            raise ColonsegError(
-                f"encoder weights for {encoder} miss {len(absent)} tensors: {absent[:3]}"
-            )
-        self.body.load_state_dict(state, strict=False)
+            load_imagenet_weights(self.body, encoder, encoder_weights, in_channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))

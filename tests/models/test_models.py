@@ -125,3 +125,11 @@ def test_user_weight_file(tmp_path):
         encoder_weights=str(tmp_path / "enc.pth"),
     )
     torch.testing.assert_close(model.encoder.model.conv_stem.weight, src["conv_stem.weight"])
+
+
+@pytest.mark.parametrize("encoder", ["resnet50", "regnetx_320"])
+def test_neopolyp_reference_encoders(encoder):
+    """The NeoPolyp project's DeepLabV3+ encoders build (their weights come from the user)."""
+    model = create_model("deeplabv3plus", encoder=encoder, pretrained=False).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
