@@ -34,6 +34,7 @@ class ModelConfig:
     classes: int = 1
     pretrained: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # fine-tune: start from this checkpoint folder or zoo name
 
 
 @dataclass

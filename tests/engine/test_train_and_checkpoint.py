@@ -130,3 +130,22 @@ def test_every_epoch_leaves_a_resumable_checkpoint(tiny_cfg):
     cfg = OmegaConf.merge(tiny_cfg, OmegaConf.from_dotlist(["trainer.max_epochs=2"]))
     with pytest.raises(SystemExit, match="killed"):
         run_train(cfg, callbacks=[Stop()])
+
+
+def test_init_from_copies_a_trained_checkpoint(tmp_path):
+    from colonseg.engine.checkpoint import ModelMeta
+    from colonseg.engine.train import _init_from
+    from colonseg.models import create_model
+
+    kwargs = {"encoder": "test_efficientnet", "classes": 1}
+    trained = create_model("unet", pretrained=False, **kwargs).eval()
+    save_pretrained(trained, ModelMeta(arch="unet", init_kwargs=kwargs), tmp_path / "m")
+    fresh = create_model("unet", pretrained=False, **kwargs).eval()
+    _init_from(fresh, str(tmp_path / "m"), "unet")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), trained(x))
+    with pytest.raises(ColonsegError, match="a unet checkpoint cannot initialise pranet"):
+        _init_from(
+            create_model("pranet", pretrained=False, **kwargs), str(tmp_path / "m"), "pranet"
+        )
