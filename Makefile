@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/pytest -n 2
 
 lint: $(STAMP)
-	$(BIN)/ruff check colonseg tests benchmarks
+	$(BIN)/ruff check colonseg tests benchmarks scripts
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/predictor_speed.py

@@ -31,10 +31,10 @@ MODELS = ["unet", "attention_unet", "unetplusplus", "deeplabv3plus", "pranet", "
 EXTRA = {  # what each architecture needs on top of the shared budget
     "unet": [],
     "attention_unet": [],
-    "unetplusplus": ["model.kwargs={}"],
-    "deeplabv3plus": ["model.kwargs={}"],
-    "pranet": ["model.kwargs={}", "optim.loss=structure", "optim.deep_supervision=true"],
-    "emcad": ["model.kwargs={}", "optim.deep_supervision=true"],
+    "unetplusplus": [],
+    "deeplabv3plus": [],
+    "pranet": ["optim.loss=structure", "optim.deep_supervision=true"],
+    "emcad": ["optim.deep_supervision=true"],
 }
 
 

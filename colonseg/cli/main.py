@@ -35,14 +35,10 @@ def _friendly(fn):
     return wrapper
 
 
-def _predictor(
-    model: str, weights: Path | None, tta: bool, size: int | None, device: str, threshold
-):
+def _predictor(model: str, weights: Path | None, **options):
     from colonseg.engine.predict import Predictor
 
-    return Predictor.from_pretrained(
-        model, weights=weights, tta=tta, size=size, device=device, threshold=threshold
-    )
+    return Predictor.from_pretrained(model, weights=weights, **options)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or checkpoint folder.")]
@@ -51,6 +47,9 @@ TTAOpt = Annotated[bool, typer.Option("--tta", help="Average in the horizontal-f
 SizeOpt = Annotated[int | None, typer.Option(help="Override the model's input size.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
 ThresholdOpt = Annotated[float | None, typer.Option(help="Override the model's threshold.")]
+PrecisionOpt = Annotated[
+    str, typer.Option(help="fp32, bf16 or auto (bf16 where the hardware runs it natively).")
+]
 
 
 @app.command()
@@ -87,6 +86,7 @@ def evaluate(
     size: SizeOpt = None,
     device: DeviceOpt = "auto",
     threshold: ThresholdOpt = None,
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Evaluate a model on labelled datasets: per_case.csv, summary.json, table.md, report.html."""
     from colonseg.engine.evaluate import EvalSource, run_evaluate
@@ -97,11 +97,12 @@ def evaluate(
     sources = [
         EvalSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
     ]
-    predictor = _predictor(model, weights, tta, size, device, threshold)
-    summary = run_evaluate(predictor, sources, out, title=f"colonseg evaluate: {model}")
+    predictor = _predictor(
+        model, weights, tta=tta, size=size, device=device, threshold=threshold, precision=precision
+    )
+    run_evaluate(predictor, sources, out, title=f"colonseg evaluate: {model}")
     typer.echo((out / "table.md").read_text())
     typer.echo(f"report: {out / 'report.html'}")
-    del summary
 
 
 @app.command()
@@ -115,6 +116,7 @@ def predict(
     size: SizeOpt = None,
     device: DeviceOpt = "auto",
     threshold: ThresholdOpt = None,
+    precision: PrecisionOpt = "auto",
     skip_bad: Annotated[
         bool, typer.Option(help="Exit 0 even if some files were unreadable.")
     ] = False,
@@ -125,7 +127,9 @@ def predict(
     """Segment images: masks/, probs/ and overlays/ (mask + heat map) as PNG."""
     from colonseg.engine.predict_files import run_predict
 
-    predictor = _predictor(model, weights, tta, size, device, threshold)
+    predictor = _predictor(
+        model, weights, tta=tta, size=size, device=device, threshold=threshold, precision=precision
+    )
     result = run_predict(predictor, list(inputs), out, save_attention=attention)
     typer.echo(f"{len(result['written'])} images → {out}")
     for _, message in result["failed"]:

@@ -35,6 +35,13 @@ class Prediction:
     mask: np.ndarray
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (so autocast speeds it up)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 class Predictor:
     """Resize → normalise → model → sigmoid (→ flip TTA) → resize back → threshold.
 
@@ -45,7 +52,9 @@ class Predictor:
         tta: average the horizontal-flip prediction in.
         threshold: overrides the checkpoint's threshold.
         size: overrides the checkpoint's input size (square side in pixels).
-        precision: ``"fp32"`` or ``"bf16"`` (autocast; faster on recent CPUs).
+        precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 where the hardware runs
+            it natively (CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16), else fp32. On the
+            development CPU bf16 doubles throughput and changes test-set Dice by < 0.001.
     """
 
     def __init__(
@@ -56,13 +65,15 @@ class Predictor:
         tta: bool = False,
         threshold: float | None = None,
         size: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"Unknown precision '{precision}'. Available: bf16, fp32.")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ColonsegError(f"Unknown precision '{precision}'. Available: auto, bf16, fp32.")
         self.device = torch.device(device)
+        if precision == "auto":
+            precision = "bf16" if native_bf16(self.device) else "fp32"
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.meta = meta
         self.tta = tta

@@ -38,8 +38,8 @@ def _precision(cfg: DictConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def _init_from(net: torch.nn.Module, source: str, arch: str) -> None:
-    """Copy the weights of a trained checkpoint of the same architecture into ``net``."""
+def _init_from(net: torch.nn.Module, source: str, arch: str) -> dict:
+    """Copy a trained checkpoint of the same architecture into ``net``; return its provenance."""
 
     trained, meta = load_pretrained(source)
     if meta.arch != arch:
@@ -48,6 +48,7 @@ def _init_from(net: torch.nn.Module, source: str, arch: str) -> None:
         net.load_state_dict(trained.state_dict())
     except RuntimeError:
         raise ColonsegError(f"{source}: its weights do not fit the configured {arch}") from None
+    return {"path": source, "provenance": meta.provenance}
 
 
 def run_train(cfg: DictConfig, resume: bool = False, callbacks: list | None = None) -> dict:
@@ -80,8 +81,7 @@ def run_train(cfg: DictConfig, resume: bool = False, callbacks: list | None = No
         **OmegaConf.to_container(cfg.model.kwargs),
     }
     net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **init_kwargs)
-    if cfg.model.init_from:
-        _init_from(net, cfg.model.init_from, cfg.model.name)
+    parent = _init_from(net, cfg.model.init_from, cfg.model.name) if cfg.model.init_from else None
     module = SupervisedModule(
         net,
         loss=cfg.optim.loss,
@@ -153,7 +153,7 @@ def run_train(cfg: DictConfig, resume: bool = False, callbacks: list | None = No
         provenance={
             "config": cfg.name,
             "train": [dict(s) for s in cfg.data.train],
-            "init_from": cfg.model.init_from,
+            "init_from": parent,
             "epochs": cfg.trainer.max_epochs,
             "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
         },

@@ -57,8 +57,9 @@ def write_report(
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>",
-        "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse}",
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}",
+        "body{font-family:sans-serif;margin:24px;color:#222}",
+        "table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%;font-size:13px}",
+        "td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}",
         "figure{display:inline-block;margin:6px}figcaption{font-size:12px;text-align:center}",
         "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",

@@ -32,6 +32,22 @@ def test_predictor_returns_original_size(predictor):
     assert tta.prob.shape == (37, 51)
 
 
+def test_precision_auto_follows_the_hardware_and_bf16_stays_close(predictor):
+    import torch
+
+    from colonseg.engine.predict import native_bf16
+    from colonseg.errors import ColonsegError
+
+    expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert predictor.precision == expected
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    fp32 = Predictor(predictor.model, predictor.meta, device="cpu", precision="fp32")
+    bf16 = Predictor(predictor.model, predictor.meta, device="cpu", precision="bf16")
+    assert np.abs(fp32.predict(image).prob - bf16.predict(image).prob).max() < 0.05
+    with pytest.raises(ColonsegError, match="Unknown precision 'fp8'"):
+        Predictor(predictor.model, predictor.meta, device="cpu", precision="fp8")
+
+
 def test_run_predict_writes_outputs_and_skips_bad_files(predictor, tiny_dataset_dir, tmp_path):
     (tiny_dataset_dir / "images" / "broken.png").write_bytes(b"junk")
     result = run_predict(predictor, [tiny_dataset_dir / "images"], tmp_path / "out", progress=False)

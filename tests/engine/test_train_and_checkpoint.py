@@ -139,9 +139,11 @@ def test_init_from_copies_a_trained_checkpoint(tmp_path):
 
     kwargs = {"encoder": "test_efficientnet", "classes": 1}
     trained = create_model("unet", pretrained=False, **kwargs).eval()
-    save_pretrained(trained, ModelMeta(arch="unet", init_kwargs=kwargs), tmp_path / "m")
+    meta = ModelMeta(arch="unet", init_kwargs=kwargs, provenance={"epochs": 3})
+    save_pretrained(trained, meta, tmp_path / "m")
     fresh = create_model("unet", pretrained=False, **kwargs).eval()
-    _init_from(fresh, str(tmp_path / "m"), "unet")
+    parent = _init_from(fresh, str(tmp_path / "m"), "unet")
+    assert parent == {"path": str(tmp_path / "m"), "provenance": {"epochs": 3}}
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), trained(x))
