@@ -15,9 +15,9 @@ from pathlib import Path
 
 def load_history(run_dir: Path) -> list[dict[str, float]]:
     path = run_dir / "metrics.json"
-    if not path.is_file():
-        raise SystemExit(f"error: {path}: no metrics.json (is this a finished run directory?)")
-    history = json.loads(path.read_text())["history"]
+    history = json.loads(path.read_text()).get("history") if path.is_file() else None
+    if not history:
+        raise SystemExit(f"error: {path}: no per-epoch history (a finished run with a logger?)")
     return [history[k] for k in sorted(history, key=int)]
 
 
@@ -32,11 +32,13 @@ def main() -> None:
     epochs = load_history(args.run_dir)
     keys = sorted({k for e in epochs for k in e if k.startswith("val/dice_")})
     names = [k.removeprefix("val/dice_") for k in keys]
-    print("| epoch | minutes | " + " | ".join(f"val Dice {n}" for n in names) + " |")
+    if args.dataset not in names or any("time/minutes" not in e for e in epochs):
+        raise SystemExit(f"error: {args.run_dir}: needs val/dice_{args.dataset} and time/minutes")
+    print("| epochs done | minutes | " + " | ".join(f"val Dice {n}" for n in names) + " |")
     print("|---:|---:|" + "---:|" * len(names))
     for i, e in enumerate(epochs):
         cells = " | ".join(f"{e.get(k, float('nan')):.3f}" for k in keys)
-        print(f"| {i} | {e['time/minutes']:.1f} | {cells} |")
+        print(f"| {i + 1} | {e['time/minutes']:.1f} | {cells} |")
 
     target_key = f"val/dice_{args.dataset}"
     reached = [e for e in epochs if e.get(target_key, 0.0) >= args.target]

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from predictor_speed import measure, random_frames
 from torch.utils.flop_counter import FlopCounterMode
 
 from colonseg.config import load_config
+from colonseg.data.io import write_atomic
+from colonseg.engine.checkpoint import load_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import run_train
 
 MODELS = ["unet", "attention_unet", "unetplusplus", "deeplabv3plus", "pranet", "emcad"]
+PRECISION = "auto"  # bf16 where the CPU runs it natively (as predict/evaluate do by default)
 EXTRA = {  # what each architecture needs on top of the shared budget
     "unet": [],
     "attention_unet": [],
@@ -45,14 +47,10 @@ def gflops(net: torch.nn.Module, size: int = 352) -> float:
     return counter.get_total_flops() / 2e9  # multiply-adds, as papers count GFLOPs
 
 
-def images_per_second(predictor: Predictor, n: int = 40) -> float:
-    frames = [np.random.default_rng(i).integers(0, 256, (352, 352, 3), np.uint8) for i in range(n)]
-    for f in frames[:5]:
-        predictor.predict(f)
-    start = time.perf_counter()
-    for f in frames:
-        predictor.predict(f)
-    return n / (time.perf_counter() - start)
+def speed(model_dir: Path) -> float:
+    """CPU images/s at 352², batch 1, default precision."""
+    predictor = Predictor.from_pretrained(model_dir, device="cpu", size=352, precision=PRECISION)
+    return measure(predictor, random_frames(40))
 
 
 def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
@@ -68,10 +66,14 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
     if name not in ("unet", "attention_unet"):
         cfg.model.kwargs = {}  # dotlist merges keep the U-Net decoder widths; replace instead
     model_dir = out / name / "model"
-    if not (model_dir / "config.json").is_file():
-        run_train(cfg)
+    if (model_dir / "config.json").is_file():
+        trained = load_pretrained(model_dir)[1].provenance.get("epochs")
+        if trained != epochs:
+            raise SystemExit(f"error: {model_dir} was trained {trained} epochs, not {epochs}")
+    else:
+        run_train(cfg, resume=(out / name / "checkpoints" / "last.ckpt").is_file())
     minutes = json.loads((out / name / "metrics.json").read_text()).get("time/minutes")
-    predictor = Predictor.from_pretrained(model_dir, device="cpu")
+    predictor = Predictor.from_pretrained(model_dir, device="cpu", precision=PRECISION)
     sources = [
         EvalSource(path=f"{data}/kvasir-seg", split="pranet_test", name="kvasir-seg"),
         EvalSource(path=f"{data}/cvc-clinicdb", split="pranet_test", name="cvc-clinicdb"),
@@ -84,8 +86,9 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
         "train_minutes": minutes,
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
         "gflops_352": gflops(net),
-        "cpu_img_s_352": images_per_second(Predictor.from_pretrained(model_dir, size=352)),
-        "command": "benchmarks/zoo.py " + " ".join(overrides[2:4]),
+        "cpu_img_s_352": speed(model_dir),
+        "precision": PRECISION,
+        "command": f"benchmarks/zoo.py --models {name} --epochs {epochs} --out {out}",
     }
     for ds, key in (("kvasir-seg", "kvasir"), ("cvc-clinicdb", "clinicdb")):
         for metric in ("dice", "iou", "mdice_256", "s_measure", "accuracy", "f1"):
@@ -115,13 +118,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("runs/zoo"))
     parser.add_argument("--data", default="../shared/datasets")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="re-measure img/s of trained models only"
+    )
     args = parser.parse_args()
     results_path = args.out / "zoo.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in args.models:
-        results[name] = run_one(name, args.epochs, args.out, args.data)
+        if args.speed_only:
+            results[name]["cpu_img_s_352"] = speed(args.out / name / "model")
+        else:
+            results[name] = run_one(name, args.epochs, args.out, args.data)
         args.out.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(results, indent=2))
+        text = json.dumps(results, indent=2)
+        write_atomic(results_path, lambda tmp, text=text: tmp.write_text(text))
         print(f"{name}: {json.dumps(results[name])}", flush=True)
     print(table([results[m] for m in MODELS if m in results]))
 

@@ -14,6 +14,8 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
+from colonseg.errors import ColonsegError
+
 __all__ = ["Registry", "look_up_option"]
 
 
@@ -23,7 +25,7 @@ def look_up_option(value: str, options: list[str] | tuple[str, ...], what: str =
         return value
     close = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ValueError(f"Unknown {what} '{value}'.{hint} Available: {', '.join(sorted(options))}.")
+    raise ColonsegError(f"Unknown {what} '{value}'.{hint} Available: {', '.join(sorted(options))}.")
 
 
 class Registry:

@@ -11,26 +11,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from colonseg.data.io import read_image, read_mask
-from colonseg.data.layouts import folder_layout
 from colonseg.engine.checkpoint import ZOO_DIR, load_pretrained, save_pretrained
 from colonseg.engine.demo import SAMPLES_DIR
+from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
-from colonseg.metrics.functional import binary_metrics
+from colonseg.errors import ColonsegError
 
 KEPT = ("dice", "iou", "mdice_256", "s_measure")
 
 
-def mean_sample_dice(predictor: Predictor) -> float:
-    scores = [
-        binary_metrics(predictor.predict(read_image(p.image)).mask, read_mask(p.mask))["dice"]
-        for p in folder_layout(SAMPLES_DIR)
-    ]
-    return float(np.mean(scores))
+def sample_dice(model: Path) -> float:
+    """Mean Dice on the bundled samples, computed in fp32 whatever the CPU."""
+    predictor = Predictor(*load_pretrained(model), device="cpu", precision="fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = [EvalSource(str(SAMPLES_DIR), name="s")]
+        summary = run_evaluate(predictor, sources, tmp, progress=False)
+    return summary["s"]["dice"]
+
+
+def ship(args: argparse.Namespace) -> None:
+    net, meta = load_pretrained(args.model)
+    try:
+        summary = json.loads(args.summary.read_text())
+        meta.metrics = {
+            f"{dataset.split(':')[0]}/{key}": round(float(row[key]), 4)
+            for dataset, row in summary.items()
+            for key in KEPT
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ColonsegError(f"{args.summary}: not an evaluate summary.json ({exc})") from None
+    meta.provenance["evaluation"] = {"summary": str(args.summary), "datasets": list(summary)}
+    ZOO_DIR.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ZOO_DIR) as tmp:  # nothing lands unless it passes
+        staged = save_pretrained(net, meta, Path(tmp) / args.name, half=True)
+        full, half = sample_dice(args.model), sample_dice(staged)
+        print(f"bundled samples mean Dice: fp32 {full:.4f}, fp16 copy {half:.4f}")
+        if full - half > args.max_dice_drop:
+            raise ColonsegError(f"fp16 costs {full - half:.4f} Dice (> {args.max_dice_drop})")
+        target = ZOO_DIR / args.name
+        shutil.rmtree(target, ignore_errors=True)
+        staged.rename(target)
+    size = (target / "weights.safetensors").stat().st_size / 2**20
+    print(f"shipped {args.model} as '{args.name}' ({size:.1f} MiB) in {target}")
 
 
 def main() -> None:
@@ -40,25 +66,10 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, required=True, help="evaluate's summary.json")
     parser.add_argument("--max-dice-drop", type=float, default=0.002)
     args = parser.parse_args()
-
-    net, meta = load_pretrained(args.model)
-    summary = json.loads(args.summary.read_text())
-    meta.metrics = {
-        f"{dataset.split(':')[0]}/{key}": round(float(row[key]), 4)
-        for dataset, row in summary.items()
-        for key in KEPT
-    }
-    meta.provenance["evaluation"] = {"summary": str(args.summary), "datasets": list(summary)}
-    target = ZOO_DIR / args.name
-    save_pretrained(net, meta, target, half=True)
-
-    full = mean_sample_dice(Predictor(*load_pretrained(args.model)))
-    half = mean_sample_dice(Predictor(*load_pretrained(target)))
-    print(f"bundled samples mean Dice: fp32 {full:.4f}, fp16 zoo copy {half:.4f}")
-    if full - half > args.max_dice_drop:
-        raise SystemExit(f"error: fp16 costs {full - half:.4f} Dice (> {args.max_dice_drop})")
-    size = (target / "weights.safetensors").stat().st_size / 2**20
-    print(f"shipped {args.model} as '{args.name}' ({size:.1f} MiB) in {target}")
+    try:
+        ship(args)
+    except ColonsegError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

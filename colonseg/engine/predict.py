@@ -39,7 +39,9 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively (so autocast speeds it up)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return device.type == "cpu" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
 
 
 class Predictor:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
+from colonseg.errors import ColonsegError
 from colonseg.registry import Registry
 
 __all__ = ["LOSSES", "ComboLoss", "DeepSupervisionLoss", "StructureLoss", "create_loss"]
@@ -115,14 +116,17 @@ class DeepSupervisionLoss(nn.Module):
     def forward(self, outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         weights = self.weights or [1.0] * len(outputs)
         if len(weights) != len(outputs):
-            raise ValueError(f"{len(outputs)} outputs but {len(weights)} deep-supervision weights")
+            raise ColonsegError(
+                f"optim.deep_supervision_weights has {len(weights)} values; "
+                f"the model has {len(outputs)} outputs"
+            )
         return sum(w * self.loss(o, target) for w, o in zip(weights, outputs, strict=True))
 
 
 @LOSSES.register("structure")
 def _structure(classes: int = 1) -> nn.Module:
     if classes != 1:
-        raise ValueError("the structure loss is binary (classes=1)")
+        raise ColonsegError("the structure loss is binary (classes=1)")
     return StructureLoss()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from colonseg.errors import ColonsegError
 from colonseg.models.blocks import ConvBNAct, SpatialAttention, resize_to
 from colonseg.models.registry import MODELS
 from colonseg.models.timm_features import TimmFeatures
@@ -65,7 +66,7 @@ class AttentionUNet(nn.Module):
             encoder, (2, 4, 8, 16, 32), in_channels, pretrained, encoder_weights
         )
         if len(decoder_channels) != 5:
-            raise ValueError(f"decoder_channels needs 5 widths, got {list(decoder_channels)}")
+            raise ColonsegError(f"decoder_channels needs 5 widths, got {list(decoder_channels)}")
         ch = self.encoder.channels
         self.bottleneck_in = ConvBNAct(ch[-1], ch[-1])
         self.spatial_attention = SpatialAttention(attention_kernel)

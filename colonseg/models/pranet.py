@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from colonseg.errors import ColonsegError
 from colonseg.models.blocks import ConvBNAct, resize_to
 from colonseg.models.registry import MODELS
 from colonseg.models.timm_features import TimmFeatures
@@ -99,7 +100,7 @@ class PraNet(nn.Module):
     ) -> None:
         super().__init__()
         if classes != 1:
-            raise ValueError("pranet predicts one foreground map (classes=1)")
+            raise ColonsegError("pranet predicts one foreground map (classes=1)")
         self.encoder = TimmFeatures(encoder, (8, 16, 32), in_channels, pretrained, encoder_weights)
         c8, c16, c32 = self.encoder.channels
         self.rfb8, self.rfb16, self.rfb32 = (RFB(c, rfb_channels) for c in (c8, c16, c32))

@@ -90,6 +90,7 @@ def test_pranet_recipe_trains_with_deep_supervision_and_scales(tiny_cfg):
                 "model.name=pranet",
                 "optim.loss=structure",
                 "optim.deep_supervision=true",
+                "optim.deep_supervision_weights=[1,1,1,1]",
                 "data.train_scales=[0.75,1.0,1.25]",
                 "trainer.gradient_clip_val=0.5",
                 "trainer.gradient_clip_algorithm=value",
@@ -97,7 +98,9 @@ def test_pranet_recipe_trains_with_deep_supervision_and_scales(tiny_cfg):
         ),
     )
     cfg.model.kwargs = {}  # merging keeps the U-Net's decoder_channels; replace instead
-    result = run_train(cfg)
+    run_train(cfg)
+    cfg.trainer.max_epochs = 2
+    result = run_train(cfg, resume=True)  # the checkpoint's hyper-parameters load back
     assert result["metrics"]["train/loss_epoch"] > 0
     net, meta = load_pretrained(result["model_dir"])
     assert meta.arch == "pranet" and net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)

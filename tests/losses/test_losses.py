@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from colonseg.errors import ColonsegError
 from colonseg.losses import LOSSES, create_loss
 
 BIG = 20.0  # logits that make sigmoid ~ 0 or 1
@@ -65,5 +66,5 @@ def test_deep_supervision_sums_weighted_outputs():
     base = create_loss("bce")
     ds = DeepSupervisionLoss(base, [1.0, 0.5])
     assert ds([a, b], gt).item() == pytest.approx((base(a, gt) + 0.5 * base(b, gt)).item())
-    with pytest.raises(ValueError, match="2 outputs but 1"):
+    with pytest.raises(ColonsegError, match="has 1 values; the model has 2 outputs"):
         DeepSupervisionLoss(base, [1.0])([a, b], gt)

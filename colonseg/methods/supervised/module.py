@@ -118,7 +118,8 @@ class SupervisedModule(L.LightningModule):
             losses.append(loss)
         loss = torch.stack(losses).mean()
         if logits is None:  # no unit scale: score the batch at its own size
-            logits = self(images).float().detach()
+            with torch.no_grad():
+                logits = self(images).float()
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits)
         )
@@ -173,14 +174,14 @@ class SupervisedModule(L.LightningModule):
         elif hp.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         else:
-            raise ValueError(f"Unknown optimizer '{hp.optimizer}'. Available: adam, adamw.")
+            raise ColonsegError(f"Unknown optimizer '{hp.optimizer}'. Available: adam, adamw.")
         if hp.scheduler == "none":
             return opt
         if hp.scheduler == "exponential":  # the NeoPolyp recipe: ×gamma every step_epochs epochs
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_epochs, gamma=hp.gamma)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         if hp.scheduler != "cosine":
-            raise ValueError(
+            raise ColonsegError(
                 f"Unknown scheduler '{hp.scheduler}'. Available: cosine, exponential, none."
             )
         total = max(1, int(self.trainer.estimated_stepping_batches))
