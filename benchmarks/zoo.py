@@ -17,9 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from predictor_speed import measure, random_frames
-from torch.utils.flop_counter import FlopCounterMode
 
 from colonseg.config import load_config
 from colonseg.data.io import write_atomic
@@ -27,6 +25,7 @@ from colonseg.engine.checkpoint import load_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import run_train
+from colonseg.models.cost import count_gflops, count_params_m
 
 MODELS = ["unet", "attention_unet", "unetplusplus", "deeplabv3plus", "pranet", "emcad"]
 PRECISION = "auto"  # bf16 where the CPU runs it natively (as predict/evaluate do by default)
@@ -40,31 +39,28 @@ EXTRA = {  # what each architecture needs on top of the shared budget
 }
 
 
-def gflops(net: torch.nn.Module, size: int = 352) -> float:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        net(torch.rand(1, 3, size, size))
-    return counter.get_total_flops() / 2e9  # multiply-adds, as papers count GFLOPs
-
-
 def speed(model_dir: Path) -> float:
     """CPU images/s at 352², batch 1, default precision."""
     predictor = Predictor.from_pretrained(model_dir, device="cpu", size=352, precision=PRECISION)
     return measure(predictor, random_frames(40))
 
 
-def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
-    overrides = [
+def overrides(name: str, epochs: int, out: Path) -> list[str]:
+    """``colonseg train polyp_unet_lite0 ...`` overrides that give ``name`` the shared budget."""
+    own_decoder = [] if name in ("unet", "attention_unet") else ["model.kwargs={}"]
+    return [
         f"name={name}",
         f"out_dir={out}",
         f"model.name={name}",
+        *own_decoder,  # the U-Net decoder widths of the base config do not fit the others
         f"trainer.max_epochs={epochs}",
         "trainer.progress_bar=false",
         *EXTRA[name],
     ]
-    cfg = load_config("polyp_unet_lite0", overrides)
-    if name not in ("unet", "attention_unet"):
-        cfg.model.kwargs = {}  # dotlist merges keep the U-Net decoder widths; replace instead
+
+
+def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
+    cfg = load_config("polyp_unet_lite0", overrides(name, epochs, out))
     model_dir = out / name / "model"
     if (model_dir / "config.json").is_file():
         trained = load_pretrained(model_dir)[1].provenance.get("epochs")
@@ -84,11 +80,11 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
         "model": name,
         "epochs": epochs,
         "train_minutes": minutes,
-        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-        "gflops_352": gflops(net),
+        "params_m": count_params_m(net),
+        "gflops_352": count_gflops(net),
         "cpu_img_s_352": speed(model_dir),
         "precision": PRECISION,
-        "command": f"benchmarks/zoo.py --models {name} --epochs {epochs} --out {out}",
+        "command": "colonseg train polyp_unet_lite0 " + " ".join(overrides(name, epochs, out)),
     }
     for ds, key in (("kvasir-seg", "kvasir"), ("cvc-clinicdb", "clinicdb")):
         for metric in ("dice", "iou", "mdice_256", "s_measure", "accuracy", "f1"):
@@ -109,6 +105,8 @@ def table(rows: list[dict]) -> str:
         cells += [f"{r['params_m']:.2f}", f"{r['gflops_352']:.2f}", f"{r['cpu_img_s_352']:.1f}"]
         cells.append(f"{r['train_minutes']:.0f}" if r.get("train_minutes") else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Each row's training command (then `colonseg evaluate` as above):", ""]
+    lines += [f"- `{r['model']}`: `{r['command']}`" for r in rows]
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from colonseg.data.datamodule import DataSource
 from colonseg.errors import ColonsegError
@@ -112,9 +112,13 @@ def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ())
     path = _resolve_path(config)
     schema = OmegaConf.structured(TrainConfig)
     try:
-        cfg = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(schema, OmegaConf.load(path))
+        for item in overrides:  # replace, not merge: `model.kwargs={}` empties the kwargs
+            key = item.split("=", 1)[0]
+            value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+            OmegaConf.update(cfg, key, value, merge=False)
         OmegaConf.resolve(cfg)
-    except (ConfigKeyError, ValidationError) as exc:
+    except (ConfigKeyError, ConfigAttributeError, ValidationError) as exc:
         msg = str(exc).splitlines()[0]
         key = getattr(exc, "key", None)
         parent = getattr(exc, "parent_node", None)

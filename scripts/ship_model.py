@@ -4,7 +4,9 @@ Run: .venv/bin/python scripts/ship_model.py runs/<run>/model <name> --summary ev
 The zoo copy keeps the run's config.json, replaces its metrics by the `colonseg evaluate` summary
 (dice, iou, mdice_256, s_measure per dataset), and stores the weights in fp16 (half the size).
 It then checks that the fp16 copy predicts what the fp32 original predicts on the bundled samples
-and refuses to ship when their mean Dice differs by more than --max-dice-drop.
+and refuses to ship when their mean Dice differs by more than --max-dice-drop. Unless the zoo
+folder already has a hand-written ``MODEL_CARD.md`` (kept as it is), it writes one from the
+checkpoint's provenance and the summary: architecture, size, cost, training commands, test table.
 """
 
 from __future__ import annotations
@@ -15,13 +17,82 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from colonseg.engine.checkpoint import ZOO_DIR, load_pretrained, save_pretrained
+import torch
+
+from colonseg.engine.checkpoint import ZOO_DIR, ModelMeta, load_pretrained, save_pretrained
 from colonseg.engine.demo import SAMPLES_DIR
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
+from colonseg.models.cost import count_gflops, count_params_m
 
 KEPT = ("dice", "iou", "mdice_256", "s_measure")
+CARD_COLUMNS = {  # summary key -> card column
+    "dice": "dice",
+    "iou": "iou",
+    "mdice_256": "mDice256",
+    "s_measure": "Sα",
+    "e_measure_mean": "Eφ mean",
+    "wfm": "Fβw",
+    "mae": "MAE",
+    "hd95": "HD95 (px)",
+}
+LICENCE = (
+    "**Licence.** The weights are derived from Kvasir-SEG and CVC-ClinicDB, which allow research "
+    "and non-commercial use only; the same restriction applies to these weights. Cite Jha et al., "
+    "MMM 2020 (Kvasir-SEG) and Bernal et al., CMIG 2015 (CVC-ClinicDB) when you use them. A "
+    "research tool, not a medical device."
+)
+
+
+def _commands(provenance: dict) -> list[str]:
+    """Training commands from the first stage to the last (``init_from`` chains)."""
+    earlier = provenance.get("init_from", {}).get("provenance", {})
+    own = [provenance["command"]] if provenance.get("command") else []
+    return (_commands(earlier) if earlier else []) + own
+
+
+def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, mib: float) -> str:
+    kw, (h, w) = meta.init_kwargs, meta.size
+    sources = meta.provenance["train"]
+    train = ", ".join(f"{Path(s['path']).name} `{s.get('split')}`" for s in sources)
+    cost = f"{count_params_m(net):.2f} M parameters, {count_gflops(net.float()):.2f} GFLOPs"
+    rows = [
+        "| test set | n | " + " | ".join(CARD_COLUMNS.values()) + " |",
+        "|---|---:|" + "---:|" * len(CARD_COLUMNS),
+    ]
+    for dataset, row in summary.items():
+        cells = [f"{row[k]:.1f}" if k == "hd95" else f"{row[k]:.3f}" for k in CARD_COLUMNS]
+        rows.append(f"| {dataset} | {row['n']} | " + " | ".join(cells) + " |")
+    commands = "\n".join(_commands(meta.provenance))
+    return f"""# colonseg `{name}` — binary polyp segmentation
+
+**Architecture.** `{meta.arch}` (see `colonseg.list_models()`) on a timm `{kw.get("encoder")}`
+encoder initialised from ImageNet weights; options `{json.dumps(kw)}`. {cost}
+(multiply-adds) at 352². Input: RGB resized to {h}×{w}, normalised with mean {list(meta.mean)},
+std {list(meta.std)}. Output: polyp probability, threshold {meta.threshold}. Weights stored in
+fp16 ({mib:.1f} MiB).
+
+**Training data.** {train}; no test image was used for training or for choosing a checkpoint
+(the last epoch of each stage is shipped).
+
+**Training commands** (2-core CPU unless the provenance says otherwise):
+
+```bash
+{commands}
+```
+
+**Evaluation** with `colonseg evaluate` (`dice`/`iou` at the threshold, mean over images;
+`mDice256` as the PraNet toolbox, mean over 256 thresholds):
+
+{chr(10).join(rows)}
+
+**Limits.** Trained on still frames of two datasets from two centres; expect lower scores on
+other endoscopes, blurred video frames and flat or very small polyps. It finds polyp pixels, it
+does not classify them.
+
+{LICENCE}
+"""
 
 
 def sample_dice(model: Path) -> float:
@@ -53,6 +124,13 @@ def ship(args: argparse.Namespace) -> None:
         if full - half > args.max_dice_drop:
             raise ColonsegError(f"fp16 costs {full - half:.4f} Dice (> {args.max_dice_drop})")
         target = ZOO_DIR / args.name
+        card = target / "MODEL_CARD.md"
+        if card.is_file():
+            shutil.copy2(card, staged / card.name)
+        else:
+            mib = (staged / "weights.safetensors").stat().st_size / 2**20
+            text = model_card(args.name, net, meta, summary, mib)
+            (staged / card.name).write_text(text)
         shutil.rmtree(target, ignore_errors=True)
         staged.rename(target)
     size = (target / "weights.safetensors").stat().st_size / 2**20

@@ -31,6 +31,20 @@ def test_config_errors():
         load_config("polyp_unet_lite0", ["model.name=unte"])
     with pytest.raises(ColonsegError, match="Did you mean 'polyp_unet_lite0'"):
         load_config("polyp_unet_lite")
+    with pytest.raises(ColonsegError, match="could not be converted to Integer"):
+        load_config("polyp_unet_lite0", ["trainer.max_epochs=four"])
+
+
+def test_overrides_replace_rather_than_merge():
+    """Switching the U-Net config to PraNet needs the U-Net's decoder options gone."""
+    cfg = load_config(
+        "polyp_unet_lite0",
+        ["model.name=pranet", "model.kwargs={}", "data.train_scales=[0.75,1,1.25]"],
+    )
+    assert cfg.model.name == "pranet" and dict(cfg.model.kwargs) == {}
+    assert list(cfg.data.train_scales) == [0.75, 1.0, 1.25]
+    cfg = load_config("polyp_unet_lite0", ["model.kwargs.decoder_channels=[64,32,16,8,8]"])
+    assert list(cfg.model.kwargs.decoder_channels) == [64, 32, 16, 8, 8]
 
 
 @pytest.mark.parametrize(
