@@ -84,7 +84,6 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
         "gflops_352": count_gflops(net),
         "cpu_img_s_352": speed(model_dir),
         "precision": PRECISION,
-        "command": "colonseg train polyp_unet_lite0 " + " ".join(overrides(name, epochs, out)),
     }
     for ds, key in (("kvasir-seg", "kvasir"), ("cvc-clinicdb", "clinicdb")):
         for metric in ("dice", "iou", "mdice_256", "s_measure", "accuracy", "f1"):
@@ -92,12 +91,18 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
     return row
 
 
-def table(rows: list[dict]) -> str:
+def command(row: dict, out: Path) -> str:
+    return "colonseg train polyp_unet_lite0 " + " ".join(
+        overrides(row["model"], row["epochs"], out)
+    )
+
+
+def table(rows: list[dict], out: Path) -> str:
     head = (
         "| model | Kvasir dice | iou | mDice256 | Sα | ClinicDB dice | iou | mDice256 | Sα "
         "| params (M) | GFLOPs@352 | CPU img/s@352 | train min |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|---" + "|---:" * 12 + "|"]
     for r in rows:
         cells = [r["model"]]
         for k in ("kvasir", "clinicdb"):
@@ -106,7 +111,7 @@ def table(rows: list[dict]) -> str:
         cells.append(f"{r['train_minutes']:.0f}" if r.get("train_minutes") else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Each row's training command (then `colonseg evaluate` as above):", ""]
-    lines += [f"- `{r['model']}`: `{r['command']}`" for r in rows]
+    lines += [f"- `{r['model']}`: `{command(r, out)}`" for r in rows]
     return "\n".join(lines)
 
 
@@ -119,10 +124,11 @@ def main() -> None:
     parser.add_argument(
         "--speed-only", action="store_true", help="re-measure img/s of trained models only"
     )
+    parser.add_argument("--table-only", action="store_true", help="print the table of zoo.json")
     args = parser.parse_args()
     results_path = args.out / "zoo.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for name in args.models:
+    for name in [] if args.table_only else args.models:
         if args.speed_only:
             results[name]["cpu_img_s_352"] = speed(args.out / name / "model")
         else:
@@ -131,7 +137,7 @@ def main() -> None:
         text = json.dumps(results, indent=2)
         write_atomic(results_path, lambda tmp, text=text: tmp.write_text(text))
         print(f"{name}: {json.dumps(results[name])}", flush=True)
-    print(table([results[m] for m in MODELS if m in results]))
+    print(table([results[m] for m in MODELS if m in results], args.out))
 
 
 if __name__ == "__main__":
