@@ -1,0 +1,34 @@
+"""Every model shipped in the zoo loads, is documented and segments the bundled frames."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from colonseg.engine.checkpoint import ZOO_DIR, list_zoo
+from colonseg.engine.demo import SAMPLES_DIR
+from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.predict import Predictor
+
+
+@pytest.mark.parametrize("name", list_zoo())
+def test_shipped_model_is_documented_and_small(name):
+    folder = ZOO_DIR / name
+    assert (folder / "MODEL_CARD.md").read_text().startswith(f"# colonseg `{name}`")
+    weights = folder / "weights.safetensors"
+    assert weights.stat().st_size <= 25 * 2**20
+    with safe_open(str(weights), "pt") as f:  # floats stored in fp16
+        assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}
+    metrics = json.loads((folder / "config.json").read_text())["metrics"]
+    assert {"kvasir-seg/dice", "cvc-clinicdb/dice"} <= set(metrics)
+
+
+@pytest.mark.parametrize("name", list_zoo())
+def test_shipped_model_segments_the_samples(name, tmp_path):
+    predictor = Predictor.from_pretrained(name, device="cpu", precision="fp32")
+    summary = run_evaluate(predictor, [EvalSource(str(SAMPLES_DIR), name="s")], tmp_path, False)
+    assert summary["s"]["n"] == 16
+    assert summary["s"]["dice"] > 0.75  # a trained model, not noise
