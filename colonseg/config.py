@@ -107,16 +107,24 @@ def _resolve_path(config: str | Path) -> Path:
     )
 
 
+def _node_type(cfg: DictConfig, key: str) -> type | None:
+    node = OmegaConf.select(cfg, key)
+    return OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+
+
 def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Load a YAML config onto the schema, apply ``key=value`` overrides and validate it."""
     path = _resolve_path(config)
     schema = OmegaConf.structured(TrainConfig)
     try:
         cfg = OmegaConf.merge(schema, OmegaConf.load(path))
-        for item in overrides:  # replace, not merge: `model.kwargs={}` empties the kwargs
+        for item in overrides:
             key = item.split("=", 1)[0]
             value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
-            OmegaConf.update(cfg, key, value, merge=False)
+            # a plain dict is replaced, not merged (`model.kwargs={}` empties it); lists always
+            # are, and schema nodes merge so that their values are validated
+            replace = isinstance(value, DictConfig) and _node_type(cfg, key) is dict
+            OmegaConf.update(cfg, key, value, merge=not replace)
         OmegaConf.resolve(cfg)
     except (ConfigKeyError, ConfigAttributeError, ValidationError) as exc:
         msg = str(exc).splitlines()[0]
