@@ -127,9 +127,17 @@ def test_user_weight_file(tmp_path):
     torch.testing.assert_close(model.encoder.model.conv_stem.weight, src["conv_stem.weight"])
 
 
-@pytest.mark.parametrize("encoder", ["resnet50", "regnetx_320"])
-def test_neopolyp_reference_encoders(encoder):
-    """The NeoPolyp project's DeepLabV3+ encoders build (their weights come from the user)."""
-    model = create_model("deeplabv3plus", encoder=encoder, pretrained=False).eval()
+@pytest.mark.parametrize(
+    "name, encoder",
+    [
+        ("deeplabv3plus", "resnet50"),  # the NeoPolyp project's encoders
+        ("deeplabv3plus", "regnetx_320"),
+        ("pranet", "res2net50_26w_4s"),  # the papers' encoders
+        ("emcad", "pvt_v2_b2"),
+    ],
+)
+def test_reference_encoders(name, encoder):
+    """The encoders of the reference projects build (their weights come from the user)."""
+    model = create_model(name, encoder=encoder, pretrained=False).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
