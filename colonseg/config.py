@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
@@ -120,7 +121,11 @@ def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ())
         cfg = OmegaConf.merge(schema, OmegaConf.load(path))
         for item in overrides:
             key = item.split("=", 1)[0]
-            value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+            try:
+                value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+            except yaml.YAMLError as exc:
+                problem = str(exc).splitlines()[0]
+                raise ColonsegError(f"override '{item}': not a valid value ({problem})") from None
             # a plain dict is replaced, not merged (`model.kwargs={}` empties it); lists always
             # are, and schema nodes merge so that their values are validated
             replace = isinstance(value, DictConfig) and _node_type(cfg, key) is dict

@@ -33,6 +33,8 @@ def test_config_errors():
         load_config("polyp_unet_lite")
     with pytest.raises(ColonsegError, match="could not be converted to Integer"):
         load_config("polyp_unet_lite0", ["trainer.max_epochs=four"])
+    with pytest.raises(ColonsegError, match=r"override 'data.train_scales=\[1,2': not a valid"):
+        load_config("polyp_unet_lite0", ["data.train_scales=[1,2"])
 
 
 def test_overrides_replace_rather_than_merge():
