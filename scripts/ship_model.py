@@ -47,7 +47,7 @@ LICENCE = (
 
 def _commands(provenance: dict) -> list[str]:
     """Training commands from the first stage to the last (``init_from`` chains)."""
-    earlier = provenance.get("init_from", {}).get("provenance", {})
+    earlier = (provenance.get("init_from") or {}).get("provenance") or {}
     own = [provenance["command"]] if provenance.get("command") else []
     return (_commands(earlier) if earlier else []) + own
 
