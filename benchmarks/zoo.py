@@ -67,7 +67,8 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
         if trained != epochs:
             raise SystemExit(f"error: {model_dir} was trained {trained} epochs, not {epochs}")
     else:
-        run_train(cfg, resume=(out / name / "checkpoints" / "last.ckpt").is_file())
+        resume = (out / name / "checkpoints" / "last.ckpt").is_file()
+        run_train(cfg, resume=resume, command=command({"model": name, "epochs": epochs}, out))
     minutes = json.loads((out / name / "metrics.json").read_text()).get("time/minutes")
     predictor = Predictor.from_pretrained(model_dir, device="cpu", precision=PRECISION)
     sources = [

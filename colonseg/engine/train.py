@@ -53,10 +53,16 @@ def _init_from(net: torch.nn.Module, source: str, arch: str) -> dict:
     return {"path": source, "provenance": meta.provenance}
 
 
-def run_train(cfg: DictConfig, resume: bool = False, callbacks: list | None = None) -> dict:
+def run_train(
+    cfg: DictConfig,
+    resume: bool = False,
+    callbacks: list | None = None,
+    command: str | None = None,
+) -> dict:
     """Train the model the config describes; return ``{"run_dir", "model_dir", "metrics"}``.
 
     ``callbacks`` are extra Lightning callbacks (e.g. early stopping), added to the built-in ones.
+    ``command`` is the command line recorded in the checkpoint (default: this process's own).
     """
     run_dir = Path(cfg.out_dir) / cfg.name
     ckpt_dir = run_dir / "checkpoints"
@@ -159,7 +165,7 @@ def run_train(cfg: DictConfig, resume: bool = False, callbacks: list | None = No
             "train": [dict(s) for s in cfg.data.train],
             "init_from": parent,
             "epochs": cfg.trainer.max_epochs,
-            "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
+            "command": command or " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
         },
         metrics={k: v for k, v in metrics.items() if k.startswith("val/")},
     )

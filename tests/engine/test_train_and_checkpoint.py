@@ -12,7 +12,7 @@ from colonseg.errors import ColonsegError
 
 
 def test_two_step_training_writes_a_usable_run(tiny_cfg):
-    result = run_train(tiny_cfg)
+    result = run_train(tiny_cfg, command="colonseg train tiny")
     run = result["run_dir"]
     for name in (
         "config.yaml",
@@ -27,6 +27,7 @@ def test_two_step_training_writes_a_usable_run(tiny_cfg):
     assert 0.0 <= result["metrics"]["val/dice"] <= 1.0
     cfg = json.loads((run / "model" / "config.json").read_text())
     assert cfg["arch"] == "unet" and cfg["preprocessing"]["size"] == [64, 64]
+    assert cfg["provenance"]["command"] == "colonseg train tiny"
 
     net, meta = load_pretrained(run / "model")
     x = torch.rand(1, 3, 64, 64)
