@@ -68,7 +68,7 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
             raise SystemExit(f"error: {model_dir} was trained {trained} epochs, not {epochs}")
     else:
         resume = (out / name / "checkpoints" / "last.ckpt").is_file()
-        run_train(cfg, resume=resume, command=command({"model": name, "epochs": epochs}, out))
+        run_train(cfg, resume=resume, command=command(name, epochs, out))
     minutes = json.loads((out / name / "metrics.json").read_text()).get("time/minutes")
     predictor = Predictor.from_pretrained(model_dir, device="cpu", precision=PRECISION)
     sources = [
@@ -92,10 +92,8 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
     return row
 
 
-def command(row: dict, out: Path) -> str:
-    return "colonseg train polyp_unet_lite0 " + " ".join(
-        overrides(row["model"], row["epochs"], out)
-    )
+def command(name: str, epochs: int, out: Path) -> str:
+    return "colonseg train polyp_unet_lite0 " + " ".join(overrides(name, epochs, out))
 
 
 def table(rows: list[dict], out: Path) -> str:
@@ -112,7 +110,7 @@ def table(rows: list[dict], out: Path) -> str:
         cells.append(f"{r['train_minutes']:.0f}" if r.get("train_minutes") else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Each row's training command (then `colonseg evaluate` as above):", ""]
-    lines += [f"- `{r['model']}`: `{command(r, out)}`" for r in rows]
+    lines += [f"- `{r['model']}`: `{command(r['model'], r['epochs'], out)}`" for r in rows]
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
     kw, (h, w) = meta.init_kwargs, meta.size
     sources = meta.provenance["train"]
     train = ", ".join(f"{Path(s['path']).name} `{s.get('split')}`" for s in sources)
-    cost = f"{count_params_m(net):.2f} M parameters, {count_gflops(net.float()):.2f} GFLOPs"
+    cost = f"{count_params_m(net):.2f} M parameters, {count_gflops(net):.2f} GFLOPs"
     rows = [
         "| test set | n | " + " | ".join(CARD_COLUMNS.values()) + " |",
         "|---|---:|" + "---:|" * len(CARD_COLUMNS),
@@ -125,16 +125,14 @@ def ship(args: argparse.Namespace) -> None:
             raise ColonsegError(f"fp16 costs {full - half:.4f} Dice (> {args.max_dice_drop})")
         target = ZOO_DIR / args.name
         card = target / "MODEL_CARD.md"
+        mib = (staged / "weights.safetensors").stat().st_size / 2**20
         if card.is_file():
             shutil.copy2(card, staged / card.name)
         else:
-            mib = (staged / "weights.safetensors").stat().st_size / 2**20
-            text = model_card(args.name, net, meta, summary, mib)
-            (staged / card.name).write_text(text)
+            (staged / card.name).write_text(model_card(args.name, net, meta, summary, mib))
         shutil.rmtree(target, ignore_errors=True)
         staged.rename(target)
-    size = (target / "weights.safetensors").stat().st_size / 2**20
-    print(f"shipped {args.model} as '{args.name}' ({size:.1f} MiB) in {target}")
+    print(f"shipped {args.model} as '{args.name}' ({mib:.1f} MiB) in {target}")
 
 
 def main() -> None:
