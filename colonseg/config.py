@@ -47,6 +47,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 0
     cache_dir: str | None = None
+    labels: str = "binary"  # label scheme: binary, or neopolyp (3 classes, RGB masks)
     train_scales: list[float] = field(default_factory=lambda: [1.0])
 
 
@@ -140,6 +141,7 @@ def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ())
             if close:
                 msg += f". Did you mean '{close[0]}'?"
         raise ColonsegError(f"{path}: invalid config: {msg}") from None
+    from colonseg.data.labels import SCHEMES
     from colonseg.data.transforms import AUGMENTATIONS
     from colonseg.losses import LOSSES
     from colonseg.models import MODELS
@@ -151,8 +153,15 @@ def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ())
         look_up_option(cfg.data.augment, AUGMENTATIONS.names(), "augmentation")
         look_up_option(cfg.optim.optimizer, ["adam", "adamw"], "optimizer")
         look_up_option(cfg.optim.scheduler, ["cosine", "exponential", "none"], "scheduler")
+        look_up_option(cfg.data.labels, list(SCHEMES), "label scheme")
     except ValueError as exc:
         raise ColonsegError(f"{path}: {exc}") from None
+    channels = SCHEMES[cfg.data.labels].model_channels
+    if cfg.model.classes != channels:
+        raise ColonsegError(
+            f"{path}: data.labels={cfg.data.labels} needs model.classes={channels} "
+            f"(got {cfg.model.classes})"
+        )
     return cfg
 
 

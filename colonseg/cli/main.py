@@ -50,6 +50,15 @@ ThresholdOpt = Annotated[float | None, typer.Option(help="Override the model's t
 PrecisionOpt = Annotated[
     str, typer.Option(help="fp32, bf16 or auto (bf16 where the hardware runs it natively).")
 ]
+PostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--postprocess",
+        help="Post-processing steps, e.g. 'fill_holes,min_area=0.001,class_vote'; 'none' for "
+        "none; default: the checkpoint's. Steps: otsu, morphology, fill_holes, min_area=F, "
+        "keep_largest, class_vote.",
+    ),
+]
 
 
 @app.command()
@@ -87,6 +96,7 @@ def evaluate(
     device: DeviceOpt = "auto",
     threshold: ThresholdOpt = None,
     precision: PrecisionOpt = "auto",
+    postprocess: PostOpt = None,
 ) -> None:
     """Evaluate a model on labelled datasets: per_case.csv, summary.json, table.md, report.html."""
     from colonseg.engine.evaluate import EvalSource, run_evaluate
@@ -98,7 +108,14 @@ def evaluate(
         EvalSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
     ]
     predictor = _predictor(
-        model, weights, tta=tta, size=size, device=device, threshold=threshold, precision=precision
+        model,
+        weights,
+        tta=tta,
+        size=size,
+        device=device,
+        threshold=threshold,
+        precision=precision,
+        postprocess=postprocess,
     )
     run_evaluate(predictor, sources, out, title=f"colonseg evaluate: {model}")
     typer.echo((out / "table.md").read_text())
@@ -123,14 +140,26 @@ def predict(
     attention: Annotated[
         bool, typer.Option(help="Also write the attention maps as heat maps (attention_unet).")
     ] = False,
+    postprocess: PostOpt = None,
+    rle_csv: Annotated[
+        Path | None,
+        typer.Option(help="Also write a run-length-encoded Kaggle submission CSV (NeoPolyp)."),
+    ] = None,
 ) -> None:
     """Segment images: masks/, probs/ and overlays/ (mask + heat map) as PNG."""
     from colonseg.engine.predict_files import run_predict
 
     predictor = _predictor(
-        model, weights, tta=tta, size=size, device=device, threshold=threshold, precision=precision
+        model,
+        weights,
+        tta=tta,
+        size=size,
+        device=device,
+        threshold=threshold,
+        precision=precision,
+        postprocess=postprocess,
     )
-    result = run_predict(predictor, list(inputs), out, save_attention=attention)
+    result = run_predict(predictor, list(inputs), out, save_attention=attention, rle_csv=rle_csv)
     typer.echo(f"{len(result['written'])} images → {out}")
     for _, message in result["failed"]:
         typer.echo(f"skipped: {message}", err=True)

@@ -4,6 +4,8 @@ Example:
     >>> dm = SegmentationDataModule(train=[DataSource(path=".../kvasir-seg", split="pranet_train")])
     >>> dm.setup("fit"); batch = next(iter(dm.train_dataloader()))
     >>> batch["image"].shape, batch["mask"].shape   # (B, 3, S, S), (B, 1, S, S)
+
+Masks are class maps under the label scheme ``labels`` (``binary``: {0, 1}; ``neopolyp``: 0..2).
 """
 
 from __future__ import annotations
@@ -71,11 +73,13 @@ class ArraySegmentationDataset(Dataset):
         }
 
 
-def _load(sources: Sequence[DataSource], size: int, cache_dir: str | None) -> list[tuple]:
+def _load(
+    sources: Sequence[DataSource], size: int, cache_dir: str | None, labels: str
+) -> list[tuple]:
     loaded = []
     for s in sources:
         pairs = find_pairs(s.path, s.layout, s.split)
-        images, masks = load_resized_pairs(pairs, size, cache_dir)
+        images, masks = load_resized_pairs(pairs, size, cache_dir, labels)
         loaded.append((Path(s.path).name, images, masks, [p.id for p in pairs]))
     return loaded
 
@@ -94,8 +98,10 @@ class SegmentationDataModule(L.LightningDataModule):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         cache_dir: str | None = None,
+        labels: str = "binary",
     ) -> None:
         super().__init__()
+        self.labels = labels
         self.train_sources, self.val_sources = list(train), list(val)
         self.image_size, self.augment = image_size, augment
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -109,10 +115,12 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_set = ConcatDataset(
             [
                 ArraySegmentationDataset(im, m, ids, self.mean, self.std, aug)
-                for _, im, m, ids in _load(self.train_sources, self.image_size, self.cache_dir)
+                for _, im, m, ids in _load(
+                    self.train_sources, self.image_size, self.cache_dir, self.labels
+                )
             ]
         )
-        val = _load(self.val_sources, self.image_size, self.cache_dir)
+        val = _load(self.val_sources, self.image_size, self.cache_dir, self.labels)
         self.val_names = [name for name, *_ in val]
         self.val_sets = [
             ArraySegmentationDataset(im, m, ids, self.mean, self.std) for _, im, m, ids in val

@@ -9,11 +9,17 @@ import numpy as np
 
 from colonseg.data.io import write_png
 
-__all__ = ["create_disc_image", "write_folder_dataset"]
+__all__ = ["create_disc_image", "write_folder_dataset", "write_neopolyp_dataset"]
 
 
-def create_disc_image(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """An RGB ``(size, size, 3) uint8`` image with one or two discs and their ``{0, 1}`` mask."""
+def create_disc_image(
+    size: int = 64, seed: int = 0, classes: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB ``(size, size, 3) uint8`` image with one or two discs and their class map.
+
+    Each disc takes a class in ``1..classes`` and is brightened in a class-specific way (class 1
+    in every channel, class 2 mostly in green), so a model can learn both outline and class.
+    """
     rng = np.random.default_rng(seed)
     image = rng.normal(90, 12, (size, size, 3)).clip(0, 255)
     image[..., 0] += 40  # reddish mucosa
@@ -21,8 +27,10 @@ def create_disc_image(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.nda
     for _ in range(int(rng.integers(1, 3))):
         r = int(rng.integers(size // 10, size // 4))
         cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
-        cv2.circle(mask, (cx, cy), r, 1, -1)
-    image[mask.astype(bool)] += 70
+        label = int(rng.integers(1, classes + 1)) if classes > 1 else 1
+        cv2.circle(mask, (cx, cy), r, label, -1)
+    tint = np.array([[0, 0, 0], [70, 70, 70], [10, 90, 30]], np.float64)
+    image += tint[np.minimum(mask, 2)]
     return image.clip(0, 255).astype(np.uint8), mask
 
 
@@ -33,4 +41,20 @@ def write_folder_dataset(root: str | Path, n: int = 8, size: int = 64, seed: int
         image, mask = create_disc_image(size, seed + i)
         write_png(root / "images" / f"case_{i}.png", image)
         write_png(root / "masks" / f"case_{i}.png", mask * 255)
+    return root
+
+
+def write_neopolyp_dataset(root: str | Path, n: int = 8, size: int = 64, seed: int = 0) -> Path:
+    """Write ``n`` pairs in the BKAI-IGH NeoPolyp Kaggle layout: ``train/train/*.jpeg`` images and
+    ``train_gt/train_gt/*.jpeg`` RGB masks (red neoplastic, green non-neoplastic), both JPEG so
+    the masks carry the same colour noise as the real ones."""
+    root = Path(root)
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+    for i in range(n):
+        image, classes = create_disc_image(size, seed + i, classes=2)
+        for folder, rgb in (("train", image), ("train_gt", colours[classes])):
+            path = root / folder / folder / f"case_{i}.jpeg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            path.write_bytes(buf.tobytes())
     return root

@@ -7,7 +7,11 @@
     {"format": "colonseg-checkpoint", "version": 1,
      "arch": "unet", "init_kwargs": {"encoder": "...", "classes": 1, ...},
      "preprocessing": {"size": [256, 256], "mean": [...], "std": [...]},
-     "class_names": ["polyp"], "threshold": 0.5, "provenance": {...}, "metrics": {...}}
+     "class_names": ["polyp"], "labels": "binary", "threshold": 0.5, "postprocess": "",
+     "provenance": {...}, "metrics": {...}}
+
+``labels`` names the label scheme (``binary`` or ``neopolyp``, see :mod:`colonseg.data.labels`);
+``postprocess`` the Predictor's default post-processing (see :mod:`colonseg.postprocess`).
 
 Example:
     >>> save_pretrained(model, meta, "runs/x/model")
@@ -51,7 +55,9 @@ class ModelMeta:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     class_names: list[str] = field(default_factory=lambda: ["polyp"])
+    labels: str = "binary"  # label scheme (colonseg.data.labels): binary or neopolyp
     threshold: float = 0.5
+    postprocess: str = ""  # post-processing steps the Predictor applies by default
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -74,7 +80,9 @@ class ModelMeta:
             mean=tuple(pre.get("mean", (0.5, 0.5, 0.5))),
             std=tuple(pre.get("std", (0.5, 0.5, 0.5))),
             class_names=list(d.get("class_names", ["polyp"])),
+            labels=str(d.get("labels", "binary")),
             threshold=float(d.get("threshold", 0.5)),
+            postprocess=str(d.get("postprocess", "")),
             provenance=dict(d.get("provenance", {})),
             metrics=dict(d.get("metrics", {})),
         )

@@ -7,6 +7,11 @@ report.html.
 images; ``mdice_256`` is the PraNet toolbox mean over 256 thresholds; the SOD metrics come from
 pysodmetrics. The empty-mask rule is in :mod:`colonseg.metrics.functional`. All metrics are
 computed at each image's original resolution.
+
+Multi-class models (e.g. ``labels: neopolyp``) are scored on the same binary metrics with classes
+merged (polyp vs background; ``dice_seg`` repeats ``dice``), plus pooled per-class ``dice_<key>``
+and ``iou_<key>`` (``dice_neo``, ``dice_non``, ...) and ``confusion``: the pixel confusion matrix
+(rows truth, columns prediction, background first), each row divided by its total.
 """
 
 from __future__ import annotations
@@ -21,11 +26,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from colonseg.data.io import read_image, read_mask, write_atomic
+from colonseg.data.io import read_image, write_atomic
+from colonseg.data.labels import read_label
 from colonseg.data.layouts import find_pairs
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
-from colonseg.metrics import SODMeter, binary_metrics, hd95, mean_dice_256
+from colonseg.metrics import (
+    ConfusionMeter,
+    SODMeter,
+    binary_metrics,
+    hd95,
+    mean_dice_256,
+    scores_from_matrix,
+)
 from colonseg.viz.overlays import compare, thumbnail
 from colonseg.viz.report import write_report
 
@@ -59,20 +72,25 @@ class EvalSource:
 
 def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
     pairs = find_pairs(source.path, source.layout, source.split)
+    scheme = predictor.scheme
     sod = SODMeter()
+    classes = ConfusionMeter(scheme.num_classes) if scheme.multiclass else None
     rows, pictures = [], {}
     for pair in tqdm(pairs, desc=source.display_name(), disable=not progress, leave=False):
-        image, target = read_image(pair.image), read_mask(pair.mask)
-        if image.shape[:2] != target.shape:
+        image, truth = read_image(pair.image), read_label(pair.mask, scheme)
+        if image.shape[:2] != truth.shape:
             raise ColonsegError(
-                f"{pair.mask}: mask size {target.shape[1]}x{target.shape[0]} differs from image "
+                f"{pair.mask}: mask size {truth.shape[1]}x{truth.shape[0]} differs from image "
                 f"{image.shape[1]}x{image.shape[0]}"
             )
+        target = (truth > 0).astype(np.uint8)
         out = predictor.predict(image)
         row = {"id": pair.id, **binary_metrics(out.mask, target)}
         row["mdice_256"] = mean_dice_256(out.prob, target)
         row["hd95"] = hd95(out.mask, target)
         row.update(sod.update(out.prob, target))
+        if classes is not None:
+            row.update(scores_from_matrix(classes.update(out.classes, truth), scheme.keys))
         rows.append(row)
         pictures[pair.id] = thumbnail(compare(image, out.mask, target))
     stats: dict[str, float] = {"n": len(rows)}
@@ -85,14 +103,30 @@ def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
     stats["hd95_missing"] = sum(math.isnan(r["hd95"]) for r in rows)
     ordered = {"n": stats["n"], **{k: stats[k] for k in SUMMARY_KEYS}}
     ordered["hd95_missing"] = stats["hd95_missing"]
+    if classes is not None:
+        ordered["dice_seg"] = ordered["dice"]
+        ordered.update(classes.class_scores(scheme.keys))
+        ordered["confusion"] = classes.normalized()
+        ordered["confusion_classes"] = list(scheme.class_names)
     return ordered, rows, pictures
 
 
+def _scalar_keys(summary: dict[str, dict]) -> list[str]:
+    """Every scalar metric of any dataset, in first-seen order (``n`` and matrices left out)."""
+    keys: list[str] = []
+    for stats in summary.values():
+        for k, v in stats.items():
+            if k not in ("n", "hd95_missing") and isinstance(v, float | int) and k not in keys:
+                keys.append(k)
+    return keys
+
+
 def _table_md(summary: dict[str, dict]) -> str:
-    cols = ["n", *SUMMARY_KEYS]
+    keys = _scalar_keys(summary)
+    cols = ["n", *keys]
     lines = ["| dataset | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, s in summary.items():
-        cells = [str(s["n"])] + [f"{s[k]:.4f}" for k in SUMMARY_KEYS]
+        cells = [str(s["n"])] + [f"{s[k]:.4f}" if k in s else "" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -117,13 +151,15 @@ def run_evaluate(
     for source, name in zip(sources, names, strict=True):
         summary[name], cases[name], pictures[name] = _evaluate_source(predictor, source, progress)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["dataset", "id", *_CASE_KEYS])
+    case_keys = list(_CASE_KEYS)
+    for rows in cases.values():
+        case_keys += [k for k in rows[0] if k not in case_keys and k != "id"]
+    writer = csv.DictWriter(buf, fieldnames=["dataset", "id", *case_keys])
     writer.writeheader()
     for name, rows in cases.items():
         for r in rows:
-            writer.writerow(
-                {"dataset": name, "id": r["id"], **{k: f"{r[k]:.6f}" for k in _CASE_KEYS}}
-            )
+            cells = {k: f"{r[k]:.6f}" for k in case_keys if k in r}
+            writer.writerow({"dataset": name, "id": r["id"], **cells})
     write_atomic(out_dir / "per_case.csv", lambda tmp: tmp.write_text(buf.getvalue()))
     text = json.dumps(summary, indent=2)
     write_atomic(out_dir / "summary.json", lambda tmp: tmp.write_text(text))

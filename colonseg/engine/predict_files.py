@@ -8,9 +8,10 @@ import numpy as np
 from tqdm import tqdm
 
 from colonseg.data.io import IMAGE_EXTENSIONS, read_image, write_png
+from colonseg.data.rle import submission_rows, write_submission
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
-from colonseg.viz.overlays import heatmap, overlay
+from colonseg.viz.overlays import heatmap, overlay, overlay_classes
 
 __all__ = ["collect_images", "run_predict"]
 
@@ -52,12 +53,19 @@ def run_predict(
     save_probs: bool = True,
     save_overlays: bool = True,
     save_attention: bool = False,
+    rle_csv: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Predict every image; write ``masks/``, ``probs/`` and ``overlays/`` PNGs under ``out_dir``.
 
+    Binary models write masks as 0/255 grey PNGs; multi-class models as RGB PNGs in their label
+    scheme's colours (NeoPolyp: the Kaggle code, red neoplastic, green non-neoplastic) and tint
+    each class in its colour on the overlay. ``probs/`` holds the polyp probability.
+
     ``save_attention`` also writes ``attention/<stem>.png``: the model's attention maps as heat
     maps side by side (in the order of ``Predictor.attention_maps``; ``attention_unet`` only).
+    ``rle_csv`` writes every class map as a run-length-encoded Kaggle submission CSV
+    (see :mod:`colonseg.data.rle`).
 
     Unreadable files are skipped and reported in ``result["failed"]`` as ``(path, message)``.
     """
@@ -66,7 +74,8 @@ def run_predict(
         raise ColonsegError(f"{predictor.meta.arch}: this architecture has no attention maps")
     files = collect_images(inputs)
     names = _unique_stems(files)
-    written, failed, areas = [], [], {}
+    scheme = predictor.scheme
+    written, failed, areas, rle_rows = [], [], {}, []
     for f in tqdm(files, desc="predict", disable=not progress):
         try:
             image = read_image(f)
@@ -75,16 +84,26 @@ def run_predict(
             continue
         out = predictor.predict(image)
         stem = names[f]
-        write_png(out_dir / "masks" / f"{stem}.png", out.mask * 255)
+        mask_png = scheme.colorize(out.classes) if scheme.multiclass else out.mask * 255
+        write_png(out_dir / "masks" / f"{stem}.png", mask_png)
         if save_probs:
             write_png(out_dir / "probs" / f"{stem}.png", np.round(out.prob * 255).astype(np.uint8))
         if save_overlays:
-            pair = np.concatenate([overlay(image, out.mask), heatmap(image, out.prob)], axis=1)
+            tinted = (
+                overlay_classes(image, out.classes, scheme.colours)
+                if scheme.multiclass
+                else overlay(image, out.mask)
+            )
+            pair = np.concatenate([tinted, heatmap(image, out.prob)], axis=1)
             write_png(out_dir / "overlays" / f"{stem}.png", pair)
+        if rle_csv is not None:
+            rle_rows += submission_rows(stem, out.classes, scheme.num_classes)
         if save_attention:
             maps = predictor.attention_maps(image)
             strip = np.concatenate([heatmap(image, m) for m in maps.values()], axis=1)
             write_png(out_dir / "attention" / f"{stem}.png", strip)
         areas[stem] = float(out.mask.mean())
         written.append(str(f))
+    if rle_csv is not None:
+        write_submission(rle_csv, rle_rows)
     return {"out_dir": out_dir, "written": written, "failed": failed, "area_fraction": areas}

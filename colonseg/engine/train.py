@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from colonseg.config import save_config
 from colonseg.data.datamodule import DataSource, SegmentationDataModule
 from colonseg.data.io import write_atomic
+from colonseg.data.labels import get_scheme
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained, save_pretrained
 from colonseg.engine.predict import native_bf16
 from colonseg.errors import ColonsegError
@@ -41,16 +42,25 @@ def _precision(cfg: DictConfig) -> str:
 
 
 def _init_from(net: torch.nn.Module, source: str, arch: str) -> dict:
-    """Copy a trained checkpoint of the same architecture into ``net``; return its provenance."""
+    """Copy a trained checkpoint of the same architecture into ``net``; return its provenance.
 
+    Tensors whose shapes differ (only the output heads, e.g. a binary model initialising a
+    3-class one) keep their fresh initialisation and are listed under ``reinitialised``.
+    """
     trained, meta = load_pretrained(source)
     if meta.arch != arch:
         raise ColonsegError(f"{source}: a {meta.arch} checkpoint cannot initialise {arch}")
-    try:
-        net.load_state_dict(trained.state_dict())
-    except RuntimeError:
-        raise ColonsegError(f"{source}: its weights do not fit the configured {arch}") from None
-    return {"path": source, "provenance": meta.provenance}
+    own, theirs = net.state_dict(), trained.state_dict()
+    if own.keys() != theirs.keys():
+        raise ColonsegError(f"{source}: its weights do not fit the configured {arch}")
+    fresh = [k for k in own if own[k].shape != theirs[k].shape]
+    if len(fresh) > 0.05 * len(own):  # more than heads differ: another encoder or width
+        raise ColonsegError(
+            f"{source}: {len(fresh)} of {len(own)} tensors differ in shape from the configured "
+            f"{arch} (e.g. {fresh[0]}); only output heads may differ"
+        )
+    net.load_state_dict({k: (own[k] if k in fresh else theirs[k]) for k in own})
+    return {"path": source, "provenance": meta.provenance, "reinitialised": fresh}
 
 
 def run_train(
@@ -81,8 +91,10 @@ def run_train(
         mean=mean,
         std=std,
         cache_dir=cfg.data.cache_dir,
+        labels=cfg.data.labels,
     )
     dm.setup("fit")
+    scheme = get_scheme(cfg.data.labels)
     init_kwargs = {
         "encoder": cfg.model.encoder,
         "classes": cfg.model.classes,
@@ -108,6 +120,8 @@ def run_train(
             list(cfg.optim.deep_supervision_weights) if cfg.optim.deep_supervision_weights else None
         ),
         train_scales=list(cfg.data.train_scales),
+        classes=cfg.model.classes,
+        class_keys=list(scheme.keys[1:]),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -159,6 +173,8 @@ def run_train(
         size=(cfg.data.image_size, cfg.data.image_size),
         mean=mean,
         std=std,
+        class_names=list(scheme.class_names[1:]),
+        labels=scheme.name,
         threshold=cfg.threshold,
         provenance={
             "config": cfg.name,

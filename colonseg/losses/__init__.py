@@ -8,7 +8,8 @@
 
 ``DeepSupervisionLoss`` wraps any of them for models that also return auxiliary outputs.
 
-All take ``(pred logits (B, C, H, W), target)``: binary targets ``(B, 1, H, W)`` in {0, 1}.
+All take ``(pred logits (B, C, H, W), target)``: binary targets ``(B, 1, H, W)`` in {0, 1};
+multi-class targets ``(B, 1, H, W)`` or ``(B, H, W)`` holding class indices (any dtype).
 """
 
 from __future__ import annotations
@@ -51,21 +52,38 @@ class _CrossEntropy(nn.CrossEntropyLoss):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.ndim == 4:
             target = target[:, 0]
-        return super().forward(pred, target.long())
+        return super().forward(pred, target.round().long())
+
+
+class _MulticlassDice(DiceLoss):
+    """smp's multi-class soft Dice taking float or integer class-index targets."""
+
+    def __init__(self) -> None:
+        super().__init__("multiclass", from_logits=True)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(pred, target.round().long())
+
+
+def _binary_only(name: str, classes: int) -> None:
+    if classes != 1:
+        raise ColonsegError(f"the {name} loss is binary (classes=1); use ce_dice for {classes}")
 
 
 @LOSSES.register("bce")
 def _bce(classes: int = 1) -> nn.Module:
+    _binary_only("bce", classes)
     return nn.BCEWithLogitsLoss()
 
 
 @LOSSES.register("dice")
 def _dice(classes: int = 1) -> nn.Module:
-    return DiceLoss("binary" if classes == 1 else "multiclass", from_logits=True)
+    return DiceLoss("binary", from_logits=True) if classes == 1 else _MulticlassDice()
 
 
 @LOSSES.register("bce_dice")
 def _bce_dice(classes: int = 1, bce_weight: float = 1.0, dice_weight: float = 1.0) -> nn.Module:
+    _binary_only("bce_dice", classes)
     return ComboLoss([_bce(), _dice()], [bce_weight, dice_weight])
 
 
@@ -125,8 +143,7 @@ class DeepSupervisionLoss(nn.Module):
 
 @LOSSES.register("structure")
 def _structure(classes: int = 1) -> nn.Module:
-    if classes != 1:
-        raise ColonsegError("the structure loss is binary (classes=1)")
+    _binary_only("structure", classes)
     return StructureLoss()
 
 

@@ -1,8 +1,18 @@
-"""Benchmark metrics: per-image binary metrics, the PraNet toolbox mDice, HD95, and SOD metrics."""
+"""Benchmark metrics: per-image binary metrics, the PraNet toolbox mDice, HD95, SOD metrics and
+pooled multi-class Dice/IoU."""
 
 from __future__ import annotations
 
 from colonseg.metrics.functional import binary_metrics, confusion, hd95, mean_dice_256
+from colonseg.metrics.multiclass import ConfusionMeter, scores_from_matrix
 from colonseg.metrics.sod import SODMeter
 
-__all__ = ["SODMeter", "binary_metrics", "confusion", "hd95", "mean_dice_256"]
+__all__ = [
+    "ConfusionMeter",
+    "SODMeter",
+    "binary_metrics",
+    "confusion",
+    "hd95",
+    "mean_dice_256",
+    "scores_from_matrix",
+]

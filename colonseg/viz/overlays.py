@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["contours", "heatmap", "overlay", "compare", "thumbnail"]
+__all__ = ["contours", "heatmap", "overlay", "overlay_classes", "compare", "thumbnail"]
 
 GREEN, RED, YELLOW = (0, 220, 0), (255, 40, 40), (255, 220, 0)
 
@@ -25,6 +25,17 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=YELLOW, alpha: float = 0.
     m = mask.astype(bool)
     out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, np.float32)
     return contours(out.clip(0, 255).astype(np.uint8), mask, color)
+
+
+def overlay_classes(
+    image: np.ndarray, classes: np.ndarray, colours, alpha: float = 0.35
+) -> np.ndarray:
+    """Tint and outline every foreground class of a class map in its own colour."""
+    out = image
+    for c in range(1, len(colours)):
+        if (classes == c).any():
+            out = overlay(out, classes == c, colours[c], alpha)
+    return out
 
 
 def heatmap(image: np.ndarray, prob: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -69,9 +69,22 @@ def write_report(
     for name, stats in summary.items():
         rows = sorted(cases[name], key=lambda c: c["dice"])
         parts.append(f"<h2>{html.escape(name)} (n = {stats['n']})</h2><table><tr>")
-        keys = [k for k in stats if k != "n"]
+        keys = [k for k, v in stats.items() if k != "n" and isinstance(v, float | int)]
         parts.append("".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr><tr>")
         parts.append("".join(f"<td>{stats[k]:.4f}</td>" for k in keys) + "</tr></table>")
+        if "confusion" in stats:  # multi-class: rows are the truth, columns the prediction
+            matrix = stats["confusion"]
+            names = stats.get("confusion_classes") or [str(i) for i in range(len(matrix))]
+            parts.append(
+                "<p>Pixel confusion matrix (rows: truth, columns: prediction, each row "
+                "sums to 1):</p><table><tr><th></th>"
+                + "".join(f"<th>{html.escape(n)}</th>" for n in names)
+                + "</tr>"
+            )
+            for i, row in enumerate(matrix):
+                cells = "".join(f"<td>{v:.3f}</td>" for v in row)
+                parts.append(f"<tr><th>{html.escape(names[i])}</th>{cells}</tr>")
+            parts.append("</table>")
         uri = _histogram_uri([c["dice"] for c in rows], f"{name}: Dice per image")
         parts.append(f"<p><img src='{uri}' alt='Dice histogram {html.escape(name)}'></p>")
         for label, chosen in (("Worst", rows[:n_show]), ("Best", rows[::-1][:n_show])):

@@ -147,10 +147,29 @@ def test_init_from_copies_a_trained_checkpoint(tmp_path):
     save_pretrained(trained, meta, tmp_path / "m")
     fresh = create_model("unet", pretrained=False, **kwargs).eval()
     parent = _init_from(fresh, str(tmp_path / "m"), "unet")
-    assert parent == {"path": str(tmp_path / "m"), "provenance": {"epochs": 3}}
+    assert parent == {"path": str(tmp_path / "m"), "provenance": {"epochs": 3}, "reinitialised": []}
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), trained(x))
+    three = create_model("unet", pretrained=False, encoder="test_efficientnet", classes=3)
+    head = {k: v.clone() for k, v in three.state_dict().items()}
+    parent = _init_from(three, str(tmp_path / "m"), "unet")
+    assert parent["reinitialised"] == ["segmentation_head.0.weight", "segmentation_head.0.bias"]
+    for k, v in three.state_dict().items():  # everything but the head comes from the checkpoint
+        expected = head[k] if k in parent["reinitialised"] else trained.state_dict()[k]
+        torch.testing.assert_close(v, expected)
+    with pytest.raises(ColonsegError, match="only output heads may differ"):
+        _init_from(
+            create_model(
+                "unet",
+                pretrained=False,
+                encoder="test_efficientnet",
+                classes=1,
+                decoder_channels=[32, 16, 8, 8, 8],
+            ),
+            str(tmp_path / "m"),
+            "unet",
+        )
     with pytest.raises(ColonsegError, match="a unet checkpoint cannot initialise pranet"):
         _init_from(
             create_model("pranet", pretrained=False, **kwargs), str(tmp_path / "m"), "pranet"

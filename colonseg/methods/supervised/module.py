@@ -1,4 +1,9 @@
-"""LightningModule for fully supervised segmentation (binary masks)."""
+"""LightningModule for fully supervised segmentation: binary masks or multi-class class maps.
+
+Validation logs ``val/dice`` (per-image Dice of polyp vs background, classes merged; ``dice_seg``
+for multi-class models) and, for multi-class models, ``val/dice_<class key>`` pooled over the
+epoch (e.g. ``val/dice_neo``, ``val/dice_non``).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from colonseg.data.labels import decide
 from colonseg.errors import ColonsegError
 from colonseg.losses import DeepSupervisionLoss, create_loss
 
-__all__ = ["SupervisedModule", "batch_confusion"]
+__all__ = ["SupervisedModule", "batch_confusion", "class_counts"]
 
 
 def batch_confusion(probs: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -26,6 +32,15 @@ def batch_confusion(probs: torch.Tensor, target: torch.Tensor, threshold: float)
     fn = (~pred & gt).sum(dims)
     tn = (~pred & ~gt).sum(dims)
     return torch.stack([tp, fp, fn, tn], 1).double()
+
+
+def class_counts(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+    """``(tp, fp, fn)`` of each foreground class 1..classes-1 over a batch: ``(classes-1, 3)``."""
+    rows = []
+    for c in range(1, classes):
+        p, t = pred == c, target == c
+        rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
+    return torch.stack(rows).double()
 
 
 def _dice_per_image(c: torch.Tensor) -> torch.Tensor:
@@ -59,11 +74,13 @@ class SupervisedModule(L.LightningModule):
         deep_supervision: bool = False,
         deep_supervision_weights: list[float] | None = None,
         train_scales: list[float] | None = None,
+        classes: int = 1,
+        class_keys: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
-        self.criterion = create_loss(loss, classes=1)
+        self.criterion = create_loss(loss, classes=classes)
         if deep_supervision and not hasattr(net, "forward_with_aux"):
             raise ColonsegError(
                 f"{net.__class__.__name__} has no auxiliary outputs: set deep_supervision=false"
@@ -75,6 +92,7 @@ class SupervisedModule(L.LightningModule):
         )
         self.train_scales = list(train_scales or [1.0])
         self._val_counts: dict[int, list[torch.Tensor]] = {}
+        self._val_class_counts: list[torch.Tensor] = []
         self._train_counts: list[torch.Tensor] = []
         self._val_loss: list[tuple[float, int]] = []
 
@@ -111,9 +129,14 @@ class SupervisedModule(L.LightningModule):
                 loss, logits = self._loss(images, masks)
             else:
                 size = [max(32, round(d * scale / 32) * 32) for d in images.shape[-2:]]
+                if self.hparams.classes == 1:
+                    scaled = F.interpolate(
+                        masks.float(), size, mode="bilinear", align_corners=False
+                    )
+                else:  # class indices must not be blended
+                    scaled = F.interpolate(masks.float(), size, mode="nearest")
                 loss, _ = self._loss(
-                    F.interpolate(images, size=size, mode="bilinear", align_corners=False),
-                    F.interpolate(masks.float(), size=size, mode="bilinear", align_corners=False),
+                    F.interpolate(images, size=size, mode="bilinear", align_corners=False), scaled
                 )
             losses.append(loss)
         loss = torch.stack(losses).mean()
@@ -123,10 +146,15 @@ class SupervisedModule(L.LightningModule):
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits)
         )
-        self._train_counts.append(
-            batch_confusion(logits.detach().sigmoid(), masks, self.hparams.threshold)
-        )
+        fg, _ = self._decide(logits.detach())
+        self._train_counts.append(batch_confusion(fg, (masks > 0).float(), self.hparams.threshold))
         return loss
+
+    def _decide(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits → polyp probability ``(B, 1, H, W)`` and class map ``(B, H, W)``."""
+        probs = logits.sigmoid() if self.hparams.classes == 1 else logits.softmax(1)
+        fg, classes = decide(probs, self.hparams.threshold)
+        return fg[:, None], classes
 
     def on_train_epoch_end(self) -> None:
         if self._train_counts:
@@ -137,8 +165,14 @@ class SupervisedModule(L.LightningModule):
         logits = self(batch["image"]).float()
         loss = self.criterion(logits, batch["mask"])
         self._val_loss.append((float(loss) * len(logits), len(logits)))
-        counts = batch_confusion(logits.sigmoid(), batch["mask"], self.hparams.threshold)
+        fg, classes = self._decide(logits)
+        target = batch["mask"]
+        counts = batch_confusion(fg, (target > 0).float(), self.hparams.threshold)
         self._val_counts.setdefault(dataloader_idx, []).append(counts)
+        if self.hparams.classes > 1:
+            self._val_class_counts.append(
+                class_counts(classes, target[:, 0].round().to(torch.uint8), self.hparams.classes)
+            )
 
     def on_validation_epoch_end(self) -> None:
         names = self.hparams.val_names or []
@@ -155,7 +189,13 @@ class SupervisedModule(L.LightningModule):
         if self._val_loss:
             total, n = map(sum, zip(*self._val_loss, strict=True))
             self.log("val/loss", total / max(n, 1))
-        self._val_counts, self._val_loss = {}, []
+        if self._val_class_counts:  # pooled over the epoch, as NeoUNet reports dice_neo/dice_non
+            tp, fp, fn = torch.stack(self._val_class_counts).sum(0).unbind(1)
+            dice = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+            keys = self.hparams.class_keys or [str(c) for c in range(1, self.hparams.classes)]
+            for key, value in zip(keys, dice, strict=True):
+                self.log(f"val/dice_{key}", value.float())
+        self._val_counts, self._val_loss, self._val_class_counts = {}, [], []
 
     def _log_counts(self, stage: str, c: torch.Tensor) -> None:
         tp, fp, fn, tn = c.sum(0)

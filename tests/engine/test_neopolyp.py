@@ -1,0 +1,132 @@
+"""Three-class NeoPolyp end to end on a generated dataset in the Kaggle layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from colonseg.config import load_config
+from colonseg.data.io import read_image
+from colonseg.data.labels import get_scheme, read_label
+from colonseg.data.rle import rle_decode
+from colonseg.data.synthetic import write_neopolyp_dataset
+from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.predict import Predictor
+from colonseg.engine.predict_files import run_predict
+from colonseg.engine.train import run_train
+from colonseg.errors import ColonsegError
+from colonseg.metrics import ConfusionMeter
+
+
+@pytest.fixture
+def bkai_dir(tmp_path):
+    return write_neopolyp_dataset(tmp_path / "bkai", n=8, size=64)
+
+
+def _cfg(bkai_dir, tmp_path, *extra):
+    return load_config(
+        "neopolyp_unet_lite0",
+        [
+            "name=neo",
+            f"out_dir={tmp_path / 'runs'}",
+            "model.encoder=test_efficientnet",
+            "model.pretrained=false",
+            "model.init_from=null",
+            "model.kwargs={}",
+            f"data.train=[{{path: {bkai_dir}}}]",
+            f"data.val=[{{path: {bkai_dir}}}]",
+            "data.image_size=64",
+            "data.batch_size=4",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "trainer.progress_bar=false",
+            *extra,
+        ],
+    )
+
+
+def test_config_checks_classes_against_the_label_scheme(bkai_dir, tmp_path):
+    with pytest.raises(ColonsegError, match="data.labels=neopolyp needs model.classes=3"):
+        _cfg(bkai_dir, tmp_path, "model.classes=1")
+    with pytest.raises(ColonsegError, match="the bce_dice loss is binary"):
+        run_train(_cfg(bkai_dir, tmp_path, "optim.loss=bce_dice"))
+
+
+def test_three_class_model_trains_predicts_and_evaluates(bkai_dir, tmp_path):
+    result = run_train(_cfg(bkai_dir, tmp_path))
+    for key in ("val/dice", "val/dice_neo", "val/dice_non"):
+        assert 0.0 <= result["metrics"][key] <= 1.0, key
+    config = json.loads((result["model_dir"] / "config.json").read_text())
+    assert config["labels"] == "neopolyp"
+    assert config["class_names"] == ["neoplastic", "non-neoplastic"]
+
+    predictor = Predictor.from_pretrained(result["model_dir"], device="cpu")
+    image = read_image(next((bkai_dir / "train" / "train").iterdir()))
+    out = predictor.predict(image)
+    assert out.probs.shape == (3, 64, 64)
+    np.testing.assert_allclose(out.probs.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_allclose(out.prob, 1 - out.probs[0], atol=1e-6)
+    np.testing.assert_array_equal(out.mask, out.classes > 0)
+
+    written = run_predict(
+        predictor, [bkai_dir / "train" / "train"], tmp_path / "pred", rle_csv=tmp_path / "s.csv"
+    )
+    assert len(written["written"]) == 8
+    rgb = read_image(tmp_path / "pred" / "masks" / "case_0.png")
+    scheme = get_scheme("neopolyp")
+    colours = {tuple(c) for c in rgb.reshape(-1, 3).tolist()}
+    assert colours <= set(scheme.colours), "masks are written in the Kaggle colour code"
+    rows = list(csv.reader((tmp_path / "s.csv").open()))
+    assert rows[0] == ["Id", "Expected"] and len(rows) == 1 + 2 * 8
+    by_id = dict(rows[1:])
+    classes = read_label(tmp_path / "pred" / "masks" / "case_0.png", scheme)
+    np.testing.assert_array_equal(rle_decode(by_id["case_0_0"], (64, 64)), classes == 1)
+    np.testing.assert_array_equal(rle_decode(by_id["case_0_1"], (64, 64)), classes == 2)
+
+    summary = run_evaluate(predictor, [EvalSource(str(bkai_dir))], tmp_path / "ev", progress=False)
+    s = summary["bkai"]
+    assert s["dice_seg"] == s["dice"]
+    for key in ("dice_neo", "dice_non", "iou_neo", "iou_non"):
+        assert 0.0 <= s[key] <= 1.0
+    assert np.allclose(np.sum(s["confusion"], axis=1), 1.0)
+    assert "dice_neo" in (tmp_path / "ev" / "table.md").read_text()
+    assert "dice_neo" in (tmp_path / "ev" / "per_case.csv").read_text().splitlines()[0]
+
+
+def test_perfect_three_class_prediction_scores_one(bkai_dir, tmp_path):
+    class Oracle(Predictor):
+        def predict(self, image):
+            from colonseg.engine.predict import Prediction
+
+            truth = self.truth[image.tobytes()]
+            probs = np.stack([truth == c for c in range(3)]).astype(np.float32)
+            return Prediction(1 - probs[0], (truth > 0).astype(np.uint8), truth, probs)
+
+    from colonseg.data.layouts import find_pairs
+    from colonseg.engine.checkpoint import ModelMeta
+    from colonseg.models import create_model
+
+    meta = ModelMeta("unet", {"encoder": "test_efficientnet", "classes": 3}, labels="neopolyp")
+    net = create_model("unet", encoder="test_efficientnet", classes=3, pretrained=False)
+    oracle = Oracle(net, meta, "cpu")
+    scheme = get_scheme("neopolyp")
+    oracle.truth = {
+        read_image(p.image).tobytes(): read_label(p.mask, scheme) for p in find_pairs(bkai_dir)
+    }
+    s = run_evaluate(oracle, [EvalSource(str(bkai_dir))], tmp_path / "ev", progress=False)["bkai"]
+    assert s["dice_seg"] == s["dice_neo"] == s["dice_non"] == 1.0
+    np.testing.assert_allclose(np.diag(s["confusion"]), 1.0)
+
+
+def test_confusion_meter_pools_pixels_over_images():
+    meter = ConfusionMeter(3)
+    meter.update(np.array([[1, 1], [0, 2]]), np.array([[1, 2], [0, 2]]))
+    meter.update(np.array([[0, 0], [0, 0]]), np.array([[1, 0], [0, 0]]))
+    scores = meter.class_scores(("bg", "neo", "non"))
+    assert scores["dice_neo"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))  # tp 1, fp 1, fn 1
+    assert scores["dice_non"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
+    assert scores["iou_non"] == pytest.approx(0.5)
+    assert meter.matrix.sum() == 8

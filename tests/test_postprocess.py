@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from colonseg.errors import ColonsegError
+from colonseg.postprocess import PostProcess
+
+
+def _disc(size=80, center=(40, 40), r=20) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    cv2.circle(m, center, r, 1, -1)
+    return m
+
+
+def test_fill_holes_fills_a_ring():
+    mask = _disc()
+    mask[35:45, 35:45] = 0
+    out, _ = PostProcess(fill_holes=True)(mask.astype(np.float32), mask)
+    np.testing.assert_array_equal(out, _disc())
+
+
+def test_min_area_drops_small_regions_and_keep_largest_keeps_one():
+    mask = _disc(r=15)
+    mask[2:5, 2:5] = 1  # 9 px speck: 0.14 % of the image
+    cv2.circle(mask, (70, 70), 6, 1, -1)  # second, smaller polyp
+    prob = mask.astype(np.float32)
+    out, _ = PostProcess(min_area=0.005)(prob, mask)
+    assert out[3, 3] == 0 and out[70, 70] == 1 and out[40, 40] == 1
+    out, _ = PostProcess(keep_largest=True)(prob, mask)
+    assert out[3, 3] == 0 and out[70, 70] == 0 and out.sum() == _disc(r=15).sum()
+
+
+def test_adaptive_morphology_removes_a_spur_and_closes_a_crack():
+    mask = _disc(r=25)
+    mask[40, 65:79] = 1  # one-pixel spur sticking out
+    mask[39:42, 20:40] = 0  # thin crack into the region
+    out, _ = PostProcess(morphology=True)(mask.astype(np.float32), mask)
+    assert out[40, 75] == 0, "spur removed"
+    assert out[40, 30] == 1, "crack closed"
+    assert abs(int(out.sum()) - int(_disc(r=25).sum())) < 0.05 * _disc(r=25).sum()
+
+
+def test_otsu_adapts_the_threshold_but_not_on_empty_frames():
+    prob = np.full((60, 60), 0.05, np.float32)
+    prob[20:40, 20:40] = 0.35  # a confident-but-low region the fixed 0.5 threshold misses
+    mask = (prob >= 0.5).astype(np.uint8)
+    out, _ = PostProcess(otsu=True)(prob, mask)
+    assert out[30, 30] == 1 and out[5, 5] == 0
+    flat = np.random.default_rng(0).uniform(0, 0.1, (60, 60)).astype(np.float32)
+    out, _ = PostProcess(otsu=True)(flat, np.zeros((60, 60), np.uint8))
+    assert out.sum() == 0, "noise below the Otsu floor stays background"
+
+
+def test_class_vote_makes_each_region_one_class():
+    mask = _disc()
+    probs = np.zeros((3, 80, 80), np.float32)
+    probs[0] = 1 - mask
+    probs[1] = mask * 0.7
+    probs[2] = mask * 0.3
+    probs[1, 20:35, :], probs[2, 20:35, :] = 0.3 * mask[20:35], 0.7 * mask[20:35]  # a green top
+    plain, classes = PostProcess()(mask.astype(np.float32), mask, probs)
+    assert set(np.unique(classes[mask > 0])) == {1, 2}, "without the vote the region is mixed"
+    _, voted = PostProcess(class_vote=True)(mask.astype(np.float32), mask, probs)
+    assert set(np.unique(voted[mask > 0])) == {1}
+    assert (voted[mask == 0] == 0).all()
+
+
+def test_spec_parses_round_trips_and_rejects_nonsense():
+    pp = PostProcess.parse("fill_holes, min_area=0.002,class_vote")
+    assert pp == PostProcess(fill_holes=True, min_area=0.002, class_vote=True)
+    assert PostProcess.parse(pp.spec()) == pp
+    assert not PostProcess.parse("none") and not PostProcess.parse("")
+    with pytest.raises(ColonsegError, match="unknown step 'fill'"):
+        PostProcess.parse("fill")
+    with pytest.raises(ColonsegError, match="min_area takes a fraction"):
+        PostProcess.parse("min_area=big")
+    with pytest.raises(ColonsegError, match="takes no value"):
+        PostProcess.parse("otsu=1")
