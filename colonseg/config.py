@@ -89,6 +89,7 @@ class TrainConfig:
     name: str = "run"
     out_dir: str = "runs"
     threshold: float = 0.5
+    postprocess: str = ""  # the Predictor's default post-processing spec, kept in the checkpoint
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -156,6 +157,9 @@ def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ())
         look_up_option(cfg.data.labels, list(SCHEMES), "label scheme")
     except ValueError as exc:
         raise ColonsegError(f"{path}: {exc}") from None
+    from colonseg.postprocess import PostProcess
+
+    PostProcess.parse(cfg.postprocess)  # a bad spec fails here, before training
     channels = SCHEMES[cfg.data.labels].model_channels
     if cfg.model.classes != channels:
         raise ColonsegError(

@@ -2,9 +2,11 @@
 
 Run: .venv/bin/python scripts/ship_model.py runs/<run>/model <name> --summary eval/summary.json
 The zoo copy keeps the run's config.json, replaces its metrics by the `colonseg evaluate` summary
-(dice, iou, mdice_256, s_measure per dataset), and stores the weights in fp16 (half the size).
-It then checks that the fp16 copy predicts what the fp32 original predicts on the bundled samples
-and refuses to ship when their mean Dice differs by more than --max-dice-drop. Unless the zoo
+(dice, iou, mdice_256, s_measure per dataset; dice_neo/dice_non for 3-class models), optionally
+sets its default post-processing (--postprocess SPEC, as measured by benchmarks/postprocess.py),
+and stores the weights in fp16 (half the size). It then checks that the fp16 copy predicts what
+the fp32 original predicts on the bundled samples (the NeoPolyp ones for 3-class models) and
+refuses to ship when their mean Dice differs by more than --max-dice-drop. Unless the zoo
 folder already has a hand-written ``MODEL_CARD.md`` (kept as it is), it writes one from the
 checkpoint's provenance and the summary: architecture, size, cost, training commands, test table.
 """
@@ -25,8 +27,9 @@ from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.models.cost import count_gflops, count_params_m
+from colonseg.postprocess import PostProcess
 
-KEPT = ("dice", "iou", "mdice_256", "s_measure")
+KEPT = ("dice", "iou", "mdice_256", "s_measure", "dice_neo", "dice_non")
 CARD_COLUMNS = {  # summary key -> card column
     "dice": "dice",
     "iou": "iou",
@@ -36,13 +39,32 @@ CARD_COLUMNS = {  # summary key -> card column
     "wfm": "Fβw",
     "mae": "MAE",
     "hd95": "HD95 (px)",
+    "dice_neo": "dice_neo",
+    "dice_non": "dice_non",
 }
-LICENCE = (
-    "**Licence.** The weights are derived from Kvasir-SEG and CVC-ClinicDB, which allow research "
-    "and non-commercial use only; the same restriction applies to these weights. Cite Jha et al., "
-    "MMM 2020 (Kvasir-SEG) and Bernal et al., CMIG 2015 (CVC-ClinicDB) when you use them. A "
-    "research tool, not a medical device."
-)
+TASKS = {  # label scheme -> (title, output, limits, licence)
+    "binary": (
+        "binary polyp segmentation",
+        "polyp probability",
+        "Trained on still frames of two datasets from two centres; expect lower scores on other "
+        "endoscopes, blurred video frames and flat or very small polyps. It finds polyp pixels, "
+        "it does not classify them.",
+        "The weights are derived from Kvasir-SEG and CVC-ClinicDB, which allow research and "
+        "non-commercial use only; the same restriction applies to these weights. Cite Jha et al., "
+        "MMM 2020 (Kvasir-SEG) and Bernal et al., CMIG 2015 (CVC-ClinicDB) when you use them.",
+    ),
+    "neopolyp": (
+        "polyp segmentation and neoplasm classification (BKAI-IGH NeoPolyp, 3 classes)",
+        "softmax over background / neoplastic / non-neoplastic; a pixel is polyp when "
+        "1 - p(background) reaches the threshold, and takes its more probable class",
+        "Trained on 800 frames of one dataset (white-light and FICE); the non-neoplastic class is "
+        "rare (about 1 in 8 polyp pixels) and is the weaker one. The class is an aid for "
+        "research, not a histological diagnosis.",
+        "The weights are derived from BKAI-IGH NeoPolyp (research use) and initialised from the "
+        "`default` model (Kvasir-SEG, CVC-ClinicDB: research and non-commercial use only); the "
+        "same restrictions apply. Cite Lan et al., ISVC 2021 (NeoUNet / NeoPolyp).",
+    ),
+}
 
 
 def _commands(provenance: dict) -> list[str]:
@@ -57,21 +79,28 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
     sources = meta.provenance["train"]
     train = ", ".join(f"{Path(s['path']).name} `{s.get('split')}`" for s in sources)
     cost = f"{count_params_m(net):.2f} M parameters, {count_gflops(net):.2f} GFLOPs"
+    columns = {k: c for k, c in CARD_COLUMNS.items() if any(k in r for r in summary.values())}
     rows = [
-        "| test set | n | " + " | ".join(CARD_COLUMNS.values()) + " |",
-        "|---|---:|" + "---:|" * len(CARD_COLUMNS),
+        "| test set | n | " + " | ".join(columns.values()) + " |",
+        "|---|---:|" + "---:|" * len(columns),
     ]
     for dataset, row in summary.items():
-        cells = [f"{row[k]:.1f}" if k == "hd95" else f"{row[k]:.3f}" for k in CARD_COLUMNS]
+        cells = [f"{row[k]:.1f}" if k == "hd95" else f"{row[k]:.3f}" for k in columns]
         rows.append(f"| {dataset} | {row['n']} | " + " | ".join(cells) + " |")
     commands = "\n".join(_commands(meta.provenance))
-    return f"""# colonseg `{name}` — binary polyp segmentation
+    title, output, limits, licence = TASKS[meta.labels]
+    post = (
+        f"post-processing `{meta.postprocess}` by default"
+        if meta.postprocess
+        else ("no post-processing by default")
+    )
+    return f"""# colonseg `{name}` — {title}
 
 **Architecture.** `{meta.arch}` (see `colonseg.list_models()`) on a timm `{kw.get("encoder")}`
 encoder initialised from ImageNet weights; options `{json.dumps(kw)}`. {cost}
 (multiply-adds) at 352². Input: RGB resized to {h}×{w}, normalised with mean {list(meta.mean)},
-std {list(meta.std)}. Output: polyp probability, threshold {meta.threshold}. Weights stored in
-fp16 ({mib:.1f} MiB).
+std {list(meta.std)}. Output: {output}; threshold {meta.threshold}, {post}. Weights stored
+in fp16 ({mib:.1f} MiB).
 
 **Training data.** {train}; no test image was used for training or for choosing a checkpoint
 (the last epoch of each stage is shipped).
@@ -87,19 +116,24 @@ fp16 ({mib:.1f} MiB).
 
 {chr(10).join(rows)}
 
-**Limits.** Trained on still frames of two datasets from two centres; expect lower scores on
-other endoscopes, blurred video frames and flat or very small polyps. It finds polyp pixels, it
-does not classify them.
+**Limits.** {limits} A research tool, not a medical device.
 
-{LICENCE}
+**Licence.** {licence}
 """
 
 
+def samples_for(meta: ModelMeta) -> Path:
+    """The bundled frames a model is checked on: the NeoPolyp ones for 3-class models."""
+    return SAMPLES_DIR / "neopolyp" if meta.labels == "neopolyp" else SAMPLES_DIR
+
+
 def sample_dice(model: Path) -> float:
-    """Mean Dice on the bundled samples, computed in fp32 whatever the CPU."""
-    predictor = Predictor(*load_pretrained(model), device="cpu", precision="fp32")
+    """Mean Dice on the bundled samples, in fp32 whatever the CPU, without post-processing."""
+    predictor = Predictor(
+        *load_pretrained(model), device="cpu", precision="fp32", postprocess="none"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        sources = [EvalSource(str(SAMPLES_DIR), name="s")]
+        sources = [EvalSource(str(samples_for(predictor.meta)), name="s")]
         summary = run_evaluate(predictor, sources, tmp, progress=False)
     return summary["s"]["dice"]
 
@@ -112,10 +146,13 @@ def ship(args: argparse.Namespace) -> None:
             f"{dataset.split(':')[0]}/{key}": round(float(row[key]), 4)
             for dataset, row in summary.items()
             for key in KEPT
+            if key in row
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ColonsegError(f"{args.summary}: not an evaluate summary.json ({exc})") from None
     meta.provenance["evaluation"] = {"summary": str(args.summary), "datasets": list(summary)}
+    if args.postprocess is not None:
+        meta.postprocess = PostProcess.parse(args.postprocess).spec()
     ZOO_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ZOO_DIR) as tmp:  # nothing lands unless it passes
         staged = save_pretrained(net, meta, Path(tmp) / args.name, half=True)
@@ -141,6 +178,7 @@ def main() -> None:
     parser.add_argument("name", help="zoo name, e.g. default")
     parser.add_argument("--summary", type=Path, required=True, help="evaluate's summary.json")
     parser.add_argument("--max-dice-drop", type=float, default=0.002)
+    parser.add_argument("--postprocess", help="default post-processing spec ('none': none)")
     args = parser.parse_args()
     try:
         ship(args)

@@ -12,6 +12,7 @@ from colonseg.engine.checkpoint import ZOO_DIR, list_zoo
 from colonseg.engine.demo import SAMPLES_DIR
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
+from colonseg.postprocess import PostProcess
 
 
 @pytest.mark.parametrize("name", list_zoo())
@@ -22,13 +23,22 @@ def test_shipped_model_is_documented_and_small(name):
     assert weights.stat().st_size <= 25 * 2**20
     with safe_open(str(weights), "pt") as f:  # floats stored in fp16
         assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}
-    metrics = json.loads((folder / "config.json").read_text())["metrics"]
-    assert {"kvasir-seg/dice", "cvc-clinicdb/dice"} <= set(metrics)
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("labels", "binary") == "neopolyp":
+        expected = {"bkai-neopolyp/dice", "bkai-neopolyp/dice_neo", "bkai-neopolyp/dice_non"}
+    else:
+        expected = {"kvasir-seg/dice", "cvc-clinicdb/dice"}
+    assert expected <= set(config["metrics"])
+    PostProcess.parse(config.get("postprocess", ""))  # a valid default post-processing spec
 
 
 @pytest.mark.parametrize("name", list_zoo())
 def test_shipped_model_segments_the_samples(name, tmp_path):
     predictor = Predictor.from_pretrained(name, device="cpu", precision="fp32")
-    summary = run_evaluate(predictor, [EvalSource(str(SAMPLES_DIR), name="s")], tmp_path, False)
-    assert summary["s"]["n"] == 16
+    multiclass = predictor.scheme.multiclass
+    samples = SAMPLES_DIR / "neopolyp" if multiclass else SAMPLES_DIR
+    summary = run_evaluate(predictor, [EvalSource(str(samples), name="s")], tmp_path, False)
+    assert summary["s"]["n"] == (4 if multiclass else 16)
     assert summary["s"]["dice"] > 0.75  # a trained model, not noise
+    if multiclass:  # and it tells the classes apart
+        assert summary["s"]["dice_neo"] > 0.6 and summary["s"]["dice_non"] > 0.3

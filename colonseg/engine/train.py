@@ -176,6 +176,7 @@ def run_train(
         class_names=list(scheme.class_names[1:]),
         labels=scheme.name,
         threshold=cfg.threshold,
+        postprocess=cfg.postprocess,
         provenance={
             "config": cfg.name,
             "train": [dict(s) for s in cfg.data.train],

@@ -115,3 +115,21 @@ def test_attention_maps_export(tiny_dataset_dir, tmp_path, predictor):
     assert first.is_file()
     with pytest.raises(ValueError, match="has no attention maps"):
         run_predict(predictor, [tiny_dataset_dir / "images"], tmp_path / "q", save_attention=True)
+
+
+def test_checkpoint_post_processing_is_the_default_and_can_be_switched_off():
+    from colonseg.postprocess import PostProcess
+
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    meta = ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64))
+    meta.postprocess = "fill_holes,keep_largest"
+    assert Predictor(net, meta, device="cpu").post == PostProcess(
+        fill_holes=True, keep_largest=True
+    )
+    assert not Predictor(net, meta, device="cpu", postprocess="none").post
+    speckled = np.zeros((64, 64), np.float32)
+    speckled[10:30, 10:30], speckled[50:53, 50:53] = 0.9, 0.9
+    out = Predictor(net, meta, device="cpu").finish(speckled[None], (64, 64))
+    assert out.mask[51, 51] == 0 and out.mask[20, 20] == 1  # keep_largest applied
+    raw = Predictor(net, meta, device="cpu", postprocess="none").finish(speckled[None], (64, 64))
+    assert raw.mask[51, 51] == 1
