@@ -35,13 +35,29 @@ def _friendly(fn):
     return wrapper
 
 
-def _predictor(model: str, weights: Path | None, **options):
+def _predictor(model, weights, backend, tta, size, device, threshold, precision, postprocess):
+    """The Predictor that ``predict`` and ``evaluate`` share, from their common options."""
     from colonseg.engine.predict import Predictor
 
-    return Predictor.from_pretrained(model, weights=weights, **options)
+    return Predictor.from_pretrained(
+        model,
+        weights=weights,
+        backend=backend,
+        tta=tta,
+        size=size,
+        device=device,
+        threshold=threshold,
+        precision=precision,
+        postprocess=postprocess,
+    )
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name or checkpoint folder.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Zoo name, checkpoint folder or exported .onnx file.")
+]
+BackendOpt = Annotated[
+    str, typer.Option(help="torch, or onnx (onnxruntime on the CPU; exported once, cached).")
+]
 WeightsOpt = Annotated[Path | None, typer.Option(help="Other weights (.safetensors/.pth/.ckpt).")]
 TTAOpt = Annotated[bool, typer.Option("--tta", help="Average in the horizontal-flip prediction.")]
 SizeOpt = Annotated[int | None, typer.Option(help="Override the model's input size.")]
@@ -97,6 +113,7 @@ def evaluate(
     threshold: ThresholdOpt = None,
     precision: PrecisionOpt = "auto",
     postprocess: PostOpt = None,
+    backend: BackendOpt = "torch",
 ) -> None:
     """Evaluate a model on labelled datasets: per_case.csv, summary.json, table.md, report.html."""
     from colonseg.engine.evaluate import EvalSource, run_evaluate
@@ -108,14 +125,7 @@ def evaluate(
         EvalSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
     ]
     predictor = _predictor(
-        model,
-        weights,
-        tta=tta,
-        size=size,
-        device=device,
-        threshold=threshold,
-        precision=precision,
-        postprocess=postprocess,
+        model, weights, backend, tta, size, device, threshold, precision, postprocess
     )
     run_evaluate(predictor, sources, out, title=f"colonseg evaluate: {model}")
     typer.echo((out / "table.md").read_text())
@@ -145,19 +155,13 @@ def predict(
         Path | None,
         typer.Option(help="Also write a run-length-encoded Kaggle submission CSV (NeoPolyp)."),
     ] = None,
+    backend: BackendOpt = "torch",
 ) -> None:
     """Segment images: masks/, probs/ and overlays/ (mask + heat map) as PNG."""
     from colonseg.engine.predict_files import run_predict
 
     predictor = _predictor(
-        model,
-        weights,
-        tta=tta,
-        size=size,
-        device=device,
-        threshold=threshold,
-        precision=precision,
-        postprocess=postprocess,
+        model, weights, backend, tta, size, device, threshold, precision, postprocess
     )
     result = run_predict(predictor, list(inputs), out, save_attention=attention, rle_csv=rle_csv)
     typer.echo(f"{len(result['written'])} images → {out}")
@@ -179,6 +183,26 @@ def demo(
     result = run_demo(out, model)
     typer.echo((out / "table.md").read_text())
     typer.echo(f"{result['n_images']} frames → {out}/overlays, report: {out / 'report.html'}")
+
+
+@app.command()
+@_friendly
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.onnx).")],
+    model: ModelOpt = "default",
+    weights: WeightsOpt = None,
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+) -> None:
+    """Export a model to ONNX (dynamic batch and size; the checkpoint config is embedded)."""
+    from colonseg.engine.onnx_backend import export_onnx
+
+    if format != "onnx":
+        _fail(f"Unknown export format '{format}'. Available: onnx.")
+    path = export_onnx(model, out, weights)
+    typer.echo(
+        f"{model} → {path} ({path.stat().st_size / 2**20:.1f} MiB); run it with "
+        f"`colonseg predict IMAGES --model {path} --out DIR`"
+    )
 
 
 @app.command()

@@ -76,6 +76,9 @@ class Predictor:
             development CPU bf16 doubles throughput and changes test-set Dice by < 0.001.
         postprocess: a post-processing spec (see :mod:`colonseg.postprocess`); None uses the
             checkpoint's recorded default, ``"none"`` switches it off.
+
+    ``model`` may also be an :class:`~colonseg.engine.onnx_backend.OnnxModel` (onnxruntime on
+    the CPU, fp32); ``from_pretrained(..., backend="onnx")`` builds one.
     """
 
     def __init__(
@@ -90,13 +93,19 @@ class Predictor:
         postprocess: str | PostProcess | None = None,
     ) -> None:
         if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            gpu = torch.cuda.is_available() and isinstance(model, nn.Module)
+            device = "cuda" if gpu else "cpu"
         if precision not in ("auto", "fp32", "bf16"):
             raise ColonsegError(f"Unknown precision '{precision}'. Available: auto, bf16, fp32.")
         self.device = torch.device(device)
+        if isinstance(model, nn.Module):
+            self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        elif self.device.type != "cpu":
+            raise ColonsegError("the onnx backend runs on the CPU: use --device cpu")
+        else:
+            self.model, precision = model, "fp32"  # onnxruntime computes in fp32
         if precision == "auto":
             precision = "bf16" if native_bf16(self.device) else "fp32"
-        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.meta = meta
         self.tta = tta
         self.threshold = meta.threshold if threshold is None else float(threshold)
@@ -111,10 +120,29 @@ class Predictor:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | Path = "default", weights: str | Path | None = None, **kwargs
+        cls,
+        model: str | Path = "default",
+        weights: str | Path | None = None,
+        backend: str = "torch",
+        **kwargs,
     ) -> Predictor:
-        """Load a zoo name or checkpoint folder (see :func:`load_pretrained`)."""
+        """Load a zoo name, checkpoint folder (see :func:`load_pretrained`) or exported ``.onnx``.
+
+        ``backend="onnx"`` runs a torch checkpoint through onnxruntime, exporting it once into
+        the cache; an ``.onnx`` file always runs on onnxruntime.
+        """
+        from colonseg.engine.onnx_backend import OnnxModel, cached_onnx
+
+        if backend not in ("torch", "onnx"):
+            raise ColonsegError(f"Unknown backend '{backend}'. Available: onnx, torch.")
+        if str(model).endswith(".onnx"):
+            if weights is not None:
+                raise ColonsegError(f"{model}: an ONNX model carries its weights (drop --weights)")
+            onnx_model = OnnxModel(model)
+            return cls(onnx_model, onnx_model.meta(), **kwargs)
         net, meta = load_pretrained(model, weights)
+        if backend == "onnx":
+            return cls(OnnxModel(cached_onnx(net, meta)), meta, **kwargs)
         return cls(net, meta, **kwargs)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
