@@ -135,7 +135,7 @@ def evaluate(
 @app.command()
 @_friendly
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Images and/or folders.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images, folders and/or videos.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     model: ModelOpt = "default",
     weights: WeightsOpt = None,
@@ -156,14 +156,42 @@ def predict(
         typer.Option(help="Also write a run-length-encoded Kaggle submission CSV (NeoPolyp)."),
     ] = None,
     backend: BackendOpt = "torch",
+    frame_masks: Annotated[
+        bool, typer.Option(help="Videos: also write every frame's mask as PNG.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Image-decoding processes (default: automatic).")
+    ] = None,
 ) -> None:
-    """Segment images: masks/, probs/ and overlays/ (mask + heat map) as PNG."""
-    from colonseg.engine.predict_files import run_predict
+    """Segment images and videos.
 
+    Images: masks/, probs/ and overlays/ (mask + heat map) as PNG. Videos (mp4, avi, mov, mkv):
+    <name>_overlay.mp4, <name>_frames.csv (per-frame polyp area and confidence) and, with
+    --frame-masks, <name>_masks/.
+    """
+    from colonseg.engine.predict_files import run_predict
+    from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
+
+    videos = [p for p in inputs if p.suffix.lower() in VIDEO_EXTENSIONS]
+    images = [p for p in inputs if p not in videos]
     predictor = _predictor(
         model, weights, backend, tta, size, device, threshold, precision, postprocess
     )
-    result = run_predict(predictor, list(inputs), out, save_attention=attention, rle_csv=rle_csv)
+    for video in videos:
+        r = run_predict_video(predictor, video, out, frame_masks, batch_size)
+        typer.echo(f"{video}: {r['frames']} frames ({r['polyp_frames']} with polyp) → {r['video']}")
+    if not images:
+        return
+    result = run_predict(
+        predictor,
+        images,
+        out,
+        save_attention=attention,
+        rle_csv=rle_csv,
+        batch_size=batch_size,
+        workers=workers,
+    )
     typer.echo(f"{len(result['written'])} images → {out}")
     for _, message in result["failed"]:
         typer.echo(f"skipped: {message}", err=True)
