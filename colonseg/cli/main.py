@@ -233,6 +233,25 @@ def export(
     )
 
 
+@app.command("app", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def web_app(ctx: typer.Context) -> None:
+    """Start the web app (Streamlit). Extra options go to Streamlit: --server.port 8600."""
+    import subprocess
+
+    from colonseg.app import logic
+
+    page = Path(logic.__file__).with_name("page.py")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(page),
+        "--server.headless=true",
+        f"--server.maxUploadSize={logic.MAX_UPLOAD_MB}",
+        "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=minimal",
+        *ctx.args,
+    ]  # fmt: skip
+    raise typer.Exit(subprocess.call(command))
+
+
 @app.command()
 def models() -> None:
     """List the trained checkpoints shipped in the zoo, with their metrics."""

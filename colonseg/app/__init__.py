@@ -1,0 +1,1 @@
+"""The clinicians' web app: ``colonseg app`` starts :mod:`colonseg.app.page` in Streamlit."""

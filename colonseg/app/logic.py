@@ -1,0 +1,171 @@
+"""What the web app does, without Streamlit: read uploads safely, predict, summarise, package.
+
+Every function takes and returns plain values so that it is tested without a browser; the
+Streamlit page (:mod:`colonseg.app.page`) only lays the results out.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from colonseg.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, read_image
+from colonseg.engine.predict import Prediction, Predictor
+from colonseg.errors import ColonsegError
+from colonseg.postprocess import PostProcess
+from colonseg.viz.overlays import contours, heatmap, overlay, overlay_classes
+
+__all__ = [
+    "MAX_UPLOAD_MB",
+    "Panels",
+    "decode_upload",
+    "finish",
+    "load_uploaded_checkpoint",
+    "panels",
+    "png_bytes",
+    "predict_probs",
+    "regions_summary",
+    "zip_results",
+]
+
+MAX_UPLOAD_MB = 50  # per file; Streamlit's own limit (server.maxUploadSize) is set to match
+MAX_APP_PIXELS = 40_000_000  # 40 megapixels: larger frames are refused with a message
+
+
+def decode_upload(name: str, data: bytes) -> np.ndarray:
+    """Uploaded bytes → RGB image, or a one-line :class:`ColonsegError` naming the file."""
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        raise ColonsegError(
+            f"{name}: file too large ({len(data) / 2**20:.0f} MB > {MAX_UPLOAD_MB} MB)"
+        )
+    suffix = Path(name).suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        accepted = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        raise ColonsegError(f"{name}: not an image file (accepted: {accepted})")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        path.write_bytes(data)
+        try:
+            image = read_image(path)
+        except ColonsegError as exc:
+            raise ColonsegError(str(exc).replace(str(path), name)) from None
+    if image.shape[0] * image.shape[1] > min(MAX_APP_PIXELS, MAX_PIXELS):
+        raise ColonsegError(
+            f"{name}: image too large ({image.shape[1]}x{image.shape[0]}; at most "
+            f"{MAX_APP_PIXELS // 1_000_000} megapixels)"
+        )
+    return image
+
+
+def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:
+    """Save an uploaded model — an exported ``.onnx`` or a ``.zip`` of a checkpoint folder
+    (``config.json`` + ``weights.safetensors``) — under ``folder``; return what to load."""
+    if Path(name).suffix.lower() == ".onnx":
+        path = folder / Path(name).name
+        path.write_bytes(data)
+        return path
+    if Path(name).suffix.lower() != ".zip":
+        raise ColonsegError(f"{name}: upload an exported .onnx or a .zip of a checkpoint folder")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = {Path(m).name: m for m in archive.namelist() if not m.endswith("/")}
+            if not {"config.json", "weights.safetensors"} <= set(members):
+                raise ColonsegError(
+                    f"{name}: the zip must hold config.json and weights.safetensors"
+                )
+            target = folder / Path(name).stem
+            target.mkdir(parents=True, exist_ok=True)
+            for wanted in ("config.json", "weights.safetensors"):  # nothing else is extracted
+                (target / wanted).write_bytes(archive.read(members[wanted]))
+    except zipfile.BadZipFile:
+        raise ColonsegError(f"{name}: not a valid zip file") from None
+    return target
+
+
+def predict_probs(predictor: Predictor, image: np.ndarray) -> np.ndarray:
+    """Model-resolution class probabilities ``(C, S, S)`` — the expensive step, cached by the
+    page; thresholds and post-processing are applied afterwards by :meth:`Predictor.finish`."""
+    return predictor.predict_torch(predictor.preprocess([image]))[0].cpu().numpy()
+
+
+def finish(
+    predictor: Predictor, probs: np.ndarray, shape: tuple[int, int], threshold: float, post: str
+) -> Prediction:
+    """Threshold and post-process cached probabilities with the page's current settings."""
+    predictor.threshold = float(threshold)
+    predictor.post = PostProcess.parse(post)
+    return predictor.finish(probs, shape)
+
+
+def regions_summary(out: Prediction, class_names: list[str], min_percent: float = 0.1) -> dict:
+    """Polyp count and area: ``{"polyps", "area_percent", "classes": {name: percent}}``.
+
+    ``polyps`` counts connected regions covering at least ``min_percent`` % of the frame, so
+    specks of a few pixels are not reported as polyps; the areas count every pixel.
+    """
+    _, _, stats, _ = cv2.connectedComponentsWithStats(out.mask.astype(np.uint8), connectivity=8)
+    n = int((stats[1:, cv2.CC_STAT_AREA] >= min_percent / 100 * out.mask.size).sum())
+    summary = {"polyps": n, "area_percent": round(100 * float(out.mask.mean()), 2)}
+    if out.probs is not None:
+        summary["classes"] = {
+            name: round(100 * float((out.classes == k).mean()), 2)
+            for k, name in enumerate(class_names, start=1)
+        }
+    return summary
+
+
+@dataclass
+class Panels:
+    """The pictures shown side by side for one image."""
+
+    original: np.ndarray
+    overlay: np.ndarray
+    heatmap: np.ndarray
+    probability: np.ndarray
+    contours: np.ndarray
+    mask: np.ndarray  # what "download mask" saves: 0/255, or RGB class colours
+
+
+def panels(predictor: Predictor, image: np.ndarray, out: Prediction) -> Panels:
+    scheme = predictor.scheme
+    if scheme.multiclass:
+        tinted, mask = (
+            overlay_classes(image, out.classes, scheme.colours),
+            scheme.colorize(out.classes),
+        )
+    else:
+        tinted, mask = overlay(image, out.mask), out.mask * 255
+    return Panels(
+        original=image,
+        overlay=tinted,
+        heatmap=heatmap(image, out.prob),
+        probability=np.round(out.prob * 255).astype(np.uint8),
+        contours=contours(image, out.mask),
+        mask=mask,
+    )
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """An RGB or grey uint8 array as PNG bytes (for downloads)."""
+    bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ColonsegError("could not encode PNG")
+    return buf.tobytes()
+
+
+def zip_results(results: dict[str, Panels]) -> bytes:
+    """``{file name: panels}`` → zip of ``masks/<stem>.png`` and ``overlays/<stem>.png``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, p in results.items():
+            stem = Path(name).stem
+            archive.writestr(f"masks/{stem}.png", png_bytes(p.mask))
+            archive.writestr(f"overlays/{stem}.png", png_bytes(p.overlay))
+    return buf.getvalue()

@@ -1,0 +1,140 @@
+"""The Streamlit page of ``colonseg app``. It lays out what :mod:`colonseg.app.logic` computes
+and calls nothing but the Predictor (through that module) — no model code lives here."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from colonseg.app import logic
+from colonseg.engine.checkpoint import list_zoo
+from colonseg.engine.predict import Predictor
+from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
+from colonseg.errors import ColonsegError
+
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "colonseg-app"
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def load_predictor(model: str) -> Predictor:
+    return Predictor.from_pretrained(model)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def cached_probs(model: str, digest: str, _image):
+    return logic.predict_probs(load_predictor(model), _image)
+
+
+def choose_model() -> str | None:
+    st.sidebar.header("Model")
+    zoo = list_zoo()
+    if st.sidebar.radio("Source", ["Shipped model", "Upload a checkpoint"]) == "Shipped model":
+        return st.sidebar.selectbox("Shipped model", zoo, index=zoo.index("default"))
+    upload = st.sidebar.file_uploader("Exported .onnx, or a .zip of a checkpoint folder")
+    if upload is None:
+        return None
+    folder = UPLOAD_DIR / hashlib.sha1(upload.getvalue()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(logic.load_uploaded_checkpoint(upload.name, upload.getvalue(), folder))
+
+
+def show_image(predictor: Predictor, model: str, name: str, data: bytes, settings) -> logic.Panels:
+    image = logic.decode_upload(name, data)
+    probs = cached_probs(model, hashlib.sha1(data).hexdigest(), image)
+    out = logic.finish(predictor, probs, image.shape[:2], *settings)
+    panels = logic.panels(predictor, image, out)
+    summary = logic.regions_summary(out, predictor.meta.class_names)
+    st.subheader(name)
+    line = (
+        f"**{summary['polyps']} polyp region(s)** (≥ 0.1 % of the frame), "
+        f"{summary['area_percent']} % of the frame"
+    )
+    for cls, percent in summary.get("classes", {}).items():
+        line += f" · {cls}: {percent} %"
+    st.markdown(line)
+    captions = ["Original", "Overlay", "Heat map", "Probability", "Contours"]
+    pictures = [
+        panels.original,
+        panels.overlay,
+        panels.heatmap,
+        panels.probability,
+        panels.contours,
+    ]
+    for column, caption, picture in zip(st.columns(5), captions, pictures, strict=True):
+        column.image(picture, caption=caption, use_container_width=True)
+    left, right = st.columns(2)
+    stem = Path(name).stem
+    left.download_button(
+        "Mask (PNG)", logic.png_bytes(panels.mask), f"{stem}_mask.png", key=f"m{name}"
+    )
+    right.download_button(
+        "Overlay (PNG)", logic.png_bytes(panels.overlay), f"{stem}_overlay.png", key=f"o{name}"
+    )
+    return panels
+
+
+def show_video(predictor: Predictor, name: str, data: bytes) -> None:
+    st.subheader(name)
+    folder = Path(tempfile.mkdtemp(prefix="colonseg-video-"))
+    (folder / Path(name).name).write_bytes(data)
+    with st.spinner(f"Segmenting every frame of {name}…"):
+        result = run_predict_video(
+            predictor, folder / Path(name).name, folder / "out", progress=False
+        )
+    st.markdown(f"**{result['frames']} frames**, {result['polyp_frames']} with a polyp")
+    st.video(result["video"].read_bytes())
+    st.download_button("Overlay video (MP4)", result["video"].read_bytes(), result["video"].name)
+    st.download_button("Per-frame CSV", result["csv"].read_bytes(), result["csv"].name)
+
+
+def main() -> None:
+    st.set_page_config(page_title="colonseg", layout="wide")
+    st.title("colonseg — polyp segmentation")
+    st.caption("A research tool, not a medical device. Images stay on this machine.")
+    try:
+        model = choose_model()
+    except ColonsegError as exc:
+        st.sidebar.error(str(exc))
+        model = None
+    if model is None:
+        st.info("Upload a checkpoint in the sidebar, or choose a shipped model.")
+        return
+    try:
+        predictor = load_predictor(model)
+    except ColonsegError as exc:
+        st.error(str(exc))
+        return
+    st.sidebar.header("Settings")
+    threshold = st.sidebar.slider("Threshold", 0.05, 0.95, float(predictor.meta.threshold), 0.05)
+    default_steps = predictor.meta.postprocess or "fill_holes,min_area=0.001"
+    use_post = st.sidebar.toggle("Post-processing", value=bool(predictor.meta.postprocess))
+    steps = st.sidebar.text_input("Steps", default_steps, disabled=not use_post)
+    settings = (threshold, steps if use_post else "none")
+    uploads = st.file_uploader(
+        f"Colonoscopy frames (PNG, JPEG, TIFF, BMP) or videos ({', '.join(VIDEO_EXTENSIONS)}); "
+        f"up to {logic.MAX_UPLOAD_MB} MB each",
+        accept_multiple_files=True,
+    )
+    results: dict[str, logic.Panels] = {}
+    for upload in uploads or []:
+        try:
+            if Path(upload.name).suffix.lower() in VIDEO_EXTENSIONS:
+                show_video(predictor, upload.name, upload.getvalue())
+            else:
+                results[upload.name] = show_image(
+                    predictor, model, upload.name, upload.getvalue(), settings
+                )
+        except ColonsegError as exc:
+            st.error(str(exc))
+    if len(results) > 1:
+        st.download_button(
+            f"All {len(results)} masks and overlays (ZIP)",
+            logic.zip_results(results),
+            "colonseg_results.zip",
+        )
+
+
+main()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import io
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from colonseg.app import logic
+from colonseg.data.synthetic import create_disc_image
+from colonseg.engine.checkpoint import ModelMeta, save_pretrained
+from colonseg.engine.predict import Prediction, Predictor
+from colonseg.errors import ColonsegError
+from colonseg.models import create_model
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def test_uploads_decode_or_fail_with_the_file_name(monkeypatch):
+    image = create_disc_image(64)[0]
+    assert logic.decode_upload("frame.jpg", _jpeg(image)).shape == (64, 64, 3)
+    with pytest.raises(ColonsegError, match="^notes.txt: not an image file"):
+        logic.decode_upload("notes.txt", b"hello")
+    with pytest.raises(ColonsegError, match="^broken.jpg: not a readable image"):
+        logic.decode_upload("broken.jpg", b"\xff\xd8garbage")
+    monkeypatch.setattr(logic, "MAX_UPLOAD_MB", 0.001)
+    with pytest.raises(ColonsegError, match="^frame.jpg: file too large"):
+        logic.decode_upload("frame.jpg", _jpeg(image) + bytes(2000))
+
+
+def test_uploaded_checkpoint_zip_loads_and_nothing_else_is_extracted(tmp_path):
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    folder = save_pretrained(
+        net, ModelMeta("unet", {"encoder": "test_efficientnet"}), tmp_path / "m"
+    )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name in ("config.json", "weights.safetensors"):
+            archive.write(folder / name, f"m/{name}")
+        archive.writestr("../../evil.sh", "rm -rf /")
+    target = logic.load_uploaded_checkpoint("m.zip", buf.getvalue(), tmp_path / "up")
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights.safetensors"]
+    assert not (tmp_path / "evil.sh").exists()
+    Predictor.from_pretrained(target, device="cpu")
+    with pytest.raises(ColonsegError, match="must hold config.json"):
+        logic.load_uploaded_checkpoint("x.zip", _zip({"a.txt": b"1"}), tmp_path / "up")
+    with pytest.raises(ColonsegError, match="not a valid zip"):
+        logic.load_uploaded_checkpoint("x.zip", b"junk", tmp_path / "up")
+    with pytest.raises(ColonsegError, match="upload an exported .onnx or a .zip"):
+        logic.load_uploaded_checkpoint("x.pth", b"junk", tmp_path / "up")
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_summary_counts_regions_above_a_speck_and_zip_holds_every_file():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[10:30, 10:30] = 1  # 4 % of the frame
+    mask[60:70, 60:70] = 1  # 1 %
+    mask[90, 90] = 1  # a one-pixel speck: not a polyp
+    out = Prediction(mask.astype(np.float32), mask)
+    summary = logic.regions_summary(out, ["polyp"])
+    assert summary == {"polyps": 2, "area_percent": 5.01}
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    predictor = Predictor(net, ModelMeta("unet", {"encoder": "test_efficientnet"}), device="cpu")
+    panels = logic.panels(predictor, np.zeros((100, 100, 3), np.uint8), out)
+    data = logic.zip_results({"a.jpg": panels, "b.png": panels})
+    names = sorted(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    assert names == ["masks/a.png", "masks/b.png", "overlays/a.png", "overlays/b.png"]
