@@ -8,7 +8,7 @@ Each model predicts every test image once (its own threshold, no post-processing
 precision); every variant is then applied to that same prediction. Binary test sets: the Kvasir-SEG
 and CVC-ClinicDB PraNet test splits; 3-class: BKAI-IGH NeoPolyp ``splits/test.txt``. Reported per
 variant: ``dice`` (per-image Dice of polyp vs background, classes merged, averaged over images)
-and, for 3-class models, pooled ``dice_neo``/``dice_non``. A binary model on BKAI is scored on
+and, for 3-class models, ``dice_seg``/``dice_neo``/``dice_non`` pooled over all pixels. A binary model on BKAI is scored on
 ``dice`` only. Results go to ``--out`` (JSON, merged across runs) and a Markdown table on stdout.
 """
 
@@ -84,18 +84,21 @@ def score(model: str, dataset: str, limit: int | None = None) -> dict[str, dict[
 
 def table(results: dict) -> str:
     lines = [
-        "| model | test set | variant | dice | Δ dice | dice_neo | dice_non |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| model | test set | variant | dice | Δ dice | dice_seg | dice_neo | dice_non |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for model, per_set in results.items():
         for dataset, variants in per_set.items():
             base = variants["none"]["dice"]
             for v, r in variants.items():
-                neo = f"{r['dice_neo']:.4f}" if "dice_neo" in r else ""
-                non = f"{r['dice_non']:.4f}" if "dice_non" in r else ""
+                pooled = [
+                    f"{r[k]:.4f}" if k in r else "" for k in ("dice_seg", "dice_neo", "dice_non")
+                ]
                 delta = f"{r['dice'] - base:+.4f}" if v != "none" else ""
                 lines.append(
-                    f"| {model} | {dataset} | `{v}` | {r['dice']:.4f} | {delta} | {neo} | {non} |"
+                    f"| {model} | {dataset} | `{v}` | {r['dice']:.4f} | {delta} | "
+                    + " | ".join(pooled)
+                    + " |"
                 )
     return "\n".join(lines)
 

@@ -9,9 +9,10 @@ pysodmetrics. The empty-mask rule is in :mod:`colonseg.metrics.functional`. All 
 computed at each image's original resolution.
 
 Multi-class models (e.g. ``labels: neopolyp``) are scored on the same binary metrics with classes
-merged (polyp vs background; ``dice_seg`` repeats ``dice``), plus pooled per-class ``dice_<key>``
-and ``iou_<key>`` (``dice_neo``, ``dice_non``, ...) and ``confusion``: the pixel confusion matrix
-(rows truth, columns prediction, background first), each row divided by its total.
+merged (polyp vs background), plus Dice and IoU pooled over every pixel of the dataset as NeoUNet
+and BlazeNeo report them: ``dice_seg``/``iou_seg`` (polyp vs background) and ``dice_<key>``/
+``iou_<key>`` per class (``dice_neo``, ``dice_non``); and ``confusion``: the pixel confusion
+matrix (rows truth, columns prediction, background first), each row divided by its total.
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
     ordered = {"n": stats["n"], **{k: stats[k] for k in SUMMARY_KEYS}}
     ordered["hd95_missing"] = stats["hd95_missing"]
     if classes is not None:
-        ordered["dice_seg"] = ordered["dice"]
         ordered.update(classes.class_scores(scheme.keys))
         ordered["confusion"] = classes.normalized()
         ordered["confusion_classes"] = list(scheme.class_names)

@@ -1,8 +1,9 @@
 """Multi-class scores from a pixel confusion matrix pooled over a dataset.
 
-Per-class Dice and IoU are pooled over all pixels of all images (``2·ΣTP / (2·ΣTP + ΣFP + ΣFN)``),
-as NeoUNet and BlazeNeo report ``dice_neo``/``dice_non`` on NeoPolyp: per-image class Dice is
-undefined on the many frames that hold only one of the two classes.
+Dice and IoU are pooled over all pixels of all images (``2·ΣTP / (2·ΣTP + ΣFP + ΣFN)``, "micro"),
+as NeoUNet and BlazeNeo report ``dice_seg``/``dice_neo``/``dice_non`` on NeoPolyp: per-image class
+Dice is undefined on the many frames that hold only one of the two classes. ``seg`` is polyp vs
+background with the foreground classes merged.
 
 Example:
     >>> meter = ConfusionMeter(3)
@@ -35,7 +36,7 @@ class ConfusionMeter:
         return m
 
     def class_scores(self, keys: tuple[str, ...]) -> dict[str, float]:
-        """``dice_<key>`` and ``iou_<key>`` of every foreground class (pooled)."""
+        """``dice_seg``, ``iou_seg`` and ``dice_<key>``, ``iou_<key>`` of every foreground class."""
         return scores_from_matrix(self.matrix, keys)
 
     def normalized(self) -> list[list[float]]:
@@ -44,14 +45,21 @@ class ConfusionMeter:
         return (self.matrix / np.maximum(rows, 1)).round(6).tolist()
 
 
+def _dice_iou(tp: int, fp: int, fn: int) -> tuple[float, float]:
+    den = 2 * tp + fp + fn
+    if not den:
+        return float("nan"), float("nan")
+    return float(2 * tp / den), float(tp / (tp + fp + fn))
+
+
 def scores_from_matrix(matrix: np.ndarray, keys: tuple[str, ...]) -> dict[str, float]:
-    """Dice and IoU per foreground class of a confusion matrix; NaN where a class never occurs."""
+    """Dice and IoU of polyp vs background (``seg``) and of each foreground class; NaN where a
+    class occurs neither in the truth nor in the prediction."""
     out: dict[str, float] = {}
+    seg = _dice_iou(matrix[1:, 1:].sum(), matrix[0, 1:].sum(), matrix[1:, 0].sum())
+    out["dice_seg"], out["iou_seg"] = seg
     for c in range(1, len(keys)):
         tp = matrix[c, c]
-        fp = matrix[:, c].sum() - tp
-        fn = matrix[c, :].sum() - tp
-        den = 2 * tp + fp + fn
-        out[f"dice_{keys[c]}"] = float(2 * tp / den) if den else float("nan")
-        out[f"iou_{keys[c]}"] = float(tp / (tp + fp + fn)) if den else float("nan")
+        dice, iou = _dice_iou(tp, matrix[:, c].sum() - tp, matrix[c, :].sum() - tp)
+        out[f"dice_{keys[c]}"], out[f"iou_{keys[c]}"] = dice, iou
     return out

@@ -88,8 +88,7 @@ def test_three_class_model_trains_predicts_and_evaluates(bkai_dir, tmp_path):
 
     summary = run_evaluate(predictor, [EvalSource(str(bkai_dir))], tmp_path / "ev", progress=False)
     s = summary["bkai"]
-    assert s["dice_seg"] == s["dice"]
-    for key in ("dice_neo", "dice_non", "iou_neo", "iou_non"):
+    for key in ("dice_seg", "iou_seg", "dice_neo", "dice_non", "iou_neo", "iou_non"):
         assert 0.0 <= s[key] <= 1.0
     assert np.allclose(np.sum(s["confusion"], axis=1), 1.0)
     assert "dice_neo" in (tmp_path / "ev" / "table.md").read_text()
@@ -129,4 +128,5 @@ def test_confusion_meter_pools_pixels_over_images():
     assert scores["dice_neo"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))  # tp 1, fp 1, fn 1
     assert scores["dice_non"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
     assert scores["iou_non"] == pytest.approx(0.5)
+    assert scores["dice_seg"] == pytest.approx(2 * 3 / (2 * 3 + 0 + 1))  # polyp tp 3, fn 1
     assert meter.matrix.sum() == 8
