@@ -8,8 +8,8 @@ Each model predicts every test image once (its own threshold, no post-processing
 precision); every variant is then applied to that same prediction. Binary test sets: the Kvasir-SEG
 and CVC-ClinicDB PraNet test splits; 3-class: BKAI-IGH NeoPolyp ``splits/test.txt``. Reported per
 variant: ``dice`` (per-image Dice of polyp vs background, classes merged, averaged over images)
-and, for 3-class models, ``dice_seg``/``dice_neo``/``dice_non`` pooled over all pixels. A binary model on BKAI is scored on
-``dice`` only. Results go to ``--out`` (JSON, merged across runs) and a Markdown table on stdout.
+and, for 3-class models, ``dice_seg``/``dice_neo``/``dice_non`` pooled over all pixels. A binary
+model on BKAI is scored on ``dice`` only. Results go to ``--out`` (JSON, merged across runs) and a Markdown table on stdout.
 """
 
 from __future__ import annotations
