@@ -9,7 +9,8 @@ precision); every variant is then applied to that same prediction. Binary test s
 and CVC-ClinicDB PraNet test splits; 3-class: BKAI-IGH NeoPolyp ``splits/test.txt``. Reported per
 variant: ``dice`` (per-image Dice of polyp vs background, classes merged, averaged over images)
 and, for 3-class models, ``dice_seg``/``dice_neo``/``dice_non`` pooled over all pixels. A binary
-model on BKAI is scored on ``dice`` only. Results go to ``--out`` (JSON, merged across runs) and a Markdown table on stdout.
+model on BKAI is scored on ``dice`` only. Results go to ``--out`` (JSON, merged across runs) and
+a Markdown table on stdout.
 """
 
 from __future__ import annotations
