@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from colonseg.data.io import read_image, write_atomic
-from colonseg.data.labels import read_label
+from colonseg.data.labels import read_label, scheme_for_masks
 from colonseg.data.layouts import find_pairs
 from colonseg.engine.checkpoint import list_zoo
 from colonseg.engine.predict import Predictor
@@ -57,9 +57,9 @@ VARIANTS = [
 def score(model: str, dataset: str, limit: int | None = None) -> dict[str, dict[str, float]]:
     """``{variant: {"dice", ["dice_neo", "dice_non"]}}`` of one model on one test set."""
     predictor = Predictor.from_pretrained(model, device="cpu", postprocess="none")
-    scheme = predictor.scheme
     folder, split = DATASETS[dataset]
     pairs = find_pairs(ROOT / folder, split=split)[:limit]
+    scheme = scheme_for_masks(predictor.scheme, pairs[0].mask)
     variants = [v for v in VARIANTS if scheme.multiclass or "class_vote" not in v]
     posts = {v: PostProcess.parse(v) for v in variants}
     dice = {v: [] for v in variants}

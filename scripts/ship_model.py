@@ -29,7 +29,7 @@ from colonseg.errors import ColonsegError
 from colonseg.models.cost import count_gflops, count_params_m
 from colonseg.postprocess import PostProcess
 
-KEPT = ("dice", "iou", "mdice_256", "s_measure", "dice_neo", "dice_non")
+KEPT = ("dice", "iou", "mdice_256", "s_measure", "dice_seg", "dice_neo", "dice_non")
 CARD_COLUMNS = {  # summary key -> card column
     "dice": "dice",
     "iou": "iou",
@@ -39,6 +39,7 @@ CARD_COLUMNS = {  # summary key -> card column
     "wfm": "Fβw",
     "mae": "MAE",
     "hd95": "HD95 (px)",
+    "dice_seg": "dice_seg",
     "dice_neo": "dice_neo",
     "dice_non": "dice_non",
 }
@@ -112,7 +113,8 @@ in fp16 ({mib:.1f} MiB).
 ```
 
 **Evaluation** with `colonseg evaluate` (`dice`/`iou` at the threshold, mean over images;
-`mDice256` as the PraNet toolbox, mean over 256 thresholds):
+`mDice256` as the PraNet toolbox, mean over 256 thresholds; 3-class `dice_seg`/`dice_neo`/`dice_non`
+pooled over all pixels, as NeoUNet reports them):
 
 {chr(10).join(rows)}
 

@@ -26,7 +26,15 @@ import torch
 from colonseg.data.io import _decode, read_mask
 from colonseg.errors import ColonsegError
 
-__all__ = ["SCHEMES", "LabelScheme", "decide", "get_scheme", "nearest_colour", "read_label"]
+__all__ = [
+    "SCHEMES",
+    "LabelScheme",
+    "decide",
+    "get_scheme",
+    "nearest_colour",
+    "read_label",
+    "scheme_for_masks",
+]
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,23 @@ def read_label(path: str | os.PathLike, scheme: LabelScheme) -> np.ndarray:
         f"{path}: single-channel mask with values up to {int(flat.max())}; a {scheme.name} mask "
         f"is RGB ({colours}) or holds class indices 0..{scheme.num_classes - 1}"
     )
+
+
+def scheme_for_masks(model_scheme: LabelScheme, mask_path: str | os.PathLike) -> LabelScheme:
+    """The scheme to read a dataset's masks with, for a model of ``model_scheme``.
+
+    A multi-class model on a binary dataset (grey or white masks, e.g. Kvasir-SEG, CVC-ClinicDB)
+    is scored as binary: its classes merged into polyp. Masks with saturated colours keep the
+    model's scheme; anything else multi-class is read as class indices.
+    """
+    if not model_scheme.multiclass:
+        return model_scheme
+    arr = _decode(Path(mask_path))
+    if arr.ndim == 3 and arr.shape[2] >= 3:
+        rgb = arr[..., :3].astype(np.int16)
+        coloured = (rgb.max(-1) - rgb.min(-1)) > 100
+        return model_scheme if coloured.any() or not arr.any() else SCHEMES["binary"]
+    return model_scheme if int(arr.max()) < model_scheme.num_classes else SCHEMES["binary"]
 
 
 def decide(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

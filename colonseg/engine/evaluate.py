@@ -12,7 +12,8 @@ Multi-class models (e.g. ``labels: neopolyp``) are scored on the same binary met
 merged (polyp vs background), plus Dice and IoU pooled over every pixel of the dataset as NeoUNet
 and BlazeNeo report them: ``dice_seg``/``iou_seg`` (polyp vs background) and ``dice_<key>``/
 ``iou_<key>`` per class (``dice_neo``, ``dice_non``); and ``confusion``: the pixel confusion
-matrix (rows truth, columns prediction, background first), each row divided by its total.
+matrix (rows truth, columns prediction, background first), each row divided by its total. On a
+dataset with binary masks a multi-class model gets the binary metrics only (classes merged).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from colonseg.data.io import read_image, write_atomic
-from colonseg.data.labels import read_label
+from colonseg.data.labels import read_label, scheme_for_masks
 from colonseg.data.layouts import find_pairs
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
@@ -73,7 +74,7 @@ class EvalSource:
 
 def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
     pairs = find_pairs(source.path, source.layout, source.split)
-    scheme = predictor.scheme
+    scheme = scheme_for_masks(predictor.scheme, pairs[0].mask)
     sod = SODMeter()
     classes = ConfusionMeter(scheme.num_classes) if scheme.multiclass else None
     rows, pictures = [], {}

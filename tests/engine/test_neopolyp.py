@@ -130,3 +130,20 @@ def test_confusion_meter_pools_pixels_over_images():
     assert scores["iou_non"] == pytest.approx(0.5)
     assert scores["dice_seg"] == pytest.approx(2 * 3 / (2 * 3 + 0 + 1))  # polyp tp 3, fn 1
     assert meter.matrix.sum() == 8
+
+
+def test_a_three_class_model_on_binary_masks_gets_binary_metrics(bkai_dir, tmp_path):
+    from colonseg.data.labels import scheme_for_masks
+    from colonseg.data.synthetic import write_folder_dataset
+    from colonseg.engine.checkpoint import ModelMeta
+    from colonseg.models import create_model
+
+    neo = get_scheme("neopolyp")
+    binary_dir = write_folder_dataset(tmp_path / "binary", n=3, size=64)
+    assert scheme_for_masks(neo, next((binary_dir / "masks").iterdir())).name == "binary"
+    assert scheme_for_masks(neo, next((bkai_dir / "train_gt" / "train_gt").iterdir())) == neo
+    net = create_model("unet", encoder="test_efficientnet", classes=3, pretrained=False)
+    meta = ModelMeta("unet", {"encoder": "test_efficientnet", "classes": 3}, labels="neopolyp")
+    predictor = Predictor(net, meta, device="cpu")
+    s = run_evaluate(predictor, [EvalSource(str(binary_dir))], tmp_path / "ev", progress=False)
+    assert "dice" in s["binary"] and "dice_neo" not in s["binary"]
