@@ -97,6 +97,9 @@ def video_run(predictor: Predictor, seconds: int) -> dict:
         "rss_peak_mib": round(max(rss)),
         "rss_after_10pct_min_mib": round(min(settled)),
         "rss_after_10pct_max_mib": round(max(settled)),
+        "rss_at_25_50_75_100pct_mib": [
+            round(rss[min(len(rss) - 1, len(rss) * q // 4)]) for q in (1, 2, 3, 4)
+        ],
     }
 
 
@@ -105,7 +108,12 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--video-seconds", type=int, default=60)
+    parser.add_argument("--video-only", action="store_true", help="only the video measurement")
     args = parser.parse_args()
+    if args.video_only:
+        predictor = Predictor.from_pretrained(args.model, device="cpu", size=352)
+        print(json.dumps({"video": video_run(predictor, args.video_seconds)}, indent=2))
+        return
     frames = random_frames(args.n)
     results: dict = {}
     predictors = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -236,8 +237,6 @@ def export(
 @app.command("app", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def web_app(ctx: typer.Context) -> None:
     """Start the web app (Streamlit). Extra options go to Streamlit: --server.port 8600."""
-    import subprocess
-
     from colonseg.app import logic
 
     page = Path(logic.__file__).with_name("page.py")
@@ -249,7 +248,7 @@ def web_app(ctx: typer.Context) -> None:
         "--client.toolbarMode=minimal",
         *ctx.args,
     ]  # fmt: skip
-    raise typer.Exit(subprocess.call(command))
+    os.execv(sys.executable, command)  # Streamlit takes over this process (signals reach it)
 
 
 @app.command()

@@ -127,16 +127,20 @@ def scheme_for_masks(model_scheme: LabelScheme, mask_path: str | os.PathLike) ->
     return model_scheme if int(arr.max()) < model_scheme.num_classes else SCHEMES["binary"]
 
 
-def decide(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def decide(probs, threshold: float):
     """Class probabilities ``(..., C, H, W)`` → polyp probability and class map ``(..., H, W)``.
 
-    One rule for every consumer: a pixel is polyp when ``1 - p(background) >= threshold`` (so the
-    threshold means the same as for binary models), and a polyp pixel takes its most probable
-    non-background class. ``C = 1`` holds a sigmoid probability; the class map is then the mask.
+    One rule for every consumer (training metrics on torch tensors, the Predictor on numpy
+    arrays): a pixel is polyp when ``1 - p(background) >= threshold`` (so the threshold means the
+    same as for binary models), and a polyp pixel takes its most probable non-background class.
+    ``C = 1`` holds a sigmoid probability; the class map is then the mask. The class map is uint8.
     """
     if probs.shape[-3] == 1:
         fg = probs[..., 0, :, :]
-        return fg, (fg >= threshold).to(torch.uint8)
-    fg = 1.0 - probs[..., 0, :, :]
-    best = probs[..., 1:, :, :].argmax(-3) + 1
+        best = 1
+    else:
+        fg = 1.0 - probs[..., 0, :, :]
+        best = probs[..., 1:, :, :].argmax(-3) + 1
+    if isinstance(probs, np.ndarray):  # numpy: ~10x faster than torch on one CPU image
+        return fg, np.where(fg >= threshold, best, 0).astype(np.uint8)
     return fg, torch.where(fg >= threshold, best, 0).to(torch.uint8)

@@ -171,13 +171,11 @@ class Predictor:
         full = cv2.resize(probs.transpose(1, 2, 0), (shape[1], shape[0]), cv2.INTER_LINEAR)
         full = np.clip(full.reshape(shape[0], shape[1], -1), 0.0, 1.0).astype(np.float32)
         full = np.ascontiguousarray(full.transpose(2, 0, 1))
-        fg, classes = decide(torch.from_numpy(full), self.threshold)
-        prob, mask = fg.numpy(), (classes.numpy() > 0).astype(np.uint8)
+        prob, classes = decide(full, self.threshold)
+        mask = (classes > 0).astype(np.uint8)
         class_probs = full if full.shape[0] > 1 else None
         if self.post:
             mask, classes = self.post(prob, mask, class_probs)
-        else:
-            classes = classes.numpy()
         return Prediction(prob=prob, mask=mask, classes=classes, probs=class_probs)
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:

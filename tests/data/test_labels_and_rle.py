@@ -91,3 +91,14 @@ def test_submission_csv_has_one_row_per_class(tmp_path):
     write_submission(tmp_path / "sub.csv", submission_rows("abc", classes))
     lines = (tmp_path / "sub.csv").read_text().splitlines()
     assert lines == ["Id,Expected", "abc_0,2 1", "abc_1,3 2"]
+
+
+def test_decide_gives_the_same_answer_on_numpy_and_torch():
+    import torch
+
+    probs = np.random.default_rng(0).dirichlet([1, 1, 1], (2, 8, 8)).transpose(0, 3, 1, 2)
+    fg_np, cls_np = decide(probs.astype(np.float32), 0.5)
+    fg_t, cls_t = decide(torch.from_numpy(probs.astype(np.float32)), 0.5)
+    np.testing.assert_allclose(fg_np, fg_t.numpy())
+    np.testing.assert_array_equal(cls_np, cls_t.numpy())
+    assert cls_np.dtype == np.uint8 and set(np.unique(cls_np)) <= {0, 1, 2}
