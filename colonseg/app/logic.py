@@ -24,6 +24,7 @@ from colonseg.viz.overlays import contours, heatmap, overlay, overlay_classes
 __all__ = [
     "MAX_UPLOAD_MB",
     "Panels",
+    "configure",
     "decode_upload",
     "finish",
     "load_uploaded_checkpoint",
@@ -94,13 +95,18 @@ def predict_probs(predictor: Predictor, image: np.ndarray) -> np.ndarray:
     return predictor.predict_torch(predictor.preprocess([image]))[0].cpu().numpy()
 
 
+def configure(predictor: Predictor, threshold: float, post: str) -> Predictor:
+    """Give the Predictor the page's threshold and post-processing spec."""
+    predictor.threshold = float(threshold)
+    predictor.post = PostProcess.parse(post)
+    return predictor
+
+
 def finish(
     predictor: Predictor, probs: np.ndarray, shape: tuple[int, int], threshold: float, post: str
 ) -> Prediction:
     """Threshold and post-process cached probabilities with the page's current settings."""
-    predictor.threshold = float(threshold)
-    predictor.post = PostProcess.parse(post)
-    return predictor.finish(probs, shape)
+    return configure(predictor, threshold, post).finish(probs, shape)
 
 
 def regions_summary(out: Prediction, class_names: list[str], min_percent: float = 0.1) -> dict:

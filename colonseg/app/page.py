@@ -76,18 +76,34 @@ def show_image(predictor: Predictor, model: str, name: str, data: bytes, setting
     return panels
 
 
-def show_video(predictor: Predictor, name: str, data: bytes) -> None:
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_video(model: str, digest: str, settings: tuple, name: str, _data: bytes) -> dict:
+    """Segment a video once per model, file and settings: the overlay MP4 and CSV as bytes."""
+    predictor = logic.configure(load_predictor(model), *settings)
+    with tempfile.TemporaryDirectory(prefix="colonseg-video-") as tmp:
+        source = Path(tmp) / Path(name).name
+        source.write_bytes(_data)
+        try:
+            result = run_predict_video(predictor, source, Path(tmp) / "out", progress=False)
+        except ColonsegError as exc:  # name the upload, not the temporary copy
+            raise ColonsegError(str(exc).replace(str(source), name)) from None
+        return {
+            "frames": result["frames"],
+            "polyp_frames": result["polyp_frames"],
+            "video": (result["video"].name, result["video"].read_bytes()),
+            "csv": (result["csv"].name, result["csv"].read_bytes()),
+        }
+
+
+def show_video(model: str, name: str, data: bytes, settings: tuple) -> None:
     st.subheader(name)
-    folder = Path(tempfile.mkdtemp(prefix="colonseg-video-"))
-    (folder / Path(name).name).write_bytes(data)
     with st.spinner(f"Segmenting every frame of {name}…"):
-        result = run_predict_video(
-            predictor, folder / Path(name).name, folder / "out", progress=False
-        )
+        result = cached_video(model, hashlib.sha1(data).hexdigest(), settings, name, data)
     st.markdown(f"**{result['frames']} frames**, {result['polyp_frames']} with a polyp")
-    st.video(result["video"].read_bytes())
-    st.download_button("Overlay video (MP4)", result["video"].read_bytes(), result["video"].name)
-    st.download_button("Per-frame CSV", result["csv"].read_bytes(), result["csv"].name)
+    st.columns([2, 1])[0].video(result["video"][1])
+    left, right = st.columns(2)
+    left.download_button("Overlay video (MP4)", result["video"][1], result["video"][0])
+    right.download_button("Per-frame CSV", result["csv"][1], result["csv"][0])
 
 
 def main() -> None:
@@ -122,7 +138,7 @@ def main() -> None:
     for upload in uploads or []:
         try:
             if Path(upload.name).suffix.lower() in VIDEO_EXTENSIONS:
-                show_video(predictor, upload.name, upload.getvalue())
+                show_video(model, upload.name, upload.getvalue(), settings)
             else:
                 results[upload.name] = show_image(
                     predictor, model, upload.name, upload.getvalue(), settings
