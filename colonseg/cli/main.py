@@ -252,6 +252,33 @@ def web_app(ctx: typer.Context) -> None:
 
 
 @app.command()
+@_friendly
+def synth(
+    frames: Annotated[Path, typer.Argument(help="Folder of normal frames.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG grid.")] = Path(
+        "simpo_grid.png"
+    ),
+    textures: Annotated[
+        Path | None, typer.Option(help="Texture folder (DTD classes or MAPSeg's KTH/).")
+    ] = None,
+    shapes: Annotated[
+        Path | None, typer.Option(help="Shape-mask folder (MAPSeg's polyp_like_mask/).")
+    ] = None,
+    fill: Annotated[
+        list[str] | None, typer.Option(help="colon and/or texture (repeatable; default both).")
+    ] = None,
+    n: Annotated[int, typer.Option(min=1, help="Number of examples.")] = 12,
+    seed: int = 0,
+) -> None:
+    """Write a grid of SIMPO synthetic polyps pasted into normal frames, to inspect them."""
+    from colonseg.engine.synth import run_synth
+
+    fills = tuple(fill or (["colon", "texture"] if textures else ["colon"]))
+    path = run_synth(frames, out, textures, shapes, fills, n, seed)
+    typer.echo(f"{n} SIMPO examples → {path}")
+
+
+@app.command()
 def models() -> None:
     """List the trained checkpoints shipped in the zoo, with their metrics."""
     from colonseg.engine.checkpoint import ZOO_DIR, list_zoo

@@ -54,3 +54,22 @@ def test_predict_cli_exit_codes(tmp_path, tiny_dataset_dir):
     assert result.exit_code == 1 and "bad.jpg" in result.output
     assert len(list((tmp_path / "p" / "masks").glob("*.png"))) == 8
     assert runner.invoke(app, [*args, "--skip-bad"]).exit_code == 0
+
+
+def test_synth_writes_a_grid(tmp_path):
+    from typer.testing import CliRunner
+
+    from colonseg.cli.main import app
+    from colonseg.engine.demo import SAMPLES_DIR
+
+    out = tmp_path / "grid.png"
+    result = CliRunner().invoke(
+        app, ["synth", str(SAMPLES_DIR / "images"), "--out", str(out), "--n", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    import cv2
+
+    grid = cv2.imread(str(out))
+    assert grid.shape == (2 * 256, 2 * 2 * 256, 3)  # 3 examples → 2 rows of 2 cells, padded
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "none"), "--out", str(out)])
+    assert result.exit_code == 2 and "no images found" in result.output

@@ -1,0 +1,1 @@
+"""MAPSeg: unsupervised polyp segmentation from normal frames (SIMPO synthetic lesions)."""

@@ -1,0 +1,231 @@
+"""SIMPO: synthetic polyp-like lesions pasted into normal colonoscopy frames (MAPSeg's supervision).
+
+A lesion is a smooth random closed shape (a Fourier-perturbed ellipse, or a user shape mask)
+placed inside the frame's valid endoscopic area, filled either from a geometrically transformed
+copy of the same frame (*colon* fill) or from a texture colour-transferred to the frame's mucosa
+in LAB (*texture* fill), blended with a soft edge and shaded so that it looks raised.
+
+Example:
+    >>> simpo = Simpo(textures=load_textures("../shared/datasets/textures-dtd"), p=0.5)
+    >>> image, mask = simpo(frame, np.random.default_rng(0))   # mask all 0 when not synthesised
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from colonseg.data.io import IMAGE_EXTENSIONS, read_image, read_mask
+from colonseg.errors import ColonsegError
+
+__all__ = ["Simpo", "load_shapes", "load_textures", "shape_mask", "valid_area"]
+
+FILLS = ("colon", "texture")
+
+
+def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
+    """The endoscopic field of view ``(H, W) uint8`` {0, 1}: not the black border, not the
+    bright text and graphics overlaid in the border zone, shrunk by ``margin`` of the short side.
+
+    The largest connected non-dark region is kept (side panels and corner boxes separated from
+    it by black fall away), its holes are filled, then near-white, unsaturated overlay
+    components that touch the dark border (text) and saturated blue/green rectangles (status
+    boxes) are cut out.
+    """
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    lit = (hsv[..., 2] > 25).astype(np.uint8)
+    lit = cv2.morphologyEx(lit, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(lit, connectivity=4)
+    if n <= 1:
+        return np.zeros(image.shape[:2], np.uint8)
+    area = (labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())).astype(np.uint8)
+    area = ndimage.binary_fill_holes(area).astype(np.uint8)
+    overlay = ((hsv[..., 1] < 40) & (hsv[..., 2] > 200)).astype(np.uint8)
+    overlay = cv2.dilate(overlay, np.ones((7, 7), np.uint8))
+    border = cv2.dilate(1 - area, np.ones((15, 15), np.uint8))
+    n, labels, _, _ = cv2.connectedComponentsWithStats(overlay, connectivity=8)
+    touching = np.unique(labels[(border > 0) & (overlay > 0)])
+    area[np.isin(labels, touching[touching > 0])] = 0
+    # coloured boxes (status bars, menus): saturated non-mucosa hues filling their bounding box
+    boxes = ((hsv[..., 0] > 35) & (hsv[..., 0] < 150) & (hsv[..., 1] > 80)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(boxes, connectivity=8)
+    for i in range(1, n):
+        x, y, w, h, count = stats[i]
+        if count > 0.001 * boxes.size and count > 0.75 * w * h:
+            area[max(0, y - 4) : y + h + 4, max(0, x - 4) : x + w + 4] = 0
+    k = max(1, round(margin * min(image.shape[:2])))
+    return cv2.erode(area, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+
+
+def shape_mask(size: int, rng: np.random.Generator, harmonics: int = 5) -> np.ndarray:
+    """A smooth random closed shape in a ``size x size`` box: an ellipse whose radius is
+    perturbed by a few low Fourier harmonics, randomly stretched and rotated."""
+    theta = np.linspace(0, 2 * np.pi, 256, endpoint=False)
+    radius = np.ones_like(theta)
+    for k in range(2, harmonics + 1):
+        radius += rng.uniform(0, 0.25 / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    aspect = rng.uniform(0.6, 1.0)
+    x, y = radius * np.cos(theta), aspect * radius * np.sin(theta)
+    rot = rng.uniform(0, np.pi)
+    xr, yr = x * np.cos(rot) - y * np.sin(rot), x * np.sin(rot) + y * np.cos(rot)
+    scale = 0.48 * size / max(np.abs(xr).max(), np.abs(yr).max())
+    pts = np.stack([xr * scale + size / 2, yr * scale + size / 2], 1).round().astype(np.int32)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mask, [pts], 1)
+    return mask
+
+
+def _images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ColonsegError(f"{folder}: folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ColonsegError(f"{folder}: no images found")
+    return files
+
+
+def load_textures(folder: str | Path, max_side: int = 320) -> list[np.ndarray]:
+    """Every image under ``folder`` (DTD ``<class>/*.jpg``, MAPSeg's ``KTH/`` layout, any tree)."""
+    out = []
+    for f in _images(folder):
+        img = read_image(f)
+        s = max_side / max(img.shape[:2])
+        out.append(
+            cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
+        )
+    return out
+
+
+def load_shapes(folder: str | Path) -> list[np.ndarray]:
+    """User shape masks (MAPSeg's ``polyp_like_mask/``), each cropped to its bounding box."""
+    shapes = []
+    for f in _images(folder):
+        m = read_mask(f)
+        ys, xs = np.nonzero(m)
+        if len(ys):
+            shapes.append(m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    if not shapes:
+        raise ColonsegError(f"{folder}: every shape mask is empty")
+    return shapes
+
+
+def _colour_transfer(texture: np.ndarray, image: np.ndarray, area: np.ndarray) -> np.ndarray:
+    """Reinhard colour transfer in LAB: the texture takes the mucosa's mean and spread."""
+    src = cv2.cvtColor(texture, cv2.COLOR_RGB2LAB).astype(np.float32)
+    ref = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)[area > 0]
+    mu_s, sd_s = src.reshape(-1, 3).mean(0), src.reshape(-1, 3).std(0) + 1e-3
+    mu_r, sd_r = ref.mean(0), ref.std(0) + 1e-3
+    out = (src - mu_s) / sd_s * sd_r + mu_r
+    return cv2.cvtColor(out.clip(0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def _tissue(image: np.ndarray, area: np.ndarray, keep: float = 0.6) -> np.ndarray:
+    """The central ``keep`` part of the field of view's bounding box, resized to the frame: pure
+    mucosa, without the black border or overlays a whole-frame copy would paste in."""
+    ys, xs = np.nonzero(area)
+    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+    hh, hw = keep * (ys.max() - ys.min() + 1) / 2, keep * (xs.max() - xs.min() + 1) / 2
+    crop = image[int(cy - hh) : int(cy + hh) + 1, int(cx - hw) : int(cx + hw) + 1]
+    return cv2.resize(crop, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+
+
+def _transform(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random rotation, zoom, shift and flip of ``image`` (reflected at the borders)."""
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-180, 180), rng.uniform(0.8, 1.6))
+    m[:, 2] += rng.uniform(-0.2, 0.2, 2) * (w, h)
+    out = cv2.warpAffine(image, m, (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+@dataclass
+class Simpo:
+    """The lesion synthesiser; ``__call__`` returns ``(image, mask)``.
+
+    Args:
+        textures: texture images for the texture fill (required when ``"texture"`` is in fills).
+        shapes: user shape masks; procedural Fourier shapes when empty.
+        fills: which fills to draw from (``colon``, ``texture``), uniformly.
+        p: probability that a frame receives a lesion at all.
+        area_range: lesion area as a fraction of the valid area, drawn log-uniformly.
+    """
+
+    textures: list[np.ndarray] = field(default_factory=list)
+    shapes: list[np.ndarray] = field(default_factory=list)
+    fills: tuple[str, ...] = FILLS
+    p: float = 0.5
+    area_range: tuple[float, float] = (0.01, 0.25)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.fills) - set(FILLS)
+        if unknown or not self.fills:
+            raise ColonsegError(f"SIMPO fills must be among {FILLS}, got {self.fills}")
+        if "texture" in self.fills and not self.textures:
+            raise ColonsegError("SIMPO texture fill needs textures (a DTD or KTH folder)")
+
+    def lesion_mask(self, area: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A shape of realistic size placed inside ``area`` (the valid field of view)."""
+        h, w = area.shape
+        total = int(area.sum())
+        if total < 64:
+            return np.zeros_like(area)
+        lo, hi = np.log(self.area_range[0]), np.log(self.area_range[1])
+        side = max(8, round(np.sqrt(np.exp(rng.uniform(lo, hi)) * total * 4 / np.pi)))
+        side = min(side, h, w)
+        if self.shapes:
+            base = self.shapes[int(rng.integers(len(self.shapes)))]
+            shape = cv2.resize(base, (side, side), interpolation=cv2.INTER_NEAREST)
+        else:
+            shape = shape_mask(side, rng)
+        inner = cv2.erode(area, np.ones((3, 3), np.uint8))
+        ys, xs = np.nonzero(inner)
+        i = int(rng.integers(len(ys)))  # a random valid pixel becomes the shape's centre
+        y0, x0 = ys[i] - side // 2, xs[i] - side // 2
+        mask = np.zeros_like(area)
+        sy, sx = slice(max(0, y0), min(h, y0 + side)), slice(max(0, x0), min(w, x0 + side))
+        mask[sy, sx] = shape[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0]
+        return mask & area
+
+    def __call__(
+        self, image: np.ndarray, rng: np.random.Generator, force: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        area = valid_area(image)
+        if not force and rng.random() >= self.p:
+            return image, np.zeros(image.shape[:2], np.uint8)
+        mask = self.lesion_mask(area, rng)
+        if not mask.any():
+            return image, mask
+        fill = self.fills[int(rng.integers(len(self.fills)))]
+        if fill == "colon":
+            source = _transform(_tissue(image, area), rng)
+        else:
+            texture = self.textures[int(rng.integers(len(self.textures)))]
+            tiled = np.tile(texture, (image.shape[0] // texture.shape[0] + 1,
+                                      image.shape[1] // texture.shape[1] + 1, 1))  # fmt: skip
+            source = _colour_transfer(
+                _transform(tiled[: image.shape[0], : image.shape[1]], rng), image, area
+            )
+        return _blend(image, source, mask, rng), mask
+
+
+def _blend(
+    image: np.ndarray, source: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Paste ``source`` into ``image`` through ``mask`` with a soft edge, shaded as a dome lit
+    from a random direction (brighter on the lit side, darker on the other)."""
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    height = np.sqrt(dist / max(float(dist.max()), 1.0))  # dome profile in [0, 1]
+    gy, gx = np.gradient(cv2.GaussianBlur(height, (0, 0), 3))
+    angle = rng.uniform(0, 2 * np.pi)
+    light = -(gx * np.cos(angle) + gy * np.sin(angle)) * max(float(dist.max()), 1.0)
+    shade = 1.0 + np.clip(light, -0.35, 0.35) + 0.08 * height
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0) * rng.uniform(0.8, 1.0)
+    alpha = np.where(mask > 0, np.maximum(alpha, 0.6), alpha)[..., None]
+    lesion = source.astype(np.float32) * shade[..., None]
+    out = (1 - alpha) * image.astype(np.float32) + alpha * lesion
+    return out.clip(0, 255).astype(np.uint8)
