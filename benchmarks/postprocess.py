@@ -59,7 +59,7 @@ def score(model: str, dataset: str, limit: int | None = None) -> dict[str, dict[
     predictor = Predictor.from_pretrained(model, device="cpu", postprocess="none")
     folder, split = DATASETS[dataset]
     pairs = find_pairs(ROOT / folder, split=split)[:limit]
-    scheme = scheme_for_masks(predictor.scheme, pairs[0].mask)
+    scheme = scheme_for_masks(predictor.scheme, [p.mask for p in pairs])
     variants = [v for v in VARIANTS if scheme.multiclass or "class_vote" not in v]
     posts = {v: PostProcess.parse(v) for v in variants}
     dice = {v: [] for v in variants}

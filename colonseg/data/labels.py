@@ -110,21 +110,27 @@ def read_label(path: str | os.PathLike, scheme: LabelScheme) -> np.ndarray:
     )
 
 
-def scheme_for_masks(model_scheme: LabelScheme, mask_path: str | os.PathLike) -> LabelScheme:
+def scheme_for_masks(
+    model_scheme: LabelScheme, mask_paths: list[str | os.PathLike], look: int = 8
+) -> LabelScheme:
     """The scheme to read a dataset's masks with, for a model of ``model_scheme``.
 
     A multi-class model on a binary dataset (grey or white masks, e.g. Kvasir-SEG, CVC-ClinicDB)
-    is scored as binary: its classes merged into polyp. Masks with saturated colours keep the
-    model's scheme; anything else multi-class is read as class indices.
+    is scored as binary: its classes merged into polyp. The first non-empty mask among the first
+    ``look`` decides: saturated colours, or single-channel class indices, keep the model's scheme.
     """
     if not model_scheme.multiclass:
         return model_scheme
-    arr = _decode(Path(mask_path))
-    if arr.ndim == 3 and arr.shape[2] >= 3:
-        rgb = arr[..., :3].astype(np.int16)
-        coloured = (rgb.max(-1) - rgb.min(-1)) > 100
-        return model_scheme if coloured.any() or not arr.any() else SCHEMES["binary"]
-    return model_scheme if int(arr.max()) < model_scheme.num_classes else SCHEMES["binary"]
+    for path in mask_paths[:look]:
+        arr = _decode(Path(path))
+        if not arr.any():
+            continue
+        if arr.ndim == 3 and arr.shape[2] >= 3:
+            rgb = arr[..., :3].astype(np.int16)
+            coloured = ((rgb.max(-1) - rgb.min(-1)) > 100).any()
+            return model_scheme if coloured else SCHEMES["binary"]
+        return model_scheme if int(arr.max()) < model_scheme.num_classes else SCHEMES["binary"]
+    return model_scheme
 
 
 def decide(probs, threshold: float):

@@ -74,7 +74,7 @@ class EvalSource:
 
 def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
     pairs = find_pairs(source.path, source.layout, source.split)
-    scheme = scheme_for_masks(predictor.scheme, pairs[0].mask)
+    scheme = scheme_for_masks(predictor.scheme, [p.mask for p in pairs])
     sod = SODMeter()
     classes = ConfusionMeter(scheme.num_classes) if scheme.multiclass else None
     rows, pictures = [], {}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from colonseg.config import load_config
-from colonseg.data.io import read_image
+from colonseg.data.io import read_image, write_png
 from colonseg.data.labels import get_scheme, read_label
 from colonseg.data.rle import rle_decode
 from colonseg.data.synthetic import write_neopolyp_dataset
@@ -140,8 +140,11 @@ def test_a_three_class_model_on_binary_masks_gets_binary_metrics(bkai_dir, tmp_p
 
     neo = get_scheme("neopolyp")
     binary_dir = write_folder_dataset(tmp_path / "binary", n=3, size=64)
-    assert scheme_for_masks(neo, next((binary_dir / "masks").iterdir())).name == "binary"
-    assert scheme_for_masks(neo, next((bkai_dir / "train_gt" / "train_gt").iterdir())) == neo
+    empty = tmp_path / "empty.png"
+    write_png(empty, np.zeros((64, 64), np.uint8))
+    binary_masks = [empty, *sorted((binary_dir / "masks").iterdir())]
+    assert scheme_for_masks(neo, binary_masks).name == "binary"  # the empty mask decides nothing
+    assert scheme_for_masks(neo, sorted((bkai_dir / "train_gt" / "train_gt").iterdir())) == neo
     net = create_model("unet", encoder="test_efficientnet", classes=3, pretrained=False)
     meta = ModelMeta("unet", {"encoder": "test_efficientnet", "classes": 3}, labels="neopolyp")
     predictor = Predictor(net, meta, device="cpu")
