@@ -82,6 +82,7 @@ def test_list_and_did_you_mean():
         "attention_unet",
         "deeplabv3plus",
         "emcad",
+        "mapseg",
         "pranet",
         "unet",
         "unetplusplus",
