@@ -23,7 +23,14 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from colonseg.data.datamodule import DataSource
 from colonseg.errors import ColonsegError
 
-__all__ = ["TrainConfig", "load_config", "save_config", "CONFIG_DIR"]
+__all__ = [
+    "CONFIG_DIR",
+    "TrainConfig",
+    "config_method",
+    "load_config",
+    "resolve_config_path",
+    "save_config",
+]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -96,11 +103,25 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def _resolve_path(config: str | Path) -> Path:
+def config_method(config: str | Path) -> str:
+    """The method a config trains: its top-level ``METHOD`` (``mapseg``), else ``supervised``."""
+    try:
+        data = yaml.safe_load(resolve_config_path(config).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ColonsegError(f"{config}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return str(data.get("METHOD", "supervised")) if isinstance(data, dict) else "supervised"
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    """A YAML path, or the name of a shipped config (``polyp_unet_lite0``, ``mapseg/polyp``)."""
     path = Path(config)
     if path.is_file():
         return path
-    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    if path.parts[:1] == ("configs",) and (CONFIG_DIR / Path(*path.parts[1:])).is_file():
+        return CONFIG_DIR / Path(*path.parts[1:])  # configs/mapseg/polyp.yaml, as MAPSeg writes
+    shipped = sorted(
+        str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
+    )
     if str(config) in shipped:
         return CONFIG_DIR / f"{config}.yaml"
     close = difflib.get_close_matches(str(config), shipped, n=1)
@@ -117,7 +138,7 @@ def _node_type(cfg: DictConfig, key: str) -> type | None:
 
 def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Load a YAML config onto the schema, apply ``key=value`` overrides and validate it."""
-    path = _resolve_path(config)
+    path = resolve_config_path(config)
     schema = OmegaConf.structured(TrainConfig)
     try:
         cfg = OmegaConf.merge(schema, OmegaConf.load(path))

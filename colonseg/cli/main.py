@@ -85,9 +85,22 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last.ckpt.")] = False,
 ) -> None:
-    """Train a model: colonseg train polyp_unet_lite0 trainer.max_epochs=5."""
-    from colonseg.config import load_config
+    """Train a model: colonseg train polyp_unet_lite0 trainer.max_epochs=5.
+
+    MAPSeg configs (METHOD: mapseg) take MAPSeg-style overrides:
+    colonseg train configs/mapseg/polyp.yaml DATASET.target=polyp TEST.only=True
+    """
+    from colonseg.config import config_method, load_config
     from colonseg.engine.train import run_train
+
+    if config_method(config) == "mapseg":
+        from colonseg.methods.mapseg.train import load_mapseg_config, run_mapseg
+
+        result = run_mapseg(load_mapseg_config(config, overrides or []))
+        typer.echo(f"model: {result['model_dir']}")
+        for name, stats in result.get("summary", {}).items():
+            typer.echo(f"{name}: dice {stats['dice']:.4f}, iou {stats['iou']:.4f}")
+        return
 
     cfg = load_config(config, overrides or [])
     result = run_train(cfg, resume=resume)

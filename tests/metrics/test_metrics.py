@@ -72,3 +72,25 @@ def test_sod_metrics_equal_pysodmetrics():
     assert got["e_measure_max"] == pytest.approx(curve.max())
     assert got["wfm"] == pytest.approx(refs[2].get_results()["wfm"])
     assert got["mae"] == pytest.approx(refs[3].get_results()["mae"])
+
+
+def test_pixel_auroc_matches_the_rank_statistic():
+    from colonseg.metrics import AUROCMeter
+
+    rng = np.random.default_rng(0)
+    target = rng.random((2, 40, 40)) < 0.2
+    prob = np.clip(rng.normal(0.4, 0.15, target.shape) + 0.2 * target, 0, 1)
+    meter = AUROCMeter()
+    for p, t in zip(prob, target, strict=True):
+        meter.update(p, t)
+    pos, neg = prob[target], prob[~target]
+    exact = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (
+        pos.size * neg.size
+    )
+    assert abs(meter.compute() - exact) < 1e-3
+    perfect = AUROCMeter()
+    perfect.update(target[0].astype(float), target[0])
+    assert perfect.compute() == 1.0
+    empty = AUROCMeter()
+    empty.update(prob[0], np.zeros_like(target[0]))
+    assert np.isnan(empty.compute())

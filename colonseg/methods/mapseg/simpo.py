@@ -192,9 +192,15 @@ class Simpo:
         return mask & area
 
     def __call__(
-        self, image: np.ndarray, rng: np.random.Generator, force: bool = False
+        self,
+        image: np.ndarray,
+        rng: np.random.Generator,
+        force: bool = False,
+        area: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        area = valid_area(image)
+        """Paste a lesion with probability ``p`` (always with ``force``); ``area`` is the frame's
+        precomputed :func:`valid_area`."""
+        area = valid_area(image) if area is None else area
         if not force and rng.random() >= self.p:
             return image, np.zeros(image.shape[:2], np.uint8)
         mask = self.lesion_mask(area, rng)

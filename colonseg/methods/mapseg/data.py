@@ -1,0 +1,84 @@
+"""Normal frames for MAPSeg: decoded once, SIMPO lesions pasted on the fly.
+
+Normal frames come from a folder (``../shared/datasets/polypgen-normal/images``) or from
+MAPSeg's MVTec-style layout ``<root>/<target>/train/good``. A fixed, seeded share is held out for
+validation; no polyp frame and no polyp mask is ever read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from colonseg.data.datamodule import normalize
+from colonseg.data.io import IMAGE_EXTENSIONS, read_image
+from colonseg.errors import ColonsegError
+from colonseg.methods.mapseg.simpo import Simpo, valid_area
+
+__all__ = ["NormalFrames", "normal_frame_files", "split_normal"]
+
+
+def normal_frame_files(data_dir: str | Path, target: str, normal: str | None) -> list[Path]:
+    """The normal training frames: ``<data_dir>/<target>/train/good`` (MVTec-style) if it exists,
+    else the folder ``<data_dir>/<normal>``."""
+    mvtec = Path(data_dir) / target / "train" / "good"
+    folder = mvtec if mvtec.is_dir() else Path(data_dir) / (normal or "")
+    if not folder.is_dir():
+        raise ColonsegError(f"{folder}: no normal frames (expected {mvtec} or DATASET.normal)")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ColonsegError(f"{folder}: no images found")
+    return files
+
+
+def split_normal(files: list[Path], val_fraction: float, seed: int = 0):
+    """A fixed, seeded ``(train, val)`` split of the normal frames."""
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_val = int(round(val_fraction * len(files)))
+    return [files[i] for i in sorted(order[n_val:])], [files[i] for i in sorted(order[:n_val])]
+
+
+class NormalFrames(Dataset):
+    """Samples ``{"image", "mask"}``: a normal frame, with a SIMPO lesion (and its mask) pasted
+    with probability ``simpo.p``, or always with ``force`` (the validation set, where the seed
+    also fixes each frame's lesion so every epoch sees the same one)."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        size: int,
+        simpo: Simpo,
+        mean: Sequence[float],
+        std: Sequence[float],
+        force: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        self.images = np.stack(
+            [cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA) for f in files]
+        )
+        self.areas = np.stack([valid_area(im) for im in self.images])
+        self.simpo, self.mean, self.std = simpo, tuple(mean), tuple(std)
+        self.force, self.seed = force, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        seed = [self.seed, i] if self.seed is not None else int(torch.randint(2**31, ()).item())
+        rng = np.random.default_rng(seed)
+        image, mask = self.simpo(self.images[i], rng, force=self.force, area=self.areas[i])
+        if rng.random() < 0.5:  # flips: the lesion and the frame together
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return {
+            "image": normalize(np.ascontiguousarray(image), self.mean, self.std),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
+        }
+
+    def clean(self, indices: Sequence[int]) -> torch.Tensor:
+        """Normalised frames without lesions (for the memory bank)."""
+        return normalize(self.images[list(indices)], self.mean, self.std)

@@ -1,0 +1,232 @@
+"""``run_mapseg(cfg)``: train MAPSeg on normal frames, save a checkpoint, evaluate it.
+
+The config has MAPSeg's upper-case sections (``DATASET``, ``SIMPO``, ``MEMORY``, ``MODEL``,
+``TRAIN``, ``TEST``) and takes MAPSeg-style dotlist overrides (``DATASET.target=polyp``,
+``TEST.only=True``). ``colonseg train`` dispatches here when a config says ``METHOD: mapseg``.
+
+The checkpoint (``<RESULT_DIR>/<EXP_NAME>/model``) is an ordinary colonseg checkpoint of the
+``mapseg`` architecture whose default post-processing is MAPSeg's demo: Otsu threshold, hole
+filling, largest region; ``predict``, ``evaluate`` and the app take it like any other model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+from torch.utils.data import DataLoader
+
+from colonseg.config import resolve_config_path, save_config
+from colonseg.data.io import write_atomic
+from colonseg.engine.checkpoint import ModelMeta, save_pretrained
+from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.predict import Predictor
+from colonseg.engine.train import trainer_precision
+from colonseg.errors import ColonsegError
+from colonseg.methods.mapseg.data import NormalFrames, normal_frame_files, split_normal
+from colonseg.methods.mapseg.module import MapsegModule
+from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures
+from colonseg.models.encoders import encoder_normalization
+from colonseg.models.mapseg import MemSegNet
+from colonseg.viz.curves import plot_curves
+
+__all__ = ["MapsegConfig", "load_mapseg_config", "run_mapseg"]
+
+DEMO_POSTPROCESS = "otsu,fill_holes,keep_largest"
+
+
+@dataclass
+class DatasetSection:
+    data_dir: str = "../shared/datasets"
+    target: str = "polyp"
+    normal: str | None = "polypgen-normal/images"
+    textures: str | None = "textures-dtd"
+    shapes: str | None = None
+    resize: int = 256
+    val_fraction: float = 0.1
+
+
+@dataclass
+class SimpoSection:
+    p: float = 0.5
+    fills: list[str] = field(default_factory=lambda: ["colon", "texture"])
+
+
+@dataclass
+class MemorySection:
+    enabled: bool = True
+    nb_memory_sample: int = 30
+
+
+@dataclass
+class ModelSection:
+    encoder: str = "tf_efficientnet_lite0"
+    width: int = 64
+    pretrained: bool = True
+    encoder_weights: str | None = None
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 8
+    epochs: int = 12
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    focal_weight: float = 0.4
+    l1_weight: float = 0.6
+    focal_gamma: float = 4.0
+    seed: int = 0
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    precision: str = "auto"
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+
+
+@dataclass
+class TestSection:
+    only: bool = False
+    checkpoint: str | None = None
+    datasets: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class MapsegConfig:
+    METHOD: str = "mapseg"
+    EXP_NAME: str = "mapseg_polyp"
+    RESULT_DIR: str = "runs"
+    DATASET: DatasetSection = field(default_factory=DatasetSection)
+    SIMPO: SimpoSection = field(default_factory=SimpoSection)
+    MEMORY: MemorySection = field(default_factory=MemorySection)
+    MODEL: ModelSection = field(default_factory=ModelSection)
+    TRAIN: TrainSection = field(default_factory=TrainSection)
+    TEST: TestSection = field(default_factory=TestSection)
+
+
+def load_mapseg_config(config: str | Path, overrides: list[str] = ()) -> DictConfig:
+    """Load a MAPSeg YAML onto the schema and apply ``KEY.sub=value`` overrides."""
+    path = resolve_config_path(config)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(MapsegConfig), OmegaConf.load(path))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.resolve(cfg)
+    except (ConfigKeyError, ValidationError) as exc:
+        raise ColonsegError(f"{path}: invalid MAPSeg config: {str(exc).splitlines()[0]}") from None
+    return cfg
+
+
+def _sources(cfg: DictConfig) -> list[EvalSource]:
+    root = Path(cfg.DATASET.data_dir)
+    return [
+        EvalSource(str(root / d["path"]), d.get("split"), d.get("layout", "auto"))
+        for d in cfg.TEST.datasets
+    ]
+
+
+def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
+    sources = [s for s in _sources(cfg) if Path(s.path).is_dir()]
+    if not sources:
+        return {}
+    predictor = Predictor.from_pretrained(model_dir)
+    return run_evaluate(predictor, sources, out, progress=False, title=f"MAPSeg: {model_dir}")
+
+
+def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
+    """Train (or with ``TEST.only`` evaluate) MAPSeg; return ``{"run_dir", "model_dir", ...}``."""
+    run_dir = Path(cfg.RESULT_DIR) / cfg.EXP_NAME
+    if cfg.TEST.only:
+        model_dir = Path(cfg.TEST.checkpoint or run_dir / "model")
+        return {"model_dir": model_dir, "summary": _evaluate(cfg, model_dir, run_dir / "test")}
+    L.seed_everything(cfg.TRAIN.seed, workers=True, verbose=False)
+    d, size = cfg.DATASET, cfg.DATASET.resize
+    files = normal_frame_files(d.data_dir, d.target, d.normal)
+    train_files, val_files = split_normal(files, d.val_fraction, cfg.TRAIN.seed)
+    simpo = Simpo(
+        textures=load_textures(Path(d.data_dir) / d.textures) if d.textures else [],
+        shapes=load_shapes(Path(d.data_dir) / d.shapes) if d.shapes else [],
+        fills=tuple(cfg.SIMPO.fills),
+        p=cfg.SIMPO.p,
+    )
+    mean, std = encoder_normalization(cfg.MODEL.encoder)
+    train_set = NormalFrames(train_files, size, simpo, mean, std)
+    val_set = NormalFrames(val_files, size, simpo, mean, std, force=True, seed=cfg.TRAIN.seed)
+    memory = cfg.MEMORY.enabled
+    init_kwargs = {
+        "encoder": cfg.MODEL.encoder,
+        "classes": 1,
+        "size": size,
+        "memory_size": cfg.MEMORY.nb_memory_sample,
+        "memory": memory,
+        "width": cfg.MODEL.width,
+    }
+    net = MemSegNet(
+        pretrained=cfg.MODEL.pretrained, encoder_weights=cfg.MODEL.encoder_weights, **init_kwargs
+    )
+    picks = np.random.default_rng(cfg.TRAIN.seed).choice(
+        len(train_set), cfg.MEMORY.nb_memory_sample, replace=False
+    )
+    module = MapsegModule(
+        net,
+        train_set.clean(picks) if memory else None,
+        lr=cfg.TRAIN.lr,
+        weight_decay=cfg.TRAIN.weight_decay,
+        focal_weight=cfg.TRAIN.focal_weight,
+        l1_weight=cfg.TRAIN.l1_weight,
+        gamma=cfg.TRAIN.focal_gamma,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    t = cfg.TRAIN
+    trainer = L.Trainer(
+        max_epochs=t.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=trainer_precision(t.precision, t.accelerator),
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=[ModelCheckpoint(run_dir / "checkpoints", "last", save_top_k=1)],
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        default_root_dir=run_dir,
+    )
+    loader = DataLoader(train_set, t.batch_size, shuffle=True, drop_last=True,
+                        num_workers=t.num_workers)  # fmt: skip
+    trainer.fit(module, loader, DataLoader(val_set, t.batch_size, num_workers=t.num_workers))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if (run_dir / "logs" / "metrics.csv").is_file():
+        plot_curves(run_dir / "logs" / "metrics.csv", run_dir / "curves.png")
+    meta = ModelMeta(
+        arch="mapseg",
+        init_kwargs=init_kwargs,
+        size=(size, size),
+        mean=mean,
+        std=std,
+        postprocess=DEMO_POSTPROCESS,
+        provenance={
+            "config": cfg.EXP_NAME,
+            "method": "mapseg (normal frames + SIMPO; no polyp label used)",
+            "train": {"normal_frames": len(train_files), "source": str(train_files[0].parent)},
+            "simpo": OmegaConf.to_container(cfg.SIMPO),
+            "epochs": t.epochs,
+            "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        },
+        metrics={k: v for k, v in metrics.items() if k.startswith("val/")},
+    )
+    model_dir = save_pretrained(module.net, meta, run_dir / "model")
+    write_atomic(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics)))
+    summary = _evaluate(cfg, model_dir, run_dir / "test")
+    return {"run_dir": run_dir, "model_dir": model_dir, "metrics": metrics, "summary": summary}

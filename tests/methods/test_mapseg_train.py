@@ -1,0 +1,75 @@
+"""MAPSeg end to end on generated frames: a 2-step training run, then TEST.only."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from colonseg.data.io import write_png
+from colonseg.data.synthetic import write_folder_dataset
+from colonseg.errors import ColonsegError
+from colonseg.methods.mapseg.train import load_mapseg_config, run_mapseg
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        frame = np.zeros((72, 72, 3), np.uint8)
+        cv2.circle(frame, (36, 36), 33, (180, 90, 70), -1)
+        frame = np.clip(frame + rng.normal(0, 8, frame.shape) * (frame > 0), 0, 255)
+        write_png(tmp_path / "normal" / f"n{i}.png", frame.astype(np.uint8))
+    write_png(tmp_path / "textures" / "t" / "a.png", rng.integers(0, 255, (20, 20, 3), np.uint8))
+    write_folder_dataset(tmp_path / "polyps", n=3, size=64)
+    return tmp_path
+
+
+def _cfg(data_dir, *extra):
+    return load_mapseg_config(
+        "configs/mapseg/polyp.yaml",
+        [
+            f"RESULT_DIR={data_dir / 'runs'}",
+            f"DATASET.data_dir={data_dir}",
+            "DATASET.normal=normal",
+            "DATASET.textures=textures",
+            "DATASET.resize=64",
+            "DATASET.val_fraction=0.25",
+            "MODEL.encoder=test_efficientnet",
+            "MODEL.pretrained=false",
+            "MODEL.width=16",
+            "MEMORY.nb_memory_sample=4",
+            "TRAIN.epochs=1",
+            "TRAIN.batch_size=4",
+            "TRAIN.limit_train_batches=2",
+            "TRAIN.accelerator=cpu",
+            "TEST.datasets=[{path: polyps}]",
+            *extra,
+        ],
+    )
+
+
+def test_two_step_training_run_then_test_only(data_dir):
+    result = run_mapseg(_cfg(data_dir))
+    config = json.loads((result["model_dir"] / "config.json").read_text())
+    assert config["arch"] == "mapseg" and config["postprocess"] == "otsu,fill_holes,keep_largest"
+    assert config["init_kwargs"]["memory"] is True
+    summary = result["summary"]["polyps"]
+    assert 0 <= summary["dice"] <= 1 and "pixel_auroc" in summary
+    from safetensors import safe_open
+
+    with safe_open(str(result["model_dir"] / "weights.safetensors"), "pt") as f:
+        assert f.get_tensor("memory.filled").item() is True  # the memory travels with the weights
+        assert f.get_tensor("memory.level0").abs().sum() > 0
+    again = run_mapseg(_cfg(data_dir, "TEST.only=True", f"TEST.checkpoint={result['model_dir']}"))
+    assert again["summary"]["polyps"]["dice"] == pytest.approx(summary["dice"])
+
+
+def test_ablation_without_memory_and_bad_overrides(data_dir):
+    result = run_mapseg(_cfg(data_dir, "MEMORY.enabled=false", "EXP_NAME=nomem"))
+    config = json.loads((result["model_dir"] / "config.json").read_text())
+    assert config["init_kwargs"]["memory"] is False
+    with pytest.raises(ColonsegError, match="invalid MAPSeg config"):
+        _cfg(data_dir, "TRAIN.epoch=3")
