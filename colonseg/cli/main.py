@@ -99,7 +99,8 @@ def train(
         result = run_mapseg(load_mapseg_config(config, overrides or []))
         typer.echo(f"model: {result['model_dir']}")
         for name, stats in result.get("summary", {}).items():
-            typer.echo(f"{name}: dice {stats['dice']:.4f}, iou {stats['iou']:.4f}")
+            shown = ("dice", "iou", "pixel_auroc", "image_auroc", "fp_area")
+            typer.echo(f"{name}: " + ", ".join(f"{k} {stats[k]:.4f}" for k in shown if k in stats))
         return
 
     cfg = load_config(config, overrides or [])

@@ -58,6 +58,8 @@ def test_two_step_training_run_then_test_only(data_dir):
     assert config["init_kwargs"]["memory"] is True
     summary = result["summary"]["polyps"]
     assert 0 <= summary["dice"] <= 1 and "pixel_auroc" in summary
+    assert 0 <= summary["image_auroc"] <= 1
+    assert 0 <= result["summary"]["normal:held-out"]["fp_area"] <= 1
     from safetensors import safe_open
 
     with safe_open(str(result["model_dir"] / "weights.safetensors"), "pt") as f:

@@ -26,7 +26,8 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from torch.utils.data import DataLoader
 
 from colonseg.config import resolve_config_path, save_config
-from colonseg.data.io import write_atomic
+from colonseg.data.io import read_image, write_atomic
+from colonseg.data.layouts import find_pairs
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
@@ -134,12 +135,45 @@ def _sources(cfg: DictConfig) -> list[EvalSource]:
     ]
 
 
+def _image_scores(predictor: Predictor, files: list[Path]) -> np.ndarray:
+    """Image-level anomaly score: the highest lesion probability in the frame."""
+    return np.array([float(predictor.predict(read_image(f)).prob.max()) for f in files])
+
+
+def _image_auroc(polyp: np.ndarray, normal: np.ndarray) -> float:
+    wins = (polyp[:, None] > normal[None]).sum() + 0.5 * (polyp[:, None] == normal[None]).sum()
+    return float(wins / (len(polyp) * len(normal)))
+
+
 def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
+    """``evaluate``'s summary on the TEST datasets, plus ``image_auroc`` (their frames against
+    the held-out normal frames) and a ``normal:held-out`` entry: the false-positive area on the
+    held-out normal frames (in-distribution) after the default post-processing."""
     sources = [s for s in _sources(cfg) if Path(s.path).is_dir()]
     if not sources:
         return {}
     predictor = Predictor.from_pretrained(model_dir)
-    return run_evaluate(predictor, sources, out, progress=False, title=f"MAPSeg: {model_dir}")
+    summary = run_evaluate(predictor, sources, out, progress=False, title=f"MAPSeg: {model_dir}")
+    d = cfg.DATASET
+    try:
+        files = normal_frame_files(d.data_dir, d.target, d.normal)
+    except ColonsegError:
+        return summary
+    _, held_out = split_normal(files, d.val_fraction, cfg.TRAIN.seed)
+    normal = _image_scores(predictor, held_out)
+    areas = [float(predictor.predict(read_image(f)).mask.mean()) for f in held_out]
+    for source, name in zip(sources, summary, strict=True):
+        polyp = _image_scores(
+            predictor, [p.image for p in find_pairs(source.path, source.layout, source.split)]
+        )
+        summary[name]["image_auroc"] = _image_auroc(polyp, normal)
+    summary["normal:held-out"] = {
+        "n": len(held_out),
+        "fp_area": float(np.mean(areas)),
+        "fp_frames": float(np.mean([a > 0 for a in areas])),
+    }
+    write_atomic(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    return summary
 
 
 def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
