@@ -7,9 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from colonseg.data.io import IMAGE_EXTENSIONS, read_image, write_png
-from colonseg.errors import ColonsegError
-from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures
+from colonseg.data.io import read_image, write_png
+from colonseg.methods.mapseg.simpo import Simpo, image_files, load_shapes, load_textures
 from colonseg.viz.overlays import contours
 
 __all__ = ["run_synth"]
@@ -30,9 +29,7 @@ def run_synth(
     Each cell pairs the synthetic frame with a copy that outlines the lesion in yellow; frames
     are resized to ``tile`` pixels square.
     """
-    files = sorted(p for p in Path(frames).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ColonsegError(f"{frames}: no images found")
+    files = image_files(frames)
     simpo = Simpo(
         textures=load_textures(textures) if textures else [],
         shapes=load_shapes(shapes) if shapes else [],

@@ -72,4 +72,4 @@ def test_synth_writes_a_grid(tmp_path):
     grid = cv2.imread(str(out))
     assert grid.shape == (2 * 256, 2 * 2 * 256, 3)  # 3 examples → 2 rows of 2 cells, padded
     result = CliRunner().invoke(app, ["synth", str(tmp_path / "none"), "--out", str(out)])
-    assert result.exit_code == 2 and "no images found" in result.output
+    assert result.exit_code == 2 and "none: folder not found" in result.output

@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from colonseg.data.datamodule import normalize
-from colonseg.data.io import IMAGE_EXTENSIONS, read_image
+from colonseg.data.io import read_image
 from colonseg.errors import ColonsegError
-from colonseg.methods.mapseg.simpo import Simpo, valid_area
+from colonseg.methods.mapseg.simpo import Simpo, image_files, valid_area
 
 __all__ = ["NormalFrames", "normal_frame_files", "split_normal"]
 
@@ -30,10 +30,7 @@ def normal_frame_files(data_dir: str | Path, target: str, normal: str | None) ->
     folder = mvtec if mvtec.is_dir() else Path(data_dir) / (normal or "")
     if not folder.is_dir():
         raise ColonsegError(f"{folder}: no normal frames (expected {mvtec} or DATASET.normal)")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ColonsegError(f"{folder}: no images found")
-    return files
+    return image_files(folder)
 
 
 def split_normal(files: list[Path], val_fraction: float, seed: int = 0):

@@ -22,7 +22,7 @@ from scipy import ndimage
 from colonseg.data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from colonseg.errors import ColonsegError
 
-__all__ = ["Simpo", "load_shapes", "load_textures", "shape_mask", "valid_area"]
+__all__ = ["Simpo", "image_files", "load_shapes", "load_textures", "shape_mask", "valid_area"]
 
 FILLS = ("colon", "texture")
 
@@ -79,7 +79,8 @@ def shape_mask(size: int, rng: np.random.Generator, harmonics: int = 5) -> np.nd
     return mask
 
 
-def _images(folder: str | Path) -> list[Path]:
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively, sorted); one-line error if none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ColonsegError(f"{folder}: folder not found")
@@ -92,7 +93,7 @@ def _images(folder: str | Path) -> list[Path]:
 def load_textures(folder: str | Path, max_side: int = 320) -> list[np.ndarray]:
     """Every image under ``folder`` (DTD ``<class>/*.jpg``, MAPSeg's ``KTH/`` layout, any tree)."""
     out = []
-    for f in _images(folder):
+    for f in image_files(folder):
         img = read_image(f)
         s = max_side / max(img.shape[:2])
         out.append(
@@ -104,7 +105,7 @@ def load_textures(folder: str | Path, max_side: int = 320) -> list[np.ndarray]:
 def load_shapes(folder: str | Path) -> list[np.ndarray]:
     """User shape masks (MAPSeg's ``polyp_like_mask/``), each cropped to its bounding box."""
     shapes = []
-    for f in _images(folder):
+    for f in image_files(folder):
         m = read_mask(f)
         ys, xs = np.nonzero(m)
         if len(ys):
