@@ -19,7 +19,7 @@ from colonseg.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, read_image
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
-from colonseg.viz.overlays import contours, heatmap, overlay, overlay_classes
+from colonseg.viz.overlays import contours, heatmap, overlay_prediction
 
 __all__ = [
     "MAX_UPLOAD_MB",
@@ -140,20 +140,13 @@ class Panels:
 
 def panels(predictor: Predictor, image: np.ndarray, out: Prediction) -> Panels:
     scheme = predictor.scheme
-    if scheme.multiclass:
-        tinted, mask = (
-            overlay_classes(image, out.classes, scheme.colours),
-            scheme.colorize(out.classes),
-        )
-    else:
-        tinted, mask = overlay(image, out.mask), out.mask * 255
     return Panels(
         original=image,
-        overlay=tinted,
+        overlay=overlay_prediction(image, out.classes, scheme),
         heatmap=heatmap(image, out.prob),
         probability=np.round(out.prob * 255).astype(np.uint8),
         contours=contours(image, out.mask),
-        mask=mask,
+        mask=scheme.mask_image(out.classes),
     )
 
 

@@ -49,8 +49,7 @@ def resize_pair(
 
 
 def _key(pairs: list[Pair], size: int, scheme: LabelScheme) -> str:
-    tag = str(size) if scheme.name == "binary" else f"{size}|{scheme.name}"
-    h = hashlib.sha1(tag.encode())
+    h = hashlib.sha1(f"{size}|{scheme.name}".encode())
     for p in pairs:
         for f in (p.image, p.mask):
             st = f.stat()

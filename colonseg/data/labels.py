@@ -64,6 +64,10 @@ class LabelScheme:
         """Class map ``(H, W)`` → RGB ``(H, W, 3) uint8`` in this scheme's colours."""
         return np.asarray(self.colours, np.uint8)[classes]
 
+    def mask_image(self, classes: np.ndarray) -> np.ndarray:
+        """The mask as users save it: RGB class colours, or 0/255 grey for binary schemes."""
+        return self.colorize(classes) if self.multiclass else (classes > 0).astype(np.uint8) * 255
+
 
 SCHEMES = {
     "binary": LabelScheme(

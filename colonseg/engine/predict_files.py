@@ -13,7 +13,7 @@ from colonseg.data.io import IMAGE_EXTENSIONS, read_image, write_png
 from colonseg.data.rle import submission_rows, write_submission
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
-from colonseg.viz.overlays import heatmap, overlay, overlay_classes
+from colonseg.viz.overlays import heatmap, overlay_prediction
 
 __all__ = ["collect_images", "run_predict"]
 
@@ -110,17 +110,12 @@ def run_predict(
         outs = predictor.predict_batch([image for _, image in good]) if good else []
         for (f, image), out in zip(good, outs, strict=True):
             stem = names[f]
-            mask_png = scheme.colorize(out.classes) if scheme.multiclass else out.mask * 255
-            write_png(out_dir / "masks" / f"{stem}.png", mask_png)
+            write_png(out_dir / "masks" / f"{stem}.png", scheme.mask_image(out.classes))
             if save_probs:
                 prob = np.round(out.prob * 255).astype(np.uint8)
                 write_png(out_dir / "probs" / f"{stem}.png", prob)
             if save_overlays:
-                tinted = (
-                    overlay_classes(image, out.classes, scheme.colours)
-                    if scheme.multiclass
-                    else overlay(image, out.mask)
-                )
+                tinted = overlay_prediction(image, out.classes, scheme)
                 pair = np.concatenate([tinted, heatmap(image, out.prob)], axis=1)
                 write_png(out_dir / "overlays" / f"{stem}.png", pair)
             if save_attention:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from colonseg.data.io import write_png
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
-from colonseg.viz.overlays import overlay, overlay_classes
+from colonseg.viz.overlays import overlay_prediction
 
 __all__ = ["VIDEO_EXTENSIONS", "run_predict_video"]
 
@@ -138,19 +138,15 @@ def run_predict_video(
                     row = _row(n_frames, fps, out)
                     writer.writerow(row)
                     polyp_frames += row["polyp"]
-                    shown = (
-                        overlay_classes(image, out.classes, scheme.colours)
-                        if scheme.multiclass
-                        else overlay(image, out.mask)
-                    )
+                    shown = overlay_prediction(image, out.classes, scheme)
                     frame = av.VideoFrame.from_ndarray(
                         np.ascontiguousarray(shown[:height, :width]), format="rgb24"
                     )
                     for packet in encoder.encode(frame):
                         sink.mux(packet)
                     if save_masks:
-                        mask = scheme.colorize(out.classes) if scheme.multiclass else out.mask * 255
-                        write_png(out_dir / f"{video.stem}_masks" / f"{n_frames:06d}.png", mask)
+                        path = out_dir / f"{video.stem}_masks" / f"{n_frames:06d}.png"
+                        write_png(path, scheme.mask_image(out.classes))
                     n_frames += 1
                 bar.update(len(batch))
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["contours", "heatmap", "overlay", "overlay_classes", "compare", "thumbnail"]
+__all__ = [
+    "compare",
+    "contours",
+    "heatmap",
+    "overlay",
+    "overlay_classes",
+    "overlay_prediction",
+    "thumbnail",
+]
 
 GREEN, RED, YELLOW = (0, 220, 0), (255, 40, 40), (255, 220, 0)
 
@@ -36,6 +44,13 @@ def overlay_classes(
         if (classes == c).any():
             out = overlay(out, classes == c, colours[c], alpha)
     return out
+
+
+def overlay_prediction(image: np.ndarray, classes: np.ndarray, scheme) -> np.ndarray:
+    """A prediction's overlay: each class in its scheme colour, or the binary mask in yellow."""
+    if scheme.multiclass:
+        return overlay_classes(image, classes, scheme.colours)
+    return overlay(image, classes > 0)
 
 
 def heatmap(image: np.ndarray, prob: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from colonseg.methods.supervised.module import _dice_per_image, batch_confusion
+from colonseg.methods.supervised.module import batch_confusion, dice_per_image
 from colonseg.models.mapseg import MemSegNet
 
 __all__ = ["MapsegModule", "focal_loss"]
@@ -67,9 +67,7 @@ class MapsegModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._val:
-            self.log(
-                "val/dice", _dice_per_image(torch.cat(self._val)).mean().float(), prog_bar=True
-            )
+            self.log("val/dice", dice_per_image(torch.cat(self._val)).mean().float(), prog_bar=True)
         self._val = []
 
     def configure_optimizers(self):

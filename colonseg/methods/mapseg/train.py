@@ -36,6 +36,7 @@ from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.data import NormalFrames, normal_frame_files, split_normal
 from colonseg.methods.mapseg.module import MapsegModule
 from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures
+from colonseg.metrics import AUROCMeter
 from colonseg.models.encoders import encoder_normalization
 from colonseg.models.mapseg import MemSegNet
 from colonseg.viz.curves import plot_curves
@@ -135,14 +136,21 @@ def _sources(cfg: DictConfig) -> list[EvalSource]:
     ]
 
 
-def _image_scores(predictor: Predictor, files: list[Path]) -> np.ndarray:
-    """Image-level anomaly score: the highest lesion probability in the frame."""
-    return np.array([float(predictor.predict(read_image(f)).prob.max()) for f in files])
+def _frame_scores(predictor: Predictor, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, from one prediction: the image-level anomaly score (highest lesion
+    probability) and the predicted area fraction after post-processing."""
+    scores, areas = [], []
+    for f in files:
+        out = predictor.predict(read_image(f))
+        scores.append(float(out.prob.max()))
+        areas.append(float(out.mask.mean()))
+    return np.array(scores), np.array(areas)
 
 
 def _image_auroc(polyp: np.ndarray, normal: np.ndarray) -> float:
-    wins = (polyp[:, None] > normal[None]).sum() + 0.5 * (polyp[:, None] == normal[None]).sum()
-    return float(wins / (len(polyp) * len(normal)))
+    meter = AUROCMeter()
+    meter.update(np.concatenate([polyp, normal]), np.arange(len(polyp) + len(normal)) < len(polyp))
+    return meter.compute()
 
 
 def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
@@ -160,17 +168,15 @@ def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
     except ColonsegError:
         return summary
     _, held_out = split_normal(files, d.val_fraction, cfg.TRAIN.seed)
-    normal = _image_scores(predictor, held_out)
-    areas = [float(predictor.predict(read_image(f)).mask.mean()) for f in held_out]
+    normal, areas = _frame_scores(predictor, held_out)
     for source, name in zip(sources, summary, strict=True):
-        polyp = _image_scores(
-            predictor, [p.image for p in find_pairs(source.path, source.layout, source.split)]
-        )
+        pairs = find_pairs(source.path, source.layout, source.split)
+        polyp, _ = _frame_scores(predictor, [p.image for p in pairs])
         summary[name]["image_auroc"] = _image_auroc(polyp, normal)
     summary["normal:held-out"] = {
         "n": len(held_out),
         "fp_area": float(np.mean(areas)),
-        "fp_frames": float(np.mean([a > 0 for a in areas])),
+        "fp_frames": float(np.mean(areas > 0)),
     }
     write_atomic(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return summary

@@ -19,7 +19,7 @@ from colonseg.data.labels import decide
 from colonseg.errors import ColonsegError
 from colonseg.losses import DeepSupervisionLoss, create_loss
 
-__all__ = ["SupervisedModule", "batch_confusion", "class_counts"]
+__all__ = ["SupervisedModule", "batch_confusion", "class_counts", "dice_per_image"]
 
 
 def batch_confusion(probs: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -43,7 +43,7 @@ def class_counts(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torc
     return torch.stack(rows).double()
 
 
-def _dice_per_image(c: torch.Tensor) -> torch.Tensor:
+def dice_per_image(c: torch.Tensor) -> torch.Tensor:
     tp, fp, fn = c[:, 0], c[:, 1], c[:, 2]
     denom = 2 * tp + fp + fn
     return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(tp))
@@ -181,7 +181,7 @@ class SupervisedModule(L.LightningModule):
             counts = torch.cat(parts)
             all_counts.append(counts)
             if len(self._val_counts) > 1 and idx < len(names):
-                self.log(f"val/dice_{names[idx]}", _dice_per_image(counts).mean().float())
+                self.log(f"val/dice_{names[idx]}", dice_per_image(counts).mean().float())
         if all_counts:
             self._log_counts("val", torch.cat(all_counts))
         if hasattr(self, "_t0"):  # wall-clock minutes of training so far, for time-to-Dice curves
@@ -199,7 +199,7 @@ class SupervisedModule(L.LightningModule):
 
     def _log_counts(self, stage: str, c: torch.Tensor) -> None:
         tp, fp, fn, tn = c.sum(0)
-        dice = _dice_per_image(c).mean()
+        dice = dice_per_image(c).mean()
         acc = (tp + tn) / c.sum().clamp(min=1)
         f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1)  # pooled over the epoch
         self.log(f"{stage}/dice", dice.float(), prog_bar=stage == "val")
