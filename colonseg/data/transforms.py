@@ -4,6 +4,9 @@
 ``flips``  horizontal/vertical flips and 90° rotations.
 ``polyp``  the reference polyp projects' recipe: flips, rotations, shift/scale/rotate, gamma,
            brightness/contrast, hue, blur and coarse dropout.
+``mapseg`` applied after SIMPO: flips, zoom-in and rotation, strong colour, blur and JPEG
+           changes, so that the seam of a pasted lesion is no clue and other endoscopes' colour
+           and sharpness are seen.
 """
 
 from __future__ import annotations
@@ -51,6 +54,23 @@ def _polyp() -> A.Compose:
                 hole_width_range=(0.04, 0.1),
                 p=0.15,
             ),
+        ]
+    )
+
+
+@AUGMENTATIONS.register("mapseg")
+def _mapseg() -> A.Compose:
+    return A.Compose(
+        [
+            A.HorizontalFlip(),
+            A.VerticalFlip(),
+            A.Affine(scale=(1.0, 1.5), rotate=(-30, 30), border_mode=0, p=0.5),
+            A.RandomGamma(gamma_limit=(70, 140), p=0.5),
+            A.RandomBrightnessContrast(0.25, 0.25, p=0.5),
+            A.HueSaturationValue(8, 25, 15, p=0.5),
+            A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 1.5)), A.MotionBlur(blur_limit=5)], p=0.3),
+            A.ImageCompression(quality_range=(40, 95), p=0.5),
+            A.GaussNoise(std_range=(0.01, 0.04), p=0.2),
         ]
     )
 

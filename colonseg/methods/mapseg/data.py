@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from colonseg.data.datamodule import normalize
 from colonseg.data.io import read_image
+from colonseg.data.transforms import create_augmentation
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.simpo import Simpo, image_files, valid_area
 
@@ -43,7 +44,8 @@ def split_normal(files: list[Path], val_fraction: float, seed: int = 0):
 class NormalFrames(Dataset):
     """Samples ``{"image", "mask"}``: a normal frame, with a SIMPO lesion (and its mask) pasted
     with probability ``simpo.p``, or always with ``force`` (the validation set, where the seed
-    also fixes each frame's lesion so every epoch sees the same one)."""
+    also fixes each frame's lesion so every epoch sees the same one), then ``augment`` (an
+    augmentation name, applied to the frame and the lesion mask together)."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class NormalFrames(Dataset):
         std: Sequence[float],
         force: bool = False,
         seed: int | None = None,
+        augment: str = "none",
     ) -> None:
         self.images = np.stack(
             [cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA) for f in files]
@@ -61,6 +64,7 @@ class NormalFrames(Dataset):
         self.areas = np.stack([valid_area(im) for im in self.images])
         self.simpo, self.mean, self.std = simpo, tuple(mean), tuple(std)
         self.force, self.seed = force, seed
+        self.augment = create_augmentation(augment)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -69,8 +73,8 @@ class NormalFrames(Dataset):
         seed = [self.seed, i] if self.seed is not None else int(torch.randint(2**31, ()).item())
         rng = np.random.default_rng(seed)
         image, mask = self.simpo(self.images[i], rng, force=self.force, area=self.areas[i])
-        if rng.random() < 0.5:  # flips: the lesion and the frame together
-            image, mask = image[:, ::-1], mask[:, ::-1]
+        out = self.augment(image=image, mask=mask)  # the lesion and the frame together
+        image, mask = out["image"], out["mask"]
         return {
             "image": normalize(np.ascontiguousarray(image), self.mean, self.std),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],

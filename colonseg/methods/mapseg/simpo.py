@@ -160,7 +160,7 @@ class Simpo:
     shapes: list[np.ndarray] = field(default_factory=list)
     fills: tuple[str, ...] = FILLS
     p: float = 0.5
-    area_range: tuple[float, float] = (0.01, 0.25)
+    area_range: tuple[float, float] = (0.04, 0.7)
 
     def __post_init__(self) -> None:
         unknown = set(self.fills) - set(FILLS)
@@ -214,25 +214,66 @@ class Simpo:
             texture = self.textures[int(rng.integers(len(self.textures)))]
             tiled = np.tile(texture, (image.shape[0] // texture.shape[0] + 1,
                                       image.shape[1] // texture.shape[1] + 1, 1))  # fmt: skip
-            source = _colour_transfer(
+            texture = _colour_transfer(
                 _transform(tiled[: image.shape[0], : image.shape[1]], rng), image, area
             )
-        return _blend(image, source, mask, rng), mask
+            # the texture as a surface pattern over the same mucosa, at a random strength
+            beta = rng.uniform(0.4, 1.0)
+            tissue = _transform(_tissue(image, area), rng).astype(np.float32)
+            source = (beta * texture + (1 - beta) * tissue).astype(np.uint8)
+        return _render(image, source, mask, rng), mask
 
 
-def _blend(
+def _render(
     image: np.ndarray, source: np.ndarray, mask: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """Paste ``source`` into ``image`` through ``mask`` with a soft edge, shaded as a dome lit
-    from a random direction (brighter on the lit side, darker on the other)."""
+    """Paste ``source`` into ``image`` through ``mask`` as a raised lesion.
+
+    A dome height field over the mask drives every effect: the fill is magnified towards the
+    apex (mucosa stretched over a bump) and optionally smoothed, its colour shifts in LAB (most
+    polyps are redder or paler than the wall around them), it is lit by a light near the camera
+    (diffuse shading from the dome's normals plus specular glints), the base casts a soft shadow
+    on the wall on the side away from the light, and the edge is feathered by a random width.
+    """
+    h, w = mask.shape
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    height = np.sqrt(dist / max(float(dist.max()), 1.0))  # dome profile in [0, 1]
-    gy, gx = np.gradient(cv2.GaussianBlur(height, (0, 0), 3))
-    angle = rng.uniform(0, 2 * np.pi)
-    light = -(gx * np.cos(angle) + gy * np.sin(angle)) * max(float(dist.max()), 1.0)
-    shade = 1.0 + np.clip(light, -0.35, 0.35) + 0.08 * height
-    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0) * rng.uniform(0.8, 1.0)
-    alpha = np.where(mask > 0, np.maximum(alpha, 0.6), alpha)[..., None]
-    lesion = source.astype(np.float32) * shade[..., None]
-    out = (1 - alpha) * image.astype(np.float32) + alpha * lesion
+    radius = max(float(dist.max()), 1.0)
+    flat = rng.uniform(0.3, 1.0)  # sessile (flat) to round (pedunculated-looking) tops
+    height = 1 - (1 - np.minimum(dist / (flat * radius), 1)) ** 2
+    height = cv2.GaussianBlur(height, (0, 0), max(1.0, radius / 8)) * mask
+    ys, xs = np.nonzero(mask)
+    cy, cx = ys.mean(), xs.mean()
+    # magnify the fill towards the apex
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    k = rng.uniform(0.1, 0.45) * height
+    map_x = (cx + (gx - cx) * (1 - k)).astype(np.float32)
+    map_y = (cy + (gy - cy) * (1 - k)).astype(np.float32)
+    fill = cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    if rng.random() < 0.5:
+        fill = cv2.GaussianBlur(fill, (0, 0), rng.uniform(0.5, 2.0))
+    lab = cv2.cvtColor(fill, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab += np.array([rng.uniform(-12, 18), rng.uniform(-4, 22), rng.uniform(-10, 10)], np.float32)
+    fill = cv2.cvtColor(lab.clip(0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB).astype(np.float32)
+    # light from near the camera: diffuse from the dome normals, specular glints near the apex
+    relief = rng.uniform(0.2, 0.8) * radius
+    dy, dx = np.gradient(height * relief)
+    normal = np.dstack([-dx, -dy, np.ones_like(dx)])
+    normal /= np.linalg.norm(normal, axis=2, keepdims=True)
+    tilt, azimuth = rng.uniform(0, 0.6), rng.uniform(0, 2 * np.pi)
+    light = np.array([tilt * np.cos(azimuth), tilt * np.sin(azimuth), 1.0])
+    light /= np.linalg.norm(light)
+    diffuse = normal @ light / light[2]
+    shade = (0.25 + 0.75 * diffuse.clip(0, 1.5)) * rng.uniform(0.95, 1.15)
+    halfway = (light + np.array([0.0, 0.0, 1.0])) / np.linalg.norm(light + [0.0, 0.0, 1.0])
+    glint = (normal @ halfway).clip(0, 1) ** rng.uniform(300, 3000) * rng.uniform(0, 1.2)
+    lesion = fill * shade[..., None] + 255 * glint[..., None] * (height[..., None] > 0.2)
+    # soft shadow cast on the wall around the base, away from the light
+    ring = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(1.5, radius / 4))
+    offset = rng.uniform(0.15, 0.4) * radius * np.array([-np.cos(azimuth), -np.sin(azimuth)])
+    shift = np.float32([[1, 0, offset[0]], [0, 1, offset[1]]])
+    shadow = cv2.warpAffine(ring, shift, (w, h)) * (1 - mask) * rng.uniform(0.0, 0.4)
+    wall = image.astype(np.float32) * (1 - shadow)[..., None]
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), rng.uniform(0.7, 2.5))
+    alpha = np.where(mask > 0, np.maximum(alpha, 0.5), alpha)[..., None]
+    out = (1 - alpha) * wall + alpha * lesion
     return out.clip(0, 255).astype(np.uint8)

@@ -55,6 +55,7 @@ class DatasetSection:
     shapes: str | None = None
     resize: int = 256
     val_fraction: float = 0.1
+    augment: str = "mapseg"
 
 
 @dataclass
@@ -199,7 +200,7 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
         p=cfg.SIMPO.p,
     )
     mean, std = encoder_normalization(cfg.MODEL.encoder)
-    train_set = NormalFrames(train_files, size, simpo, mean, std)
+    train_set = NormalFrames(train_files, size, simpo, mean, std, augment=d.augment)
     val_set = NormalFrames(val_files, size, simpo, mean, std, force=True, seed=cfg.TRAIN.seed)
     memory = cfg.MEMORY.enabled
     init_kwargs = {
