@@ -16,6 +16,8 @@ Layouts (paths relative to the dataset root):
 ``bkai``           ``train/train/*.jpeg`` + ``train_gt/train_gt/*.jpeg``
 ``glas``           flat ``<name>.{bmp,jpg,png}`` + ``<name>_anno.{bmp,png}``
 ``folder``         ``images/`` + ``masks/`` (or ``image/`` + ``mask/``) with matching stems
+``mvtec``          MVTec AD / MAPSeg: ``test/<defect>/N.png`` + ``ground_truth/<defect>/N_mask.png``
+                   (``test/good`` holds normal frames and is left out; ids ``<defect>_N``)
 =================  ====================================================================
 """
 
@@ -132,6 +134,17 @@ def glas_layout(root: Path) -> list[Pair]:
     return [Pair(p.stem, p, annos.get(p.stem + "_anno")) for p in files if p.stem not in annos]
 
 
+@LAYOUTS.register("mvtec")
+def mvtec_layout(root: Path) -> list[Pair]:
+    pairs = []
+    for defect in sorted(d for d in (root / "test").iterdir() if d.is_dir() and d.name != "good"):
+        masks = {
+            m.stem.removesuffix("_mask"): m for m in _images(root / "ground_truth" / defect.name)
+        }
+        pairs += [Pair(f"{defect.name}_{p.stem}", p, masks.get(p.stem)) for p in _images(defect)]
+    return pairs
+
+
 def detect_layout(root: str | Path) -> str:
     """Guess the layout name of a dataset folder from what it holds."""
     root = Path(root)
@@ -143,6 +156,8 @@ def detect_layout(root: str | Path) -> str:
         return "cvc_clinicdb"
     if (root / "ETIS-LaribPolypDB").is_dir():
         return "etis"
+    if (root / "test").is_dir() and (root / "ground_truth").is_dir():
+        return "mvtec"
     if (root / "kavsir_bboxes.json").exists():
         return "kvasir_seg"
     if _first_dir(root, ("images", "image", "Images")) is not None:

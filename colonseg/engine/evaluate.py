@@ -3,9 +3,10 @@ report.html.
 
 ``summary.json`` is ``{dataset: {"n", "dice", "iou", "mdice_256", "precision", "recall", "f1",
 "accuracy", "specificity", "s_measure", "e_measure_mean", "e_measure_max", "wfm", "mae", "hd95",
-"hd95_missing", "pixel_auroc"}}``. ``dice``/``iou``/... are taken at the model's threshold and
-averaged over images; ``mdice_256`` is the PraNet toolbox mean over 256 thresholds; the SOD
-metrics come from pysodmetrics; ``pixel_auroc`` pools every pixel of the dataset (anomaly maps).
+"hd95_missing", "pixel_auroc", "aupro"}}``. ``dice``/``iou``/... are taken at the model's threshold
+and averaged over images; ``mdice_256`` is the PraNet toolbox mean over 256 thresholds; the SOD
+metrics come from pysodmetrics; ``pixel_auroc`` pools every pixel of the dataset and ``aupro`` is
+the MVTec per-region overlap up to FPR 0.3 (both for anomaly maps).
 The empty-mask rule is in :mod:`colonseg.metrics.functional`. All metrics are
 computed at each image's original resolution.
 
@@ -35,6 +36,7 @@ from colonseg.data.layouts import find_pairs
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.metrics import (
+    AUPROMeter,
     AUROCMeter,
     ConfusionMeter,
     SODMeter,
@@ -77,7 +79,7 @@ class EvalSource:
 def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
     pairs = find_pairs(source.path, source.layout, source.split)
     scheme = scheme_for_masks(predictor.scheme, [p.mask for p in pairs])
-    sod, auroc = SODMeter(), AUROCMeter()
+    sod, auroc, aupro = SODMeter(), AUROCMeter(), AUPROMeter()
     classes = ConfusionMeter(scheme.num_classes) if scheme.multiclass else None
     rows, pictures = [], {}
     for pair in tqdm(pairs, desc=source.display_name(), disable=not progress, leave=False):
@@ -94,6 +96,7 @@ def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
         row["hd95"] = hd95(out.mask, target)
         row.update(sod.update(out.prob, target))
         auroc.update(out.prob, target)
+        aupro.update(out.prob, target)
         if classes is not None:
             row.update(scores_from_matrix(classes.update(out.classes, truth), scheme.keys))
         rows.append(row)
@@ -109,6 +112,7 @@ def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
     ordered = {"n": stats["n"], **{k: stats[k] for k in SUMMARY_KEYS}}
     ordered["hd95_missing"] = stats["hd95_missing"]
     ordered["pixel_auroc"] = auroc.compute()
+    ordered["aupro"] = aupro.compute()
     if classes is not None:
         ordered.update(classes.class_scores(scheme.keys))
         ordered["confusion"] = classes.normalized()

@@ -3,12 +3,14 @@ pooled multi-class Dice/IoU."""
 
 from __future__ import annotations
 
+from colonseg.metrics.aupro import AUPROMeter
 from colonseg.metrics.auroc import AUROCMeter
 from colonseg.metrics.functional import binary_metrics, confusion, hd95, mean_dice_256
 from colonseg.metrics.multiclass import ConfusionMeter, scores_from_matrix
 from colonseg.metrics.sod import SODMeter
 
 __all__ = [
+    "AUPROMeter",
     "AUROCMeter",
     "ConfusionMeter",
     "SODMeter",

@@ -43,6 +43,16 @@ def _make(root, files):
             ["testA_2", "train_1"],
         ),
         ("folder", ["image/b.png", "mask/b.png"], ["b"]),  # PraNet TrainDataset
+        (
+            "mvtec",  # MAPSeg's layout: test/good is normal and left out
+            [
+                "train/good/0.png",
+                "test/good/0.png",
+                "test/anomaly/000.png",
+                "ground_truth/anomaly/000_mask.png",
+            ],
+            ["anomaly_000"],
+        ),  # fmt: skip
     ],
 )
 def test_official_layouts_detected_and_paired(tmp_path, layout, files, ids):

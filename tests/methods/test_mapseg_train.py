@@ -75,3 +75,26 @@ def test_ablation_without_memory_and_bad_overrides(data_dir):
     assert config["init_kwargs"]["memory"] is False
     with pytest.raises(ColonsegError, match="invalid MAPSeg config"):
         _cfg(data_dir, "TRAIN.epoch=3")
+
+
+def test_mvtec_style_target_trains_and_tests_on_its_own_folders(data_dir):
+    rng = np.random.default_rng(1)
+    root = data_dir / "polypmv"
+    for split, n in (("train/good", 8), ("test/good", 3)):
+        for i in range(n):
+            frame = np.full((72, 72, 3), (170, 90, 80), np.uint8)
+            frame = np.clip(frame + rng.normal(0, 8, frame.shape), 0, 255).astype(np.uint8)
+            write_png(root / split / f"{i:03d}.png", frame)
+    for i in range(2):
+        frame, mask = np.full((72, 72, 3), (170, 90, 80), np.uint8), np.zeros((72, 72), np.uint8)
+        cv2.circle(frame, (30, 40), 12, (220, 60, 60), -1)
+        cv2.circle(mask, (30, 40), 12, 255, -1)
+        write_png(root / "test" / "anomaly" / f"{i:03d}.png", frame)
+        write_png(root / "ground_truth" / "anomaly" / f"{i:03d}_mask.png", mask)
+    result = run_mapseg(_cfg(data_dir, "DATASET.target=polypmv", "TEST.datasets=[]"))
+    config = json.loads((result["model_dir"] / "config.json").read_text())
+    assert config["provenance"]["train"]["normal_frames"] == 6  # 8 train/good, 2 held for val
+    summary = result["summary"]
+    assert set(summary) == {"polypmv", "normal:held-out"}
+    assert summary["polypmv"]["n"] == 2 and 0 <= summary["polypmv"]["aupro"] <= 1
+    assert summary["normal:held-out"]["n"] == 3  # test/good, not the validation share

@@ -94,3 +94,54 @@ def test_pixel_auroc_matches_the_rank_statistic():
     empty = AUROCMeter()
     empty.update(prob[0], np.zeros_like(target[0]))
     assert np.isnan(empty.compute())
+
+
+def _aupro_brute_force(probs, targets, max_fpr=0.3):
+    """Exact PRO/FPR at every distinct score, regions labelled per image (4-connected)."""
+    from scipy import ndimage
+
+    regions, negatives = [], []
+    for prob, target in zip(probs, targets, strict=True):
+        labels, n = ndimage.label(target)
+        regions += [prob[labels == r] for r in range(1, n + 1)]
+        negatives.append(prob[target == 0])
+    negatives = np.concatenate(negatives)
+    xs, ys = [0.0], [0.0]
+    for t in np.unique(np.concatenate([negatives, *regions]))[::-1]:
+        xs.append(float((negatives >= t).mean()))
+        ys.append(float(np.mean([(r >= t).mean() for r in regions])))
+    xs, ys = np.array(xs), np.array(ys)
+    keep = xs <= max_fpr
+    x, y = xs[keep], ys[keep]
+    if x[-1] < max_fpr:
+        j = int(keep.sum())
+        last = np.interp(max_fpr, xs[j - 1 : j + 1], ys[j - 1 : j + 1])
+        x, y = np.append(x, max_fpr), np.append(y, last)
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
+def test_aupro_by_hand_and_against_brute_force():
+    from colonseg.metrics import AUPROMeter
+
+    # two regions, only the first one scored: PRO jumps to 0.5 at FPR 0, reaches 1 at FPR 1
+    target = np.zeros((20, 20), np.uint8)
+    target[2:6, 2:6] = 1
+    target[10:18, 10:18] = 1  # four times larger, but each region counts once
+    prob = np.zeros((20, 20))
+    prob[2:6, 2:6] = 1.0
+    meter = AUPROMeter()
+    meter.update(prob, target)
+    assert meter.compute() == pytest.approx((0.5 + 0.65) / 2)  # mean of PRO over FPR in [0, 0.3]
+
+    rng = np.random.default_rng(0)
+    probs, targets = [], []
+    for _ in range(3):
+        t = (rng.random((24, 24)) < 0.08).astype(np.uint8)
+        t[4:10, 4:12] = 1
+        probs.append(np.round(np.clip(t * 0.3 + rng.random((24, 24)) * 0.8, 0, 1), 2) * 0.999)
+        targets.append(t)
+    meter = AUPROMeter()
+    for p, t in zip(probs, targets, strict=True):
+        meter.update(p, t)
+    assert meter.compute() == pytest.approx(_aupro_brute_force(probs, targets), abs=1e-9)
+    assert math.isnan(AUPROMeter().compute())

@@ -35,7 +35,7 @@ from colonseg.engine.train import trainer_precision
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.data import NormalFrames, normal_frame_files, split_normal
 from colonseg.methods.mapseg.module import MapsegModule
-from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures
+from colonseg.methods.mapseg.simpo import Simpo, image_files, load_shapes, load_textures
 from colonseg.metrics import AUROCMeter
 from colonseg.models.encoders import encoder_normalization
 from colonseg.models.mapseg import MemSegNet
@@ -129,12 +129,35 @@ def load_mapseg_config(config: str | Path, overrides: list[str] = ()) -> DictCon
     return cfg
 
 
+def _mvtec_root(cfg: DictConfig) -> Path | None:
+    """``<data_dir>/<target>`` when it is in MAPSeg's MVTec-style layout with a test set."""
+    root = Path(cfg.DATASET.data_dir) / cfg.DATASET.target
+    return root if (root / "test").is_dir() and (root / "ground_truth").is_dir() else None
+
+
 def _sources(cfg: DictConfig) -> list[EvalSource]:
+    """The TEST datasets, and the target's own ``test/`` set when it is MVTec-style."""
     root = Path(cfg.DATASET.data_dir)
-    return [
+    sources = [
         EvalSource(str(root / d["path"]), d.get("split"), d.get("layout", "auto"))
         for d in cfg.TEST.datasets
     ]
+    mvtec = _mvtec_root(cfg)
+    return sources + ([EvalSource(str(mvtec), layout="mvtec")] if mvtec else [])
+
+
+def _held_out_normal(cfg: DictConfig) -> list[Path]:
+    """Normal frames never trained on: the target's ``test/good`` (MVTec-style), else the
+    held-out share of the normal folder; empty when there are none."""
+    mvtec = _mvtec_root(cfg)
+    if mvtec and (mvtec / "test" / "good").is_dir():
+        return image_files(mvtec / "test" / "good")
+    d = cfg.DATASET
+    try:
+        files = normal_frame_files(d.data_dir, d.target, d.normal)
+    except ColonsegError:
+        return []
+    return split_normal(files, d.val_fraction, cfg.TRAIN.seed)[1]
 
 
 def _frame_scores(predictor: Predictor, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -155,20 +178,18 @@ def _image_auroc(polyp: np.ndarray, normal: np.ndarray) -> float:
 
 
 def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
-    """``evaluate``'s summary on the TEST datasets, plus ``image_auroc`` (their frames against
-    the held-out normal frames) and a ``normal:held-out`` entry: the false-positive area on the
-    held-out normal frames (in-distribution) after the default post-processing."""
+    """``evaluate``'s summary on the TEST datasets (and an MVTec-style target's test set), plus
+    ``image_auroc`` (their frames against the held-out normal frames) and a ``normal:held-out``
+    entry: the false-positive area on the held-out normal frames (in-distribution) after the
+    default post-processing."""
     sources = [s for s in _sources(cfg) if Path(s.path).is_dir()]
     if not sources:
         return {}
     predictor = Predictor.from_pretrained(model_dir)
     summary = run_evaluate(predictor, sources, out, progress=False, title=f"MAPSeg: {model_dir}")
-    d = cfg.DATASET
-    try:
-        files = normal_frame_files(d.data_dir, d.target, d.normal)
-    except ColonsegError:
+    held_out = _held_out_normal(cfg)
+    if not held_out:
         return summary
-    _, held_out = split_normal(files, d.val_fraction, cfg.TRAIN.seed)
     normal, areas = _frame_scores(predictor, held_out)
     for source, name in zip(sources, summary, strict=True):
         pairs = find_pairs(source.path, source.layout, source.split)
