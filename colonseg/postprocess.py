@@ -2,6 +2,10 @@
 
 Steps, applied in this order when enabled:
 
+``fov``            outside the endoscope's field of view (the black border, burnt-in text and
+                   status boxes; :func:`colonseg.data.field_of_view.valid_area`) every pixel
+                   becomes background with certainty, before thresholding
+                   (:meth:`PostProcess.restrict`, which needs the image).
 ``otsu``           threshold the probability map at Otsu's threshold (as MAPSeg's demo does)
                    instead of the model's fixed threshold; never below ``OTSU_FLOOR``, so a frame
                    with no polyp does not turn its background noise into a mask.
@@ -21,6 +25,7 @@ A pipeline is written as a comma-separated spec, e.g. ``"fill_holes,min_area=0.0
 Example:
     >>> pp = PostProcess.parse("fill_holes,min_area=0.001")
     >>> mask, classes = pp(prob, mask)            # binary: classes is the mask
+    >>> probs = PostProcess.parse("fov").restrict(probs, image)   # before thresholding
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from colonseg.data.field_of_view import valid_area
 from colonseg.errors import ColonsegError
 
 __all__ = ["OTSU_FLOOR", "PostProcess"]
@@ -43,6 +49,7 @@ OTSU_FLOOR = 0.2
 class PostProcess:
     """The enabled steps (see the module docstring); all off by default."""
 
+    fov: bool = False
     otsu: bool = False
     morphology: bool = False
     fill_holes: bool = False
@@ -94,8 +101,23 @@ class PostProcess:
     def __bool__(self) -> bool:
         return bool(self.spec())
 
+    def restrict(self, probs: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """With ``fov``: probabilities ``(C, H, W)`` (``C = 1``: the polyp probability; else
+        background first) made certain background outside ``image``'s field of view."""
+        if not self.fov:
+            return probs
+        outside = valid_area(image, margin=0.0) == 0
+        probs = probs.copy()
+        probs[:, outside] = 0.0
+        if probs.shape[0] > 1:
+            probs[0, outside] = 1.0
+        return probs
+
     def __call__(
-        self, prob: np.ndarray, mask: np.ndarray, probs: np.ndarray | None = None
+        self,
+        prob: np.ndarray,
+        mask: np.ndarray,
+        probs: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Post-process one prediction.
 

@@ -85,3 +85,17 @@ def test_a_bad_post_processing_spec_fails_when_the_config_loads():
 
     with pytest.raises(ColonsegError, match="unknown step 'holes'"):
         load_config("polyp_unet_lite0", ["postprocess=holes"])
+
+
+def test_fov_makes_the_black_border_and_burnt_in_text_background():
+    image = np.zeros((80, 80, 3), np.uint8)
+    cv2.circle(image, (40, 40), 36, (190, 100, 80), -1)  # the endoscope's round view
+    cv2.rectangle(image, (2, 2), (14, 8), (255, 255, 255), -1)  # text in the dark corner
+    probs = np.full((1, 80, 80), 0.9, np.float32)
+    binary = PostProcess.parse("fov").restrict(probs, image)
+    assert binary[0, 40, 40] == pytest.approx(0.9)
+    assert binary[0, 1, 1] == 0 and binary[0, 5, 8] == 0 and binary[0, 78, 40] == 0
+    assert PostProcess().restrict(probs, image) is probs  # off: untouched
+    three = np.stack([np.full((80, 80), 0.2), np.full((80, 80), 0.5), np.full((80, 80), 0.3)])
+    out = PostProcess.parse("fov").restrict(three, image)
+    assert out[:, 1, 1].tolist() == [1.0, 0.0, 0.0] and out[:, 40, 40].tolist() == [0.2, 0.5, 0.3]

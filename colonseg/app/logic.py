@@ -103,10 +103,10 @@ def configure(predictor: Predictor, threshold: float, post: str) -> Predictor:
 
 
 def finish(
-    predictor: Predictor, probs: np.ndarray, shape: tuple[int, int], threshold: float, post: str
+    predictor: Predictor, probs: np.ndarray, image: np.ndarray, threshold: float, post: str
 ) -> Prediction:
     """Threshold and post-process cached probabilities with the page's current settings."""
-    return configure(predictor, threshold, post).finish(probs, shape)
+    return configure(predictor, threshold, post).finish(probs, image)
 
 
 def regions_summary(out: Prediction, class_names: list[str], min_percent: float = 0.1) -> dict:

@@ -44,7 +44,7 @@ def choose_model() -> str | None:
 def show_image(predictor: Predictor, model: str, name: str, data: bytes, settings) -> logic.Panels:
     image = logic.decode_upload(name, data)
     probs = cached_probs(model, hashlib.sha1(data).hexdigest(), image)
-    out = logic.finish(predictor, probs, image.shape[:2], *settings)
+    out = logic.finish(predictor, probs, image, *settings)
     panels = logic.panels(predictor, image, out)
     summary = logic.regions_summary(out, predictor.meta.class_names)
     st.subheader(name)

@@ -165,12 +165,13 @@ class Predictor:
                 prob = 0.5 * (prob + self._activate(self.model(x.flip(-1))).flip(-1))
         return prob
 
-    def finish(self, probs: np.ndarray, shape: tuple[int, int]) -> Prediction:
-        """Model-resolution probabilities ``(C, S, S)`` → :class:`Prediction` at ``shape`` (H, W):
-        resize, threshold, post-process."""
+    def finish(self, probs: np.ndarray, image: np.ndarray) -> Prediction:
+        """Model-resolution probabilities ``(C, S, S)`` of ``image`` → :class:`Prediction` at the
+        image's size: resize, threshold, post-process."""
+        shape = image.shape[:2]
         full = cv2.resize(probs.transpose(1, 2, 0), (shape[1], shape[0]), cv2.INTER_LINEAR)
         full = np.clip(full.reshape(shape[0], shape[1], -1), 0.0, 1.0).astype(np.float32)
-        full = np.ascontiguousarray(full.transpose(2, 0, 1))
+        full = self.post.restrict(np.ascontiguousarray(full.transpose(2, 0, 1)), image)
         prob, classes = decide(full, self.threshold)
         mask = (classes > 0).astype(np.uint8)
         class_probs = full if full.shape[0] > 1 else None
@@ -181,7 +182,7 @@ class Predictor:
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predict several RGB uint8 images (any sizes) in one forward pass."""
         probs = self.predict_torch(self.preprocess(images)).cpu().numpy()
-        return [self.finish(p, im.shape[:2]) for p, im in zip(probs, images, strict=True)]
+        return [self.finish(p, im) for p, im in zip(probs, images, strict=True)]
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Predict one RGB uint8 image ``(H, W, 3)``."""

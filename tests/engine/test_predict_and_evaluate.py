@@ -129,7 +129,8 @@ def test_checkpoint_post_processing_is_the_default_and_can_be_switched_off():
     assert not Predictor(net, meta, device="cpu", postprocess="none").post
     speckled = np.zeros((64, 64), np.float32)
     speckled[10:30, 10:30], speckled[50:53, 50:53] = 0.9, 0.9
-    out = Predictor(net, meta, device="cpu").finish(speckled[None], (64, 64))
+    frame = np.full((64, 64, 3), 128, np.uint8)
+    out = Predictor(net, meta, device="cpu").finish(speckled[None], frame)
     assert out.mask[51, 51] == 0 and out.mask[20, 20] == 1  # keep_largest applied
-    raw = Predictor(net, meta, device="cpu", postprocess="none").finish(speckled[None], (64, 64))
+    raw = Predictor(net, meta, device="cpu", postprocess="none").finish(speckled[None], frame)
     assert raw.mask[51, 51] == 1

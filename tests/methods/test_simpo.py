@@ -4,9 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
+from colonseg.data.field_of_view import valid_area
 from colonseg.data.io import write_png
 from colonseg.errors import ColonsegError
-from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures, shape_mask, valid_area
+from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures, shape_mask
 
 
 def _frame(seed: int = 0, size: int = 160) -> np.ndarray:

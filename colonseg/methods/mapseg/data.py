@@ -16,10 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 from colonseg.data.datamodule import normalize
+from colonseg.data.field_of_view import valid_area
 from colonseg.data.io import read_image
 from colonseg.data.transforms import create_augmentation
 from colonseg.errors import ColonsegError
-from colonseg.methods.mapseg.simpo import Simpo, image_files, valid_area
+from colonseg.methods.mapseg.simpo import Simpo, image_files
 
 __all__ = ["NormalFrames", "normal_frame_files", "split_normal"]
 

@@ -43,7 +43,7 @@ from colonseg.viz.curves import plot_curves
 
 __all__ = ["MapsegConfig", "load_mapseg_config", "run_mapseg"]
 
-DEMO_POSTPROCESS = "otsu,fill_holes,keep_largest"
+DEMO_POSTPROCESS = "fov,otsu,fill_holes,keep_largest"
 
 
 @dataclass
