@@ -54,7 +54,8 @@ def _cfg(data_dir, *extra):
 def test_two_step_training_run_then_test_only(data_dir):
     result = run_mapseg(_cfg(data_dir))
     config = json.loads((result["model_dir"] / "config.json").read_text())
-    assert config["arch"] == "mapseg" and config["postprocess"] == "fov,otsu,fill_holes,keep_largest"
+    assert config["arch"] == "mapseg"
+    assert config["postprocess"] == "fov,otsu,fill_holes,keep_largest"
     assert config["init_kwargs"]["memory"] is True
     summary = result["summary"]["polyps"]
     assert 0 <= summary["dice"] <= 1 and "pixel_auroc" in summary

@@ -120,6 +120,8 @@ class Simpo:
         fills: which fills to draw from (``colon``, ``texture``), uniformly.
         p: probability that a frame receives a lesion at all.
         area_range: lesion area as a fraction of the valid area, drawn log-uniformly.
+        lobes: probability that a lesion is lobulated (a cluster of domes).
+        relief: probability that the fill's fine detail becomes surface relief.
     """
 
     textures: list[np.ndarray] = field(default_factory=list)
@@ -127,6 +129,8 @@ class Simpo:
     fills: tuple[str, ...] = FILLS
     p: float = 0.5
     area_range: tuple[float, float] = (0.04, 0.7)
+    lobes: float = 0.5
+    relief: float = 0.5
 
     def __post_init__(self) -> None:
         unknown = set(self.fills) - set(FILLS)
@@ -187,11 +191,16 @@ class Simpo:
             beta = rng.uniform(0.4, 1.0)
             tissue = _transform(_tissue(image, area), rng).astype(np.float32)
             source = (beta * texture + (1 - beta) * tissue).astype(np.uint8)
-        return _render(image, source, mask, rng), mask
+        return _render(image, source, mask, rng, self.lobes, self.relief), mask
 
 
 def _render(
-    image: np.ndarray, source: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    image: np.ndarray,
+    source: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    lobes: float = 0.0,
+    relief: float = 0.0,
 ) -> np.ndarray:
     """Paste ``source`` into ``image`` through ``mask`` as a raised lesion.
 
@@ -200,17 +209,33 @@ def _render(
     polyps are redder or paler than the wall around them), it is lit by a light near the camera
     (diffuse shading from the dome's normals plus specular glints), the base casts a soft shadow
     on the wall on the side away from the light, and the edge is feathered by a random width.
+    With probability ``lobes`` the dome is a cluster of 2-5 smaller domes (lobulated polyps);
+    with probability ``relief`` the fill's own fine detail also becomes surface relief, so the
+    light brings out a nodular or pitted surface.
     """
     h, w = mask.shape
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
     radius = max(float(dist.max()), 1.0)
-    flat = rng.uniform(0.3, 1.0)  # sessile (flat) to round (pedunculated-looking) tops
-    height = 1 - (1 - np.minimum(dist / (flat * radius), 1)) ** 2
-    height = cv2.GaussianBlur(height, (0, 0), max(1.0, radius / 8)) * mask
+    x = np.minimum(dist / (rng.uniform(0.3, 1.0) * radius), 1)  # flat to round tops
+    # a protruding base (steep at the edge) or a sessile one (rising smoothly from the wall)
+    height = 1 - (1 - x) ** 2 if rng.random() < 0.5 else x * x * (3 - 2 * x)
     ys, xs = np.nonzero(mask)
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if lobes and rng.random() < lobes:
+        for _ in range(int(rng.integers(2, 6))):
+            i = int(rng.integers(len(ys)))
+            r = rng.uniform(0.3, 0.7) * radius
+            lobe = 1 - ((gy - ys[i]) ** 2 + (gx - xs[i]) ** 2) / r**2
+            height = np.maximum(height, rng.uniform(0.7, 1.1) * lobe.clip(0, None))
+    if relief and rng.random() < relief:
+        gray = cv2.cvtColor(source, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        detail = gray - cv2.GaussianBlur(gray, (0, 0), 4)
+        height = height + rng.uniform(0.02, 0.08) * detail / (detail.std() + 1e-3)
+    # masked, then smoothed: no step at the edge for the shading to turn into an outline
+    height = cv2.GaussianBlur(height * mask, (0, 0), max(1.0, radius / 8))
+    height /= max(float(height.max()), 1e-3)
     cy, cx = ys.mean(), xs.mean()
     # magnify the fill towards the apex
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     k = rng.uniform(0.1, 0.45) * height
     map_x = (cx + (gx - cx) * (1 - k)).astype(np.float32)
     map_y = (cy + (gy - cy) * (1 - k)).astype(np.float32)
@@ -221,8 +246,8 @@ def _render(
     lab += np.array([rng.uniform(-12, 18), rng.uniform(-4, 22), rng.uniform(-10, 10)], np.float32)
     fill = cv2.cvtColor(lab.clip(0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB).astype(np.float32)
     # light from near the camera: diffuse from the dome normals, specular glints near the apex
-    relief = rng.uniform(0.2, 0.8) * radius
-    dy, dx = np.gradient(height * relief)
+    elevation = rng.uniform(0.2, 0.8) * radius
+    dy, dx = np.gradient(height * elevation)
     normal = np.dstack([-dx, -dy, np.ones_like(dx)])
     normal /= np.linalg.norm(normal, axis=2, keepdims=True)
     tilt, azimuth = rng.uniform(0, 0.6), rng.uniform(0, 2 * np.pi)

@@ -62,6 +62,8 @@ class DatasetSection:
 class SimpoSection:
     p: float = 0.5
     fills: list[str] = field(default_factory=lambda: ["colon", "texture"])
+    lobes: float = 0.5
+    relief: float = 0.5
 
 
 @dataclass
@@ -219,6 +221,8 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
         shapes=load_shapes(Path(d.data_dir) / d.shapes) if d.shapes else [],
         fills=tuple(cfg.SIMPO.fills),
         p=cfg.SIMPO.p,
+        lobes=cfg.SIMPO.lobes,
+        relief=cfg.SIMPO.relief,
     )
     mean, std = encoder_normalization(cfg.MODEL.encoder)
     train_set = NormalFrames(train_files, size, simpo, mean, std, augment=d.augment)
