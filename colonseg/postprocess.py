@@ -7,8 +7,10 @@ Steps, applied in this order when enabled:
                    becomes background with certainty, before thresholding
                    (:meth:`PostProcess.restrict`, which needs the image).
 ``otsu``           threshold the probability map at Otsu's threshold (as MAPSeg's demo does)
-                   instead of the model's fixed threshold; never below ``OTSU_FLOOR``, so a frame
-                   with no polyp does not turn its background noise into a mask.
+                   instead of the model's fixed threshold; never below ``OTSU_FLOOR`` (0.2), so
+                   a frame with no polyp does not turn its background noise into a mask.
+                   ``otsu=F`` sets the floor; ``otsu=0`` is plain Otsu, MAPSeg's own rule.
+``close=K``        morphological closing with a ``K x K`` square (MAPSeg's demo: ``close=5``).
 ``morphology``     adaptive morphology: each connected region is closed then opened with an
                    elliptical kernel scaled to its size (``~sqrt(area) / 10``, odd, 3..15 px), so
                    large polyps lose ragged edges and small ones are not erased.
@@ -43,6 +45,11 @@ from colonseg.errors import ColonsegError
 __all__ = ["OTSU_FLOOR", "PostProcess"]
 
 OTSU_FLOOR = 0.2
+_VALUED = {  # step -> (value when written bare, valid values, what to write)
+    "otsu": (OTSU_FLOOR, lambda v: 0 <= v < 1, "a floor in [0, 1) such as otsu=0.1"),
+    "close": (5, lambda v: v >= 2, "a kernel size in pixels such as close=5"),
+    "min_area": (0.001, lambda v: 0 <= v < 1, "a fraction of the image such as min_area=0.001"),
+}
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,8 @@ class PostProcess:
     """The enabled steps (see the module docstring); all off by default."""
 
     fov: bool = False
-    otsu: bool = False
+    otsu: float | None = None  # the floor; None: off
+    close: int = 0
     morphology: bool = False
     fill_holes: bool = False
     min_area: float = 0.0
@@ -71,16 +79,17 @@ class PostProcess:
                 raise ColonsegError(
                     f"post-processing '{spec}': unknown step '{name}' (steps: {', '.join(names)})"
                 )
-            if name == "min_area":
+            if name in _VALUED:
+                default, valid, meaning = _VALUED[name]
                 try:
-                    values[name] = float(value or 0.001)
+                    number = type(default)(value) if value else default
                 except ValueError:
+                    number = None
+                if number is None or not valid(number):
                     raise ColonsegError(
-                        f"post-processing '{spec}': min_area takes a fraction of the image "
-                        f"such as min_area=0.001, not '{value}'"
-                    ) from None
-                if not 0 <= values[name] < 1:
-                    raise ColonsegError(f"post-processing '{spec}': min_area must be in [0, 1)")
+                        f"post-processing '{spec}': {name} takes {meaning}, not '{value}'"
+                    )
+                values[name] = number
             elif value:
                 raise ColonsegError(f"post-processing '{spec}': step '{name}' takes no value")
             else:
@@ -92,8 +101,10 @@ class PostProcess:
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "min_area" and value > 0:
-                parts.append(f"min_area={value:g}")
+            if f.name in _VALUED:
+                if value is not None and (value > 0 or f.name == "otsu"):
+                    bare = f.name == "otsu" and value == OTSU_FLOOR
+                    parts.append(f.name if bare else f"{f.name}={value:g}")
             elif value is True:
                 parts.append(f.name)
         return ",".join(parts)
@@ -130,8 +141,10 @@ class PostProcess:
             ``(mask, classes)``: the new mask and class map (``classes`` is the mask for binary
             models; polyp pixels take their most probable class unless ``class_vote`` is on).
         """
-        if self.otsu:
-            mask = (prob >= max(_otsu(prob), OTSU_FLOOR)).astype(np.uint8)
+        if self.otsu is not None:
+            mask = (prob >= max(_otsu(prob), self.otsu)).astype(np.uint8)
+        if self.close:
+            mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((self.close,) * 2, np.uint8))
         if self.morphology:
             mask = adaptive_morphology(mask)
         if self.fill_holes:

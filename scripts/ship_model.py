@@ -65,6 +65,15 @@ TASKS = {  # label scheme -> (title, output, limits, licence)
         "`default` model (Kvasir-SEG, CVC-ClinicDB: research and non-commercial use only); the "
         "same restrictions apply. Cite Lan et al., ISVC 2021 (NeoUNet / NeoPolyp).",
     ),
+    "mapseg": (
+        "unsupervised polyp segmentation (MAPSeg: trained on normal frames only)",
+        "lesion (anomaly) probability; Otsu threshold per frame",
+        "Never saw a polyp: it learned from synthetic lesions pasted into normal PolypGen frames, "
+        "so it misses many real polyps (see the test table) and can fire on debris, bubbles or "
+        "instruments. Use it to explore unlabelled data or as a baseline, not to detect polyps.",
+        "The weights are derived from PolypGen normal frames (CC BY 4.0; cite Ali et al., "
+        "Scientific Data 2023) and DTD textures (research use; cite Cimpoi et al., CVPR 2014).",
+    ),
 }
 
 
@@ -77,8 +86,14 @@ def _commands(provenance: dict) -> list[str]:
 
 def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, mib: float) -> str:
     kw, (h, w) = meta.init_kwargs, meta.size
-    sources = meta.provenance["train"]
-    train = ", ".join(f"{Path(s['path']).name} `{s.get('split')}`" for s in sources)
+    sources, task = meta.provenance["train"], _task(meta)
+    if task == "mapseg":
+        train = (
+            f"{sources['normal_frames']} normal frames from `{sources['source']}` with SIMPO "
+            "synthetic lesions; no polyp image and no polyp mask"
+        )
+    else:
+        train = ", ".join(f"{Path(s['path']).name} `{s.get('split')}`" for s in sources)
     cost = f"{count_params_m(net):.2f} M parameters, {count_gflops(net):.2f} GFLOPs"
     columns = {k: c for k, c in CARD_COLUMNS.items() if any(k in r for r in summary.values())}
     rows = [
@@ -89,7 +104,7 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
         cells = [f"{row[k]:.1f}" if k == "hd95" else f"{row[k]:.3f}" for k in columns]
         rows.append(f"| {dataset} | {row['n']} | " + " | ".join(cells) + " |")
     commands = "\n".join(_commands(meta.provenance))
-    title, output, limits, licence = TASKS[meta.labels]
+    title, output, limits, licence = TASKS[task]
     post = (
         f"post-processing `{meta.postprocess}` by default"
         if meta.postprocess
@@ -122,6 +137,10 @@ pooled over all pixels, as NeoUNet reports them):
 
 **Licence.** {licence}
 """
+
+
+def _task(meta: ModelMeta) -> str:
+    return "mapseg" if meta.arch == "mapseg" else meta.labels
 
 
 def samples_for(meta: ModelMeta) -> Path:

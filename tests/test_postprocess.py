@@ -46,11 +46,22 @@ def test_otsu_adapts_the_threshold_but_not_on_empty_frames():
     prob = np.full((60, 60), 0.05, np.float32)
     prob[20:40, 20:40] = 0.35  # a confident-but-low region the fixed 0.5 threshold misses
     mask = (prob >= 0.5).astype(np.uint8)
-    out, _ = PostProcess(otsu=True)(prob, mask)
+    out, _ = PostProcess.parse("otsu")(prob, mask)
     assert out[30, 30] == 1 and out[5, 5] == 0
     flat = np.random.default_rng(0).uniform(0, 0.1, (60, 60)).astype(np.float32)
-    out, _ = PostProcess(otsu=True)(flat, np.zeros((60, 60), np.uint8))
+    out, _ = PostProcess.parse("otsu")(flat, np.zeros((60, 60), np.uint8))
     assert out.sum() == 0, "noise below the Otsu floor stays background"
+    out, _ = PostProcess.parse("otsu=0")(flat, np.zeros((60, 60), np.uint8))
+    assert 0 < out.mean() < 1, "plain Otsu (MAPSeg's rule) splits even noise"
+
+
+def test_close_bridges_a_gap_narrower_than_its_kernel():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 5:18], mask[10:30, 21:35] = 1, 1  # a 3-pixel gap
+    out, _ = PostProcess.parse("close=5")(mask.astype(np.float32), mask)
+    assert out[20, 19] == 1 and out[5, 5] == 0
+    out, _ = PostProcess.parse("close=3")(mask.astype(np.float32), mask)
+    assert out[20, 19] == 0
 
 
 def test_class_vote_makes_each_region_one_class():
@@ -77,7 +88,16 @@ def test_spec_parses_round_trips_and_rejects_nonsense():
     with pytest.raises(ColonsegError, match="min_area takes a fraction"):
         PostProcess.parse("min_area=big")
     with pytest.raises(ColonsegError, match="takes no value"):
+        PostProcess.parse("fill_holes=1")
+    with pytest.raises(ColonsegError, match="otsu takes a floor"):
         PostProcess.parse("otsu=1")
+    with pytest.raises(ColonsegError, match="close takes a kernel size"):
+        PostProcess.parse("close=2.5")
+    mapseg = PostProcess.parse("fov,otsu=0,close=5,fill_holes,keep_largest")
+    assert mapseg.otsu == 0 and mapseg.close == 5
+    assert PostProcess.parse(mapseg.spec()) == mapseg
+    assert mapseg.spec() == "fov,otsu=0,close=5,fill_holes,keep_largest"
+    assert PostProcess.parse("otsu").spec() == "otsu"
 
 
 def test_a_bad_post_processing_spec_fails_when_the_config_loads():

@@ -72,8 +72,8 @@ PostOpt = Annotated[
     typer.Option(
         "--postprocess",
         help="Post-processing steps, e.g. 'fill_holes,min_area=0.001,class_vote'; 'none' for "
-        "none; default: the checkpoint's. Steps: otsu, morphology, fill_holes, min_area=F, "
-        "keep_largest, class_vote.",
+        "none; default: the checkpoint's. Steps: fov, otsu[=floor], close=K, morphology, "
+        "fill_holes, min_area=F, keep_largest, class_vote.",
     ),
 ]
 
@@ -99,7 +99,7 @@ def train(
         result = run_mapseg(load_mapseg_config(config, overrides or []))
         typer.echo(f"model: {result['model_dir']}")
         for name, stats in result.get("summary", {}).items():
-            shown = ("dice", "iou", "pixel_auroc", "image_auroc", "fp_area")
+            shown = ("dice", "iou", "pixel_auroc", "aupro", "image_auroc", "fp_area")
             typer.echo(f"{name}: " + ", ".join(f"{k} {stats[k]:.4f}" for k in shown if k in stats))
         return
 

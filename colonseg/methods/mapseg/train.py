@@ -5,8 +5,11 @@ The config has MAPSeg's upper-case sections (``DATASET``, ``SIMPO``, ``MEMORY``,
 ``TEST.only=True``). ``colonseg train`` dispatches here when a config says ``METHOD: mapseg``.
 
 The checkpoint (``<RESULT_DIR>/<EXP_NAME>/model``) is an ordinary colonseg checkpoint of the
-``mapseg`` architecture whose default post-processing is MAPSeg's demo: Otsu threshold, hole
-filling, largest region; ``predict``, ``evaluate`` and the app take it like any other model.
+``mapseg`` architecture whose default post-processing is MAPSeg's demo — plain Otsu threshold,
+5×5 closing, hole filling, largest region — inside the field of view; ``predict``, ``evaluate``
+and the app take it like any other model. Plain Otsu always finds a region, also in a normal
+frame: to screen frames, use ``--postprocess fov,otsu,close=5,fill_holes,keep_largest`` (Otsu
+never below 0.2), whose false-positive area on normal frames is reported as ``fp_area_screen``.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ from colonseg.methods.mapseg.simpo import Simpo, image_files, load_shapes, load_
 from colonseg.metrics import AUROCMeter
 from colonseg.models.encoders import encoder_normalization
 from colonseg.models.mapseg import MemSegNet
+from colonseg.postprocess import PostProcess
 from colonseg.viz.curves import plot_curves
 
 __all__ = ["MapsegConfig", "load_mapseg_config", "run_mapseg"]
 
-DEMO_POSTPROCESS = "fov,otsu,fill_holes,keep_largest"
+DEMO_POSTPROCESS = "fov,otsu=0,close=5,fill_holes,keep_largest"  # MAPSeg's demo, in the view
+SCREEN_POSTPROCESS = "fov,otsu,close=5,fill_holes,keep_largest"  # Otsu floored at 0.2
 
 
 @dataclass
@@ -162,15 +167,21 @@ def _held_out_normal(cfg: DictConfig) -> list[Path]:
     return split_normal(files, d.val_fraction, cfg.TRAIN.seed)[1]
 
 
-def _frame_scores(predictor: Predictor, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+def _frame_scores(
+    predictor: Predictor, files: list[Path], screen: PostProcess | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per frame, from one prediction: the image-level anomaly score (highest lesion
-    probability) and the predicted area fraction after post-processing."""
-    scores, areas = [], []
+    probability), the predicted area fraction after the default post-processing, and after
+    ``screen`` (another post-processing; the default again when None)."""
+    scores, areas, screened = [], [], []
     for f in files:
         out = predictor.predict(read_image(f))
         scores.append(float(out.prob.max()))
         areas.append(float(out.mask.mean()))
-    return np.array(scores), np.array(areas)
+        if screen is not None:
+            raw = (out.prob >= predictor.threshold).astype(np.uint8)
+            screened.append(float(screen(out.prob, raw)[0].mean()))
+    return np.array(scores), np.array(areas), np.array(screened or areas)
 
 
 def _image_auroc(polyp: np.ndarray, normal: np.ndarray) -> float:
@@ -182,8 +193,8 @@ def _image_auroc(polyp: np.ndarray, normal: np.ndarray) -> float:
 def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
     """``evaluate``'s summary on the TEST datasets (and an MVTec-style target's test set), plus
     ``image_auroc`` (their frames against the held-out normal frames) and a ``normal:held-out``
-    entry: the false-positive area on the held-out normal frames (in-distribution) after the
-    default post-processing."""
+    entry: the false-positive area and the share of frames with any (in-distribution) on the
+    held-out normal frames, after the default post-processing and after the screening one."""
     sources = [s for s in _sources(cfg) if Path(s.path).is_dir()]
     if not sources:
         return {}
@@ -192,15 +203,18 @@ def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
     held_out = _held_out_normal(cfg)
     if not held_out:
         return summary
-    normal, areas = _frame_scores(predictor, held_out)
+    screen = PostProcess.parse(SCREEN_POSTPROCESS)
+    normal, areas, screened = _frame_scores(predictor, held_out, screen)
     for source, name in zip(sources, summary, strict=True):
         pairs = find_pairs(source.path, source.layout, source.split)
-        polyp, _ = _frame_scores(predictor, [p.image for p in pairs])
+        polyp, _, _ = _frame_scores(predictor, [p.image for p in pairs])
         summary[name]["image_auroc"] = _image_auroc(polyp, normal)
     summary["normal:held-out"] = {
         "n": len(held_out),
         "fp_area": float(np.mean(areas)),
         "fp_frames": float(np.mean(areas > 0)),
+        "fp_area_screen": float(np.mean(screened)),
+        "fp_frames_screen": float(np.mean(screened > 0)),
     }
     write_atomic(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return summary
