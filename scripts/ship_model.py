@@ -29,7 +29,8 @@ from colonseg.errors import ColonsegError
 from colonseg.models.cost import count_gflops, count_params_m
 from colonseg.postprocess import PostProcess
 
-KEPT = ("dice", "iou", "mdice_256", "s_measure", "dice_seg", "dice_neo", "dice_non")
+KEPT = ("dice", "iou", "mdice_256", "s_measure", "dice_seg", "dice_neo", "dice_non", "pixel_auroc",
+        "aupro", "image_auroc")  # fmt: skip
 CARD_COLUMNS = {  # summary key -> card column
     "dice": "dice",
     "iou": "iou",
@@ -163,12 +164,12 @@ def ship(args: argparse.Namespace) -> None:
     net, meta = load_pretrained(args.model)
     try:
         summary = json.loads(args.summary.read_text())
-        meta.metrics = {
-            f"{dataset.split(':')[0]}/{key}": round(float(row[key]), 4)
-            for dataset, row in summary.items()
-            for key in KEPT
-            if key in row
-        }
+        meta.metrics = {}
+        for dataset, row in summary.items():  # the first split of a dataset names it
+            for key in KEPT:
+                name = f"{dataset.split(':')[0]}/{key}"
+                if key in row and name not in meta.metrics:
+                    meta.metrics[name] = round(float(row[key]), 4)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ColonsegError(f"{args.summary}: not an evaluate summary.json ({exc})") from None
     meta.provenance["evaluation"] = {"summary": str(args.summary), "datasets": list(summary)}

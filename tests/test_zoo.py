@@ -22,7 +22,7 @@ def test_shipped_model_is_documented_and_small(name):
     weights = folder / "weights.safetensors"
     assert weights.stat().st_size <= 25 * 2**20
     with safe_open(str(weights), "pt") as f:  # floats stored in fp16
-        assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}
+        assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64, torch.bool}
     config = json.loads((folder / "config.json").read_text())
     if config.get("labels", "binary") == "neopolyp":
         expected = {"bkai-neopolyp/dice", "bkai-neopolyp/dice_neo", "bkai-neopolyp/dice_non"}
