@@ -39,6 +39,9 @@ def test_shipped_model_segments_the_samples(name, tmp_path):
     samples = SAMPLES_DIR / "neopolyp" if multiclass else SAMPLES_DIR
     summary = run_evaluate(predictor, [EvalSource(str(samples), name="s")], tmp_path, False)
     assert summary["s"]["n"] == (4 if multiclass else 16)
-    assert summary["s"]["dice"] > 0.75  # a trained model, not noise
+    if predictor.meta.arch == "mapseg":  # never saw a polyp, yet ranks polyp pixels higher
+        assert summary["s"]["pixel_auroc"] > 0.75  # a constant or random map scores 0.5
+    else:
+        assert summary["s"]["dice"] > 0.75  # a trained model, not noise
     if multiclass:  # and it tells the classes apart
         assert summary["s"]["dice_neo"] > 0.5 and summary["s"]["dice_non"] > 0.1

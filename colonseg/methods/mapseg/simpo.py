@@ -129,8 +129,8 @@ class Simpo:
     fills: tuple[str, ...] = FILLS
     p: float = 0.5
     area_range: tuple[float, float] = (0.04, 0.7)
-    lobes: float = 0.5
-    relief: float = 0.5
+    lobes: float = 0.0
+    relief: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.fills) - set(FILLS)
@@ -217,8 +217,7 @@ def _render(
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
     radius = max(float(dist.max()), 1.0)
     x = np.minimum(dist / (rng.uniform(0.3, 1.0) * radius), 1)  # flat to round tops
-    # a protruding base (steep at the edge) or a sessile one (rising smoothly from the wall)
-    height = 1 - (1 - x) ** 2 if rng.random() < 0.5 else x * x * (3 - 2 * x)
+    height = 1 - (1 - x) ** 2
     ys, xs = np.nonzero(mask)
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     if lobes and rng.random() < lobes:
@@ -231,9 +230,7 @@ def _render(
         gray = cv2.cvtColor(source, cv2.COLOR_RGB2GRAY).astype(np.float32)
         detail = gray - cv2.GaussianBlur(gray, (0, 0), 4)
         height = height + rng.uniform(0.02, 0.08) * detail / (detail.std() + 1e-3)
-    # masked, then smoothed: no step at the edge for the shading to turn into an outline
-    height = cv2.GaussianBlur(height * mask, (0, 0), max(1.0, radius / 8))
-    height /= max(float(height.max()), 1e-3)
+    height = cv2.GaussianBlur(height.clip(0, 1), (0, 0), max(1.0, radius / 8)) * mask
     cy, cx = ys.mean(), xs.mean()
     # magnify the fill towards the apex
     k = rng.uniform(0.1, 0.45) * height

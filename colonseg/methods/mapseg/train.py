@@ -67,8 +67,8 @@ class DatasetSection:
 class SimpoSection:
     p: float = 0.5
     fills: list[str] = field(default_factory=lambda: ["colon", "texture"])
-    lobes: float = 0.5
-    relief: float = 0.5
+    lobes: float = 0.0
+    relief: float = 0.0
 
 
 @dataclass
