@@ -43,6 +43,9 @@ CARD_COLUMNS = {  # summary key -> card column
     "dice_seg": "dice_seg",
     "dice_neo": "dice_neo",
     "dice_non": "dice_non",
+    "pixel_auroc": "pixel AUROC",
+    "aupro": "AUPRO",
+    "image_auroc": "image AUROC",
 }
 TASKS = {  # label scheme -> (title, output, limits, licence)
     "binary": (
@@ -68,7 +71,7 @@ TASKS = {  # label scheme -> (title, output, limits, licence)
     ),
     "mapseg": (
         "unsupervised polyp segmentation (MAPSeg: trained on normal frames only)",
-        "lesion (anomaly) probability; Otsu threshold per frame",
+        "lesion (anomaly) probability",
         "Never saw a polyp: it learned from synthetic lesions pasted into normal PolypGen frames, "
         "so it misses many real polyps (see the test table) and can fire on debris, bubbles or "
         "instruments. Use it to explore unlabelled data or as a baseline, not to detect polyps.",
@@ -102,8 +105,22 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
         "|---|---:|" + "---:|" * len(columns),
     ]
     for dataset, row in summary.items():
-        cells = [f"{row[k]:.1f}" if k == "hd95" else f"{row[k]:.3f}" for k in columns]
+        if "dice" not in row:
+            continue  # not a labelled test set (MAPSeg's held-out normal frames)
+        cells = [
+            "–" if k not in row else f"{row[k]:.1f}" if k == "hd95" else f"{row[k]:.3f}"
+            for k in columns
+        ]
         rows.append(f"| {dataset} | {row['n']} | " + " | ".join(cells) + " |")
+    normal = summary.get("normal:held-out")
+    if normal:
+        rows.append(
+            f"\nOn {normal['n']} held-out normal frames the predicted area is "
+            f"{100 * normal['fp_area']:.1f} % of the frame with the default post-processing "
+            f"(plain Otsu always finds a region) and {100 * normal.get('fp_area_screen', 0):.2f} % "
+            f"with `--postprocess fov,otsu,close=5,fill_holes,keep_largest` (Otsu floored at 0.2; "
+            f"{100 * normal.get('fp_frames_screen', 0):.0f} % of frames get any region)."
+        )
     commands = "\n".join(_commands(meta.provenance))
     title, output, limits, licence = TASKS[task]
     post = (
