@@ -71,7 +71,8 @@ def write_report(
         parts.append(f"<h2>{html.escape(name)} (n = {stats['n']})</h2><table><tr>")
         keys = [k for k, v in stats.items() if k != "n" and isinstance(v, float | int)]
         parts.append("".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr><tr>")
-        parts.append("".join(f"<td>{stats[k]:.4f}</td>" for k in keys) + "</tr></table>")
+        cells = (str(stats[k]) if isinstance(stats[k], int) else f"{stats[k]:.4f}" for k in keys)
+        parts.append("".join(f"<td>{c}</td>" for c in cells) + "</tr></table>")
         if "confusion" in stats:  # multi-class: rows are the truth, columns the prediction
             matrix = stats["confusion"]
             names = stats.get("confusion_classes") or [str(i) for i in range(len(matrix))]
