@@ -128,13 +128,18 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
         if meta.postprocess
         else ("no post-processing by default")
     )
+    packaged = (
+        f"; not stored, restored from the installed ImageNet weights: {', '.join(meta.packaged)}"
+        if meta.packaged
+        else ""
+    )
     return f"""# colonseg `{name}` — {title}
 
 **Architecture.** `{meta.arch}` (see `colonseg.list_models()`) on a timm `{kw.get("encoder")}`
 encoder initialised from ImageNet weights; options `{json.dumps(kw)}`. {cost}
 (multiply-adds) at 352². Input: RGB resized to {h}×{w}, normalised with mean {list(meta.mean)},
 std {list(meta.std)}. Output: {output}; threshold {meta.threshold}, {post}. Weights stored
-in fp16 ({mib:.1f} MiB).
+in fp16 ({mib:.1f} MiB{packaged}).
 
 **Training data.** {train}; no test image was used for training or for choosing a checkpoint
 (the last epoch of each stage is shipped).

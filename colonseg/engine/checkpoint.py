@@ -11,7 +11,10 @@
      "provenance": {...}, "metrics": {...}}
 
 ``labels`` names the label scheme (``binary`` or ``neopolyp``, see :mod:`colonseg.data.labels`);
-``postprocess`` the Predictor's default post-processing (see :mod:`colonseg.postprocess`).
+``postprocess`` the Predictor's default post-processing (see :mod:`colonseg.postprocess`);
+``packaged`` the submodules whose weights are not stored because they are frozen ImageNet weights
+that the installed packages provide (MAPSeg's encoder): loading builds the model with
+``pretrained=True`` and takes them from there.
 
 Example:
     >>> save_pretrained(model, meta, "runs/x/model")
@@ -60,6 +63,7 @@ class ModelMeta:
     postprocess: str = ""  # post-processing steps the Predictor applies by default
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    packaged: list[str] = field(default_factory=list)  # submodules not stored (see above)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -85,15 +89,21 @@ class ModelMeta:
             postprocess=str(d.get("postprocess", "")),
             provenance=dict(d.get("provenance", {})),
             metrics=dict(d.get("metrics", {})),
+            packaged=list(d.get("packaged", [])),
         )
 
 
 def save_pretrained(
     model: nn.Module, meta: ModelMeta, folder: str | Path, half: bool = False
 ) -> Path:
-    """Write ``weights.safetensors`` (optionally fp16) and ``config.json`` into ``folder``."""
+    """Write ``weights.safetensors`` (optionally fp16; without ``meta.packaged`` submodules) and
+    ``config.json`` into ``folder``."""
     folder = Path(folder)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if k.split(".")[0] not in meta.packaged
+    }
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     write_atomic(folder / "weights.safetensors", lambda tmp: save_file(state, str(tmp)))
@@ -162,13 +172,15 @@ def load_pretrained(
         meta = ModelMeta.from_json(json.loads(cfg_path.read_text()), cfg_path)
     except json.JSONDecodeError as exc:
         raise ColonsegError(f"{cfg_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    net = create_model(meta.arch, **{**meta.init_kwargs, "pretrained": False})
+    net = create_model(meta.arch, **{**meta.init_kwargs, "pretrained": bool(meta.packaged)})
     wpath = Path(weights) if weights is not None else folder / "weights.safetensors"
     if not wpath.is_file():
         raise ColonsegError(f"{wpath}: weight file not found")
     state = _load_state(wpath)
     reference = net.state_dict()
+    packaged = {k: v for k, v in reference.items() if k.split(".")[0] in meta.packaged}
     state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    state = {**packaged, **state}
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

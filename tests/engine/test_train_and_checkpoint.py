@@ -60,6 +60,26 @@ def test_save_load_roundtrip_identical(tmp_path):
     assert meta2 == meta
 
 
+def test_packaged_encoder_is_not_stored_but_restored(tmp_path):
+    from safetensors import safe_open
+
+    from colonseg.engine.checkpoint import ModelMeta
+    from colonseg.models import create_model
+
+    kw = {"encoder": "tf_efficientnet_lite0", "size": 64, "memory_size": 2, "width": 8}
+    net = create_model("mapseg", pretrained=True, **kw).eval()  # offline ImageNet weights
+    net.fill_memory(torch.rand(2, 3, 64, 64))
+    meta = ModelMeta(arch="mapseg", init_kwargs=kw, size=(64, 64), packaged=["encoder"])
+    save_pretrained(net, meta, tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "weights.safetensors"), "pt") as f:
+        assert f.keys() and not any(k.startswith("encoder.") for k in f.keys())
+    loaded, meta2 = load_pretrained(tmp_path / "m")
+    assert meta2.packaged == ["encoder"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), loaded(x))
+
+
 def test_bad_checkpoints_are_refused(tmp_path):
     from colonseg.engine.checkpoint import ModelMeta
     from colonseg.models import create_model

@@ -296,6 +296,8 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
         mean=mean,
         std=std,
         postprocess=DEMO_POSTPROCESS,
+        # the frozen offline ImageNet encoder comes from its package, not from the file
+        packaged=["encoder"] if cfg.MODEL.pretrained and not cfg.MODEL.encoder_weights else [],
         provenance={
             "config": cfg.EXP_NAME,
             "method": "mapseg (normal frames + SIMPO; no polyp label used)",
