@@ -34,7 +34,7 @@ def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
     overlay = ((hsv[..., 1] < 40) & (hsv[..., 2] > 200)).astype(np.uint8)
     overlay = cv2.dilate(overlay, np.ones((7, 7), np.uint8))
     border = cv2.dilate(1 - area, np.ones((15, 15), np.uint8))
-    n, labels, _, _ = cv2.connectedComponentsWithStats(overlay, connectivity=8)
+    _, labels = cv2.connectedComponents(overlay, connectivity=8)
     touching = np.unique(labels[(border > 0) & (overlay > 0)])
     area[np.isin(labels, touching[touching > 0])] = 0
     # coloured boxes (status bars, menus): saturated non-mucosa hues filling their bounding box

@@ -14,6 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from colonseg.metrics.auroc import bin_index
+
 __all__ = ["AUPROMeter"]
 
 
@@ -28,7 +30,7 @@ class AUPROMeter:
         self.neg = np.zeros(bins, np.int64)
 
     def update(self, prob: np.ndarray, target: np.ndarray) -> None:
-        idx = np.clip((np.asarray(prob, np.float64) * self.bins).astype(np.int64), 0, self.bins - 1)
+        idx = bin_index(prob, self.bins)
         t = np.asarray(target).astype(np.uint8) > 0
         self.neg += np.bincount(idx[~t], minlength=self.bins)
         n, labels = cv2.connectedComponents(t.astype(np.uint8), connectivity=4)

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["AUROCMeter"]
+__all__ = ["AUROCMeter", "bin_index"]
+
+
+def bin_index(prob: np.ndarray, bins: int) -> np.ndarray:
+    """The bin (of ``bins`` equal bins on [0, 1]) of every score."""
+    return np.clip((np.asarray(prob, np.float64) * bins).astype(np.int64), 0, bins - 1)
 
 
 class AUROCMeter:
@@ -23,7 +28,7 @@ class AUROCMeter:
         self.neg = np.zeros(bins, np.int64)
 
     def update(self, prob: np.ndarray, target: np.ndarray) -> None:
-        idx = np.clip((np.asarray(prob, np.float64) * self.bins).astype(np.int64), 0, self.bins - 1)
+        idx = bin_index(prob, self.bins)
         t = np.asarray(target).astype(bool)
         self.pos += np.bincount(idx[t], minlength=self.bins)
         self.neg += np.bincount(idx[~t], minlength=self.bins)

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from colonseg.data.field_of_view import valid_area
-from colonseg.data.io import IMAGE_EXTENSIONS, read_image, read_mask
+from colonseg.data.io import read_image, read_mask
+from colonseg.engine.predict_files import collect_images
 from colonseg.errors import ColonsegError
 
 __all__ = ["Simpo", "image_files", "load_shapes", "load_textures", "shape_mask"]
@@ -50,10 +51,7 @@ def image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ColonsegError(f"{folder}: folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ColonsegError(f"{folder}: no images found")
-    return files
+    return collect_images([folder])
 
 
 def load_textures(folder: str | Path, max_side: int = 320) -> list[np.ndarray]:

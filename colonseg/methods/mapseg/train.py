@@ -175,12 +175,14 @@ def _frame_scores(
     ``screen`` (another post-processing; the default again when None)."""
     scores, areas, screened = [], [], []
     for f in files:
-        out = predictor.predict(read_image(f))
+        image = read_image(f)
+        out = predictor.predict(image)
         scores.append(float(out.prob.max()))
         areas.append(float(out.mask.mean()))
         if screen is not None:
-            raw = (out.prob >= predictor.threshold).astype(np.uint8)
-            screened.append(float(screen(out.prob, raw)[0].mean()))
+            prob = screen.restrict(out.prob[None], image)[0]
+            raw = (prob >= predictor.threshold).astype(np.uint8)
+            screened.append(float(screen(prob, raw)[0].mean()))
     return np.array(scores), np.array(areas), np.array(screened or areas)
 
 
