@@ -84,11 +84,17 @@ def train(
     config: Annotated[str, typer.Argument(help="YAML file or shipped config name.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last.ckpt.")] = False,
+    synthetic: Annotated[
+        bool, typer.Option(help="medsam_box: train on generated images (no data needed).")
+    ] = False,
 ) -> None:
     """Train a model: colonseg train polyp_unet_lite0 trainer.max_epochs=5.
 
     MAPSeg configs (METHOD: mapseg) take MAPSeg-style overrides:
     colonseg train configs/mapseg/polyp.yaml DATASET.target=polyp TEST.only=True
+
+    Automatic MedSAM (METHOD: medsam_box), boxes only: colonseg train medsam_box/polyp
+    (add --synthetic to try it with no data).
     """
     from colonseg.config import config_method, load_config
     from colonseg.engine.train import run_train
@@ -102,6 +108,25 @@ def train(
             shown = ("dice", "iou", "pixel_auroc", "aupro", "image_auroc", "fp_area")
             typer.echo(f"{name}: " + ", ".join(f"{k} {stats[k]:.4f}" for k in shown if k in stats))
         return
+    if config_method(config) == "medsam_box":
+        from colonseg.methods.medsam_box.train import (
+            load_medsam_box_config,
+            run_medsam_box,
+            synthetic_config,
+        )
+
+        cfg = load_medsam_box_config(config, overrides or [])
+        if synthetic:
+            cfg = synthetic_config(cfg, Path(cfg.out_dir) / cfg.name / "synthetic_data")
+        result = run_medsam_box(cfg)
+        typer.echo(f"model: {result['model_dir']}")
+        for name, stats in result.get("summary", {}).items():
+            base = result["baselines"].get(name, {})
+            extra = "".join(f", {k} dice {v['dice']:.4f}" for k, v in base.items())
+            typer.echo(f"{name}: dice {stats['dice']:.4f}, iou {stats['iou']:.4f} (no box){extra}")
+        return
+    if synthetic:
+        raise ColonsegError("--synthetic is for medsam_box configs (METHOD: medsam_box)")
 
     cfg = load_config(config, overrides or [])
     result = run_train(cfg, resume=resume)

@@ -29,7 +29,17 @@ from colonseg.engine.checkpoint import ModelMeta, load_pretrained
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "prepare_images"]
+
+
+def prepare_images(
+    images: Sequence[np.ndarray], size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """RGB uint8 images of any sizes → ``(B, 3, H, W)`` at ``size`` (H, W), area-resized and
+    normalised: what every model sees at inference (and what cached embeddings are made of)."""
+    h, w = size
+    batch = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
+    return normalize(batch, mean, std)
 
 
 @dataclass
@@ -147,9 +157,7 @@ class Predictor:
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images of any sizes → normalised ``(B, 3, S, S)`` tensor."""
-        h, w = self.size
-        batch = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
-        return normalize(batch, self.meta.mean, self.meta.std)
+        return prepare_images(images, self.size, self.meta.mean, self.meta.std)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

@@ -6,6 +6,7 @@ from colonseg.models import (  # noqa: F401  (importing registers the architectu
     attention_unet,
     emcad,
     mapseg,
+    medsam,
     pranet,
     smp_archs,
 )

@@ -28,7 +28,9 @@ def epoch_table(metrics_csv: str | Path) -> dict[int, dict[str, float]]:
     return dict(sorted(table.items()))
 
 
-def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
+def plot_curves(
+    metrics_csv: str | Path, out_png: str | Path, panels: tuple[str, ...] = _PANELS
+) -> Path:
     """Draw one panel per metric (train and val) against the epoch and write a PNG."""
     import matplotlib
 
@@ -36,8 +38,8 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     table = epoch_table(metrics_csv)
-    fig, axes = plt.subplots(1, len(_PANELS), figsize=(4 * len(_PANELS), 3.4))
-    for ax, metric in zip(axes, _PANELS, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], panels, strict=True):
         for stage, style in (("train", "-o"), ("val", "-s")):
             key = f"{stage}/{metric}"
             pts = [(e + 1, r[key]) for e, r in table.items() if key in r and math.isfinite(r[key])]

@@ -1,0 +1,1 @@
+"""Automatic MedSAM: box-supervised training of a prompt module on a frozen MedSAM."""

@@ -1,0 +1,190 @@
+"""Box-labelled samples: 2-D images (PNG/JPEG/TIFF) and NIfTI volumes (one sample per slice).
+
+Boxes come from, in order: a Kvasir-SEG ``kavsir_bboxes.json`` beside the images (``boxes:
+auto`` or ``json``), else the masks — one box per connected region, which simulates box labels
+(``boxes: mask``); ``jitter`` moves each side by up to that fraction of the box size, as a sloppy
+annotator would. Masks are read only to derive boxes and to report Dice, never to train.
+
+NIfTI datasets: ``imagesTr/`` + ``labelsTr/`` (Medical Segmentation Decathlon) or ``images/`` +
+``masks/`` holding ``*.nii``/``*.nii.gz`` with matching names; slices along the last axis that
+hold foreground become samples, their intensities windowed to the 0.5–99.5 percentiles of the
+volume.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from colonseg.data.datamodule import DataSource
+from colonseg.data.io import read_image, read_mask
+from colonseg.data.layouts import find_pairs
+from colonseg.errors import ColonsegError
+
+__all__ = [
+    "BoxSample",
+    "boxes_from_mask",
+    "collect_samples",
+    "jitter_boxes",
+    "read_sample",
+]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MIN_REGION_FRACTION = 1e-4  # mask regions smaller than this share of the image get no box
+
+
+@dataclass(frozen=True)
+class BoxSample:
+    """One 2-D image (or NIfTI slice), its boxes ``(K, 4)`` ``x0, y0, x1, y1`` in image pixels,
+    and its mask file (for Dice only; may be None)."""
+
+    id: str
+    image: Path
+    mask: Path | None
+    boxes: np.ndarray
+    slice: int | None = None  # NIfTI: index along the last axis
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def _load_volume(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        vol = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise ColonsegError(
+            f"{path}: not a readable NIfTI volume ({exc.__class__.__name__})"
+        ) from None
+    if vol.ndim == 2:
+        vol = vol[..., None]
+    if vol.ndim != 3:
+        raise ColonsegError(f"{path}: expected a 2-D or 3-D volume, got shape {vol.shape}")
+    return vol
+
+
+def _window(slice2d: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    x = np.clip((slice2d.astype(np.float32) - lo) / max(hi - lo, 1e-8), 0, 1)
+    return np.repeat((x * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+
+
+def read_sample(sample: BoxSample) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sample's RGB uint8 image and its binary mask (None when it has no mask file)."""
+    if sample.slice is None:
+        image = read_image(sample.image)
+        mask = read_mask(sample.mask) if sample.mask is not None else None
+        return image, mask
+    vol = _load_volume(sample.image)
+    lo, hi = np.percentile(vol, [0.5, 99.5])
+    image = _window(vol[..., sample.slice], float(lo), float(hi))
+    mask = None
+    if sample.mask is not None:
+        mask = (_load_volume(sample.mask)[..., sample.slice] > 0).astype(np.uint8)
+    return np.ascontiguousarray(image), mask
+
+
+def boxes_from_mask(mask: np.ndarray) -> np.ndarray:
+    """One box per 8-connected foreground region (tiny specks skipped): ``(K, 4)`` float32."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    floor = MIN_REGION_FRACTION * mask.size
+    boxes = [(x, y, x + w - 1, y + h - 1) for x, y, w, h, area in stats[1:n] if area >= floor]
+    return np.array(boxes, np.float32).reshape(-1, 4)
+
+
+def jitter_boxes(
+    boxes: np.ndarray, fraction: float, shape: tuple[int, int], rng: np.random.Generator
+) -> np.ndarray:
+    """Move each side by a uniform offset up to ``fraction`` of the box's width/height."""
+    if fraction <= 0 or len(boxes) == 0:
+        return boxes
+    h, w = shape
+    size = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, 1) + 1
+    out = boxes + rng.uniform(-fraction, fraction, boxes.shape) * size
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w - 1)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h - 1)
+    out[:, 2] = np.maximum(out[:, 2], out[:, 0] + 1)
+    out[:, 3] = np.maximum(out[:, 3], out[:, 1] + 1)
+    return out.astype(np.float32)
+
+
+def _json_boxes(root: Path) -> dict[str, np.ndarray] | None:
+    path = root / "kavsir_bboxes.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return {
+            k: np.array(
+                [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in v["bbox"]], np.float32
+            )
+            for k, v in data.items()
+        }
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ColonsegError(
+            f"{path}: not a Kvasir-SEG box file ({exc.__class__.__name__})"
+        ) from None
+
+
+def _nifti_pairs(root: Path) -> list[tuple[Path, Path | None]] | None:
+    for img_dir, mask_dir in (("imagesTr", "labelsTr"), ("images", "masks"), ("images", "labels")):
+        images = sorted(p for p in (root / img_dir).glob("*") if _is_nifti(p))
+        if images:
+            masks = {_nifti_stem(p): p for p in (root / mask_dir).glob("*") if _is_nifti(p)}
+            return [(p, masks.get(_nifti_stem(p))) for p in images]
+    return None
+
+
+def _nifti_samples(root: Path, pairs: list[tuple[Path, Path | None]]) -> list[BoxSample]:
+    samples = []
+    for image, mask in pairs:
+        if mask is None:
+            raise ColonsegError(f"{image}: no label volume beside it (boxes come from labels)")
+        labels = _load_volume(mask) > 0
+        if labels.shape != _load_volume(image).shape[: labels.ndim]:
+            raise ColonsegError(f"{mask}: label shape {labels.shape} differs from its image")
+        for k in range(labels.shape[-1]):
+            boxes = boxes_from_mask(labels[..., k])
+            if len(boxes):
+                samples.append(BoxSample(f"{_nifti_stem(image)}_z{k:03d}", image, mask, boxes, k))
+    if not samples:
+        raise ColonsegError(f"{root}: no slice of any NIfTI label volume holds foreground")
+    return samples
+
+
+def collect_samples(source: DataSource, boxes: str = "auto") -> list[BoxSample]:
+    """The box-labelled samples of a dataset folder (see the module doc).
+
+    Args:
+        boxes: ``auto`` (``kavsir_bboxes.json`` if present, else masks), ``json`` or ``mask``.
+    """
+    if boxes not in ("auto", "json", "mask"):
+        raise ColonsegError(f"Unknown box source '{boxes}'. Available: auto, json, mask.")
+    root = Path(source.path)
+    nifti = _nifti_pairs(root)
+    if nifti is not None:
+        return _nifti_samples(root, nifti)
+    pairs = find_pairs(root, source.layout, source.split, require_masks=boxes != "json")
+    table = _json_boxes(root) if boxes in ("auto", "json") else None
+    if boxes == "json" and table is None:
+        raise ColonsegError(f"{root}: boxes: json but no kavsir_bboxes.json there")
+    samples = []
+    for p in pairs:
+        if table is not None and p.id in table:
+            b = table[p.id]
+        elif boxes == "json":
+            raise ColonsegError(f"{root}/kavsir_bboxes.json: no box for image {p.id}")
+        else:
+            b = boxes_from_mask(read_mask(p.mask))
+        samples.append(BoxSample(p.id, p.image, p.mask, b))
+    return samples

@@ -1,0 +1,195 @@
+"""Phase 2 of Automatic MedSAM: train the prompt module on cached embeddings, from boxes only.
+
+``BoxEmbeddings`` serves ``{"embedding", "boxes", "mask", "id"}`` (boxes on the 256×256 mask
+grid, jittered each time when asked); ``MedsamBoxModule`` decodes the learned prompts through
+the frozen mask decoder and minimises :class:`~colonseg.losses.box_prior.BoxPriorLoss`. The
+model is selected by ``val/box_iou`` (the boxes around the predicted regions against the true
+boxes), which needs no mask; ``val/dice`` against masks is logged for information only.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from colonseg.data.cache import resize_labels
+from colonseg.losses.box_prior import BoxPriorLoss, box_region
+from colonseg.methods.medsam_box.cache import EmbeddingCache
+from colonseg.methods.medsam_box.data import BoxSample, boxes_from_mask, jitter_boxes, read_sample
+from colonseg.models.medsam import AutoMedSAM
+
+__all__ = ["GRID", "BoxEmbeddings", "MedsamBoxModule", "collate", "to_grid"]
+
+GRID = 256  # SAM's low-resolution mask grid
+
+
+def to_grid(boxes: np.ndarray, shape: tuple[int, int], side: int = GRID) -> np.ndarray:
+    """Boxes in image pixels (inclusive) → the pixels they cover on a ``side × side`` grid that
+    stretches the image (a box over the whole image covers the whole grid)."""
+    h, w = shape
+    scale = np.array([side / w, side / h] * 2, np.float32)
+    out = (boxes + np.array([0, 0, 1, 1], np.float32)) * scale - np.array([0, 0, 1, 1], np.float32)
+    return out.clip(0, side - 1).astype(np.float32)
+
+
+class BoxEmbeddings(Dataset):
+    """Cached embeddings of ``samples`` with their boxes (and, with ``masks``, their masks at
+    the grid, for reporting Dice)."""
+
+    def __init__(
+        self,
+        samples: list[BoxSample],
+        cache: EmbeddingCache,
+        jitter: float = 0.0,
+        masks: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.samples, self.cache, self.jitter, self.masks = samples, cache, jitter, masks
+        self.rng = np.random.default_rng(seed)
+        self._shapes: dict[int, tuple[int, int]] = {}
+        self._masks: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _shape_and_mask(self, i: int) -> tuple[tuple[int, int], np.ndarray | None]:
+        if i not in self._shapes:
+            image, mask = read_sample(self.samples[i])
+            self._shapes[i] = image.shape[:2]
+            if self.masks and mask is not None:
+                self._masks[i] = resize_labels(mask, (GRID, GRID))
+        return self._shapes[i], self._masks.get(i)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.samples[i]
+        shape, mask = self._shape_and_mask(i)
+        boxes = jitter_boxes(s.boxes, self.jitter, shape, self.rng)
+        item = {
+            "embedding": self.cache.load(s),
+            "boxes": torch.from_numpy(to_grid(boxes, shape)),
+            "id": s.id,
+        }
+        if mask is not None:
+            item["mask"] = torch.from_numpy(mask)
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    out = {
+        "embedding": torch.stack([it["embedding"] for it in items]),
+        "boxes": [it["boxes"] for it in items],
+        "id": [it["id"] for it in items],
+    }
+    if all("mask" in it for it in items):
+        out["mask"] = torch.stack([it["mask"] for it in items])[:, None].float()
+    return out
+
+
+def box_prompted_logits(
+    net: AutoMedSAM, embedding: torch.Tensor, boxes: list[torch.Tensor]
+) -> torch.Tensor:
+    """SAM prompted with each true box (grid coordinates), the union over an image's boxes."""
+    index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)])
+    flat = torch.cat(boxes).to(embedding.device) * (net.input_size / GRID)
+    logits = net.decode(embedding[index.to(embedding.device)], boxes=flat)
+    index = index.to(embedding.device)
+    return torch.stack([logits[index == i].amax(0) for i in range(len(boxes))])
+
+
+def region_box_iou(pred: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+    """Per image: IoU of the area covered by boxes around the predicted regions with the area
+    covered by the true boxes (``pred (B, 1, H, W)`` binary)."""
+    h, w = pred.shape[-2:]
+    predicted = [torch.from_numpy(boxes_from_mask(p[0].cpu().numpy())) for p in pred]
+    a = box_region(predicted, h, w)
+    b = box_region([bx.cpu() for bx in boxes], h, w)
+    inter = (a * b).flatten(1).sum(1)
+    union = ((a + b) > 0).float().flatten(1).sum(1)
+    return inter / union.clamp_min(1.0)
+
+
+class MedsamBoxModule(L.LightningModule):
+    """Trains ``net.prompt`` (the frozen SAM stays as it is) on :class:`BoxEmbeddings` batches.
+
+    ``t_growth`` multiplies the log-barrier's ``t`` after each epoch; the learning rate drops
+    ×0.1 at ``lr_drop`` of the epochs (the paper: 100 epochs, drop at 50). With
+    ``fixed_boxes`` (no jitter) the box-prompted masks are computed once per image and kept.
+    """
+
+    def __init__(
+        self,
+        net: AutoMedSAM,
+        loss: BoxPriorLoss,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        t_growth: float = 1.1,
+        lr_drop: float = 0.5,
+        fixed_boxes: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss"])
+        self.net, self.loss = net, loss
+        self._val: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._targets: dict[str, torch.Tensor] = {}  # box-prompted masks, when boxes are fixed
+
+    def _prompt_targets(self, emb: torch.Tensor, batch: dict) -> torch.Tensor:
+        """SAM's masks from the true boxes (computed once per image unless boxes are jittered)."""
+        ids = batch["id"]
+        if not self.hparams.fixed_boxes or any(i not in self._targets for i in ids):
+            with torch.no_grad():
+                masks = (box_prompted_logits(self.net, emb, batch["boxes"]) > 0).to(torch.uint8)
+            if not self.hparams.fixed_boxes:
+                return masks.float()
+            self._targets.update({i: m.cpu() for i, m in zip(ids, masks, strict=True)})
+        return torch.stack([self._targets[i] for i in ids]).to(emb.device).float()
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.net.decode(embedding)
+
+    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        emb = batch["embedding"].float()
+        logits = self(emb).float()
+        target = self._prompt_targets(emb, batch) if self.loss.weights["prompt"] > 0 else None
+        total, parts = self.loss(logits, batch["boxes"], target)
+        return logits, total, parts
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        _, total, parts = self._step(batch)
+        n = len(batch["boxes"])
+        self.log("train/loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=n)
+        return total
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits, total, parts = self._step(batch)
+        n = len(batch["boxes"])
+        self.log("val/loss", total, on_epoch=True, batch_size=n)
+        pred = (logits > 0).float()
+        dice = None
+        if "mask" in batch:
+            m = batch["mask"]
+            inter = (pred * m).flatten(1).sum(1)
+            dice = (2 * inter + 1e-6) / (pred.flatten(1).sum(1) + m.flatten(1).sum(1) + 1e-6)
+        self._val.append((region_box_iou(pred, batch["boxes"]), dice))
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val:
+            self.log("val/box_iou", torch.cat([v[0] for v in self._val]).mean(), prog_bar=True)
+            dices = [v[1] for v in self._val if v[1] is not None]
+            if dices:
+                self.log("val/dice", torch.cat(dices).mean(), prog_bar=True)
+        self._val = []
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/t", self.loss.t)
+        self.loss.t *= self.hparams.t_growth
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(self.net.prompt.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, round(epochs * hp.lr_drop))], 0.1)
+        return {"optimizer": opt, "lr_scheduler": sched}

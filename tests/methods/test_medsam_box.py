@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from colonseg.data.datamodule import DataSource
+from colonseg.data.io import write_png
+from colonseg.errors import ColonsegError
+from colonseg.methods.medsam_box.cache import EmbeddingCache
+from colonseg.methods.medsam_box.data import (
+    boxes_from_mask,
+    collect_samples,
+    jitter_boxes,
+    read_sample,
+)
+from colonseg.methods.medsam_box.module import to_grid
+from colonseg.models import create_model
+from colonseg.models.medsam import build_sam
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    return create_model("automedsam", pretrained=False)
+
+
+def test_boxes_from_mask_one_per_region():
+    mask = np.zeros((50, 60), np.uint8)
+    mask[5:10, 7:20] = 1
+    mask[30:45, 40:58] = 1
+    boxes = boxes_from_mask(mask)
+    assert sorted(map(tuple, boxes.tolist())) == [(7, 5, 19, 9), (40, 30, 57, 44)]
+    assert boxes_from_mask(np.zeros((8, 8), np.uint8)).shape == (0, 4)
+
+
+def test_jitter_is_seeded_and_stays_in_the_image():
+    boxes = np.array([[10, 10, 30, 40]], np.float32)
+    a = jitter_boxes(boxes, 0.2, (50, 50), np.random.default_rng(1))
+    b = jitter_boxes(boxes, 0.2, (50, 50), np.random.default_rng(1))
+    assert np.array_equal(a, b) and not np.array_equal(a, boxes)
+    assert np.abs(a - boxes).max() <= 0.2 * 31 + 1e-4
+    assert a.min() >= 0 and a[:, [0, 2]].max() <= 49
+
+
+def test_to_grid_maps_the_full_image_onto_the_grid():
+    assert to_grid(np.array([[0, 0, 99, 49]], np.float32), (50, 100)).tolist() == [
+        [0.0, 0.0, 255.0, 255.0]
+    ]
+
+
+def test_kvasir_box_json_is_read(tmp_path):
+    root = tmp_path / "kv"
+    image = np.zeros((40, 50, 3), np.uint8)
+    write_png(root / "images" / "a.png", image)
+    write_png(root / "masks" / "a.png", np.zeros((40, 50), np.uint8))
+    box = {"label": "polyp", "xmin": 3, "ymin": 4, "xmax": 20, "ymax": 30}
+    (root / "kavsir_bboxes.json").write_text(json.dumps({"a": {"height": 40, "width": 50, "bbox": [box]}}))
+    (sample,) = collect_samples(DataSource(str(root)), boxes="json")
+    assert sample.boxes.tolist() == [[3, 4, 20, 30]]
+    (from_mask,) = collect_samples(DataSource(str(root)), boxes="mask")
+    assert from_mask.boxes.shape == (0, 4)  # the empty mask gives no box
+    with pytest.raises(ColonsegError, match="no kavsir_bboxes.json"):
+        (root / "kavsir_bboxes.json").unlink()
+        collect_samples(DataSource(str(root)), boxes="json")
+
+
+def test_nifti_volumes_give_one_sample_per_labelled_slice(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    vol = np.random.default_rng(0).normal(100, 30, (32, 40, 5)).astype(np.float32)
+    lab = np.zeros((32, 40, 5), np.uint8)
+    lab[4:10, 6:20, 1] = 1
+    lab[20:30, 10:15, 3] = 1
+    for folder, arr in (("imagesTr", vol), ("labelsTr", lab)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp_path / folder / "case.nii.gz"))
+    samples = collect_samples(DataSource(str(tmp_path)))
+    assert [s.slice for s in samples] == [1, 3]
+    # NIfTI axis 0 is the image row (y), axis 1 the column (x)
+    assert samples[0].boxes.tolist() == [[6, 4, 19, 9]]
+    image, mask = read_sample(samples[0])
+    assert image.shape == (32, 40, 3) and image.dtype == np.uint8
+    assert mask.sum() == 6 * 14
+
+
+def test_cache_recomputes_only_a_changed_file(tmp_path, untrained):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for i in range(2):
+        write_png(root / "images" / f"{i}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        write_png(root / "masks" / f"{i}.png", mask)
+    samples = collect_samples(DataSource(str(root)))
+    cache = EmbeddingCache(tmp_path / "cache", untrained)
+    assert cache.fill(samples, progress=False) == 2
+    assert cache.fill(samples, progress=False) == 0
+    before = cache.load(samples[0])
+    assert before.shape == (256, 64, 64) and before.dtype == torch.float16
+    write_png(samples[0].image, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    assert cache.fill(samples, progress=False) == 1
+    assert not torch.equal(cache.load(samples[0]), before)
+
+
+def test_decode_with_and_without_box(untrained):
+    emb = torch.randn(2, 256, 64, 64)
+    with torch.no_grad():
+        assert untrained.decode(emb).shape == (2, 1, 256, 256)
+        boxes = torch.tensor([[10.0, 10.0, 100.0, 120.0], [0, 0, 255, 255]])
+        assert untrained.decode(emb, boxes=boxes).shape == (2, 1, 256, 256)
+    trainable = [n for n, p in untrained.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("prompt.") for n in trainable)
+
+
+def test_user_medsam_vit_b_checkpoint_loads(tmp_path):
+    from segment_anything import sam_model_registry
+
+    reference = sam_model_registry["vit_b"](checkpoint=None)
+    path = tmp_path / "medsam_vit_b.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = build_sam("medsam_vit_b", str(path))
+    key = "image_encoder.blocks.0.attn.qkv.weight"
+    assert torch.equal(loaded.state_dict()[key], reference.state_dict()[key])
+    torch.save({"image_encoder.wrong": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ColonsegError, match="bad.pth: not a MedSAM ViT-B"):
+        build_sam("medsam_vit_b", str(tmp_path / "bad.pth"))
+    with pytest.raises(ColonsegError, match="needs its weights"):
+        build_sam("medsam_vit_b")
