@@ -54,7 +54,8 @@ def test_kvasir_box_json_is_read(tmp_path):
     write_png(root / "images" / "a.png", image)
     write_png(root / "masks" / "a.png", np.zeros((40, 50), np.uint8))
     box = {"label": "polyp", "xmin": 3, "ymin": 4, "xmax": 20, "ymax": 30}
-    (root / "kavsir_bboxes.json").write_text(json.dumps({"a": {"height": 40, "width": 50, "bbox": [box]}}))
+    entry = {"a": {"height": 40, "width": 50, "bbox": [box]}}
+    (root / "kavsir_bboxes.json").write_text(json.dumps(entry))
     (sample,) = collect_samples(DataSource(str(root)), boxes="json")
     assert sample.boxes.tolist() == [[3, 4, 20, 30]]
     (from_mask,) = collect_samples(DataSource(str(root)), boxes="mask")
