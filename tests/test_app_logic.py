@@ -75,3 +75,10 @@ def test_summary_counts_regions_above_a_speck_and_zip_holds_every_file():
     data = logic.zip_results({"a.jpg": panels, "b.png": panels})
     names = sorted(zipfile.ZipFile(io.BytesIO(data)).namelist())
     assert names == ["masks/a.png", "masks/b.png", "overlays/a.png", "overlays/b.png"]
+
+
+def test_selected_box_reads_a_plotly_box_selection():
+    event = {"selection": {"box": [{"x": [50.2, 10.0], "y": [5.0, 40.5]}], "points": []}}
+    assert logic.selected_box(event) == (10.0, 5.0, 50.2, 40.5)
+    assert logic.selected_box({"selection": {"box": [], "points": []}}) is None
+    assert logic.selected_box(None) is None

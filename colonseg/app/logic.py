@@ -32,6 +32,7 @@ __all__ = [
     "png_bytes",
     "predict_probs",
     "regions_summary",
+    "selected_box",
     "zip_results",
 ]
 
@@ -93,6 +94,17 @@ def predict_probs(predictor: Predictor, image: np.ndarray) -> np.ndarray:
     """Model-resolution class probabilities ``(C, S, S)`` — the expensive step, cached by the
     page; thresholds and post-processing are applied afterwards by :meth:`Predictor.finish`."""
     return predictor.predict_torch(predictor.preprocess([image]))[0].cpu().numpy()
+
+
+def selected_box(event) -> tuple[float, float, float, float] | None:
+    """The box a user dragged on the Plotly image (``st.plotly_chart(on_select=...)``'s event)
+    as ``x0, y0, x1, y1`` in image pixels, or None when nothing is selected."""
+    try:
+        box = event["selection"]["box"][-1]
+        (xa, xb), (ya, yb) = box["x"], box["y"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)
 
 
 def configure(predictor: Predictor, threshold: float, post: str) -> Predictor:

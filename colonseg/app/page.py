@@ -41,14 +41,43 @@ def choose_model() -> str | None:
     return str(logic.load_uploaded_checkpoint(upload.name, upload.getvalue(), folder))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_box_probs(model: str, digest: str, box: tuple, _image):
+    return load_predictor(model).box_probs(_image, box)
+
+
+def draw_box(name: str, image) -> tuple | None:
+    """A box the user drags on the image (promptable models only), or None."""
+    import plotly.express as px
+
+    with st.expander("Prompt with a box (optional): drag a box around the polyp"):
+        fig = px.imshow(image)
+        fig.update_layout(dragmode="select", margin=dict(l=0, r=0, t=0, b=0), height=360)
+        fig.update_xaxes(showticklabels=False)
+        fig.update_yaxes(showticklabels=False)
+        event = st.plotly_chart(
+            fig, on_select="rerun", selection_mode="box", key=f"box{name}", use_container_width=True
+        )
+        box = logic.selected_box(event)
+        if box is not None:
+            st.caption(f"Box x {box[0]:.0f}–{box[2]:.0f}, y {box[1]:.0f}–{box[3]:.0f}")
+        return box
+
+
 def show_image(predictor: Predictor, model: str, name: str, data: bytes, settings) -> logic.Panels:
     image = logic.decode_upload(name, data)
-    probs = cached_probs(model, hashlib.sha1(data).hexdigest(), image)
+    digest = hashlib.sha1(data).hexdigest()
+    st.subheader(name)
+    box = draw_box(name, image) if predictor.takes_box else None
+    if box is None:
+        probs = cached_probs(model, digest, image)
+    else:
+        probs = cached_box_probs(model, digest, tuple(round(v, 1) for v in box), image)
     out = logic.finish(predictor, probs, image, *settings)
     panels = logic.panels(predictor, image, out)
     summary = logic.regions_summary(out, predictor.meta.class_names)
-    st.subheader(name)
-    line = (
+    line = "Prompted with your box: " if box is not None else ""
+    line += (
         f"**{summary['polyps']} polyp region(s)** (≥ 0.1 % of the frame), "
         f"{summary['area_percent']} % of the frame"
     )

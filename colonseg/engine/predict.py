@@ -197,6 +197,34 @@ class Predictor:
         return self.predict_batch([image])[0]
 
     @property
+    def takes_box(self) -> bool:
+        """Whether the model can also be prompted with a box (Automatic MedSAM)."""
+        return isinstance(self.model, nn.Module) and hasattr(self.model, "decode")
+
+    @torch.inference_mode()
+    def box_probs(self, image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+        """Model-resolution probabilities ``(1, S, S)`` of ``image`` when the model is prompted
+        with ``box`` (``x0, y0, x1, y1`` in image pixels) instead of finding the polyp itself.
+
+        Raises:
+            ColonsegError: the model takes no box, or the box is empty or outside the image.
+        """
+        if not self.takes_box:
+            raise ColonsegError(f"{self.meta.arch}: this model takes no box prompt")
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, x1 = sorted((min(max(x0, 0.0), w), min(max(x1, 0.0), w)))
+        y0, y1 = sorted((min(max(y0, 0.0), h), min(max(y1, 0.0), h)))
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            raise ColonsegError(f"box {tuple(box)}: empty or outside the {w}x{h} image")
+        sh, sw = self.size
+        scaled = torch.tensor([[x0 * sw / w, y0 * sh / h, x1 * sw / w, y1 * sh / h]])
+        x = self.preprocess([image]).to(self.device)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model.decode(self.model.embed(x), boxes=scaled.to(self.device))
+        return self._activate(logits)[0].cpu().numpy()
+
+    @property
     def has_attention(self) -> bool:
         return hasattr(self.model, "forward_with_attention")
 

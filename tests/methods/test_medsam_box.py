@@ -126,3 +126,20 @@ def test_user_medsam_vit_b_checkpoint_loads(tmp_path):
         build_sam("medsam_vit_b", str(tmp_path / "bad.pth"))
     with pytest.raises(ColonsegError, match="needs its weights"):
         build_sam("medsam_vit_b")
+
+
+def test_predictor_segments_what_a_box_prompts():
+    from colonseg.data.synthetic import create_disc_image
+    from colonseg.engine.checkpoint import ModelMeta
+    from colonseg.engine.predict import Predictor
+
+    meta = ModelMeta(arch="automedsam", init_kwargs={}, mean=(0, 0, 0), std=(1, 1, 1))
+    predictor = Predictor(create_model("automedsam"), meta, device="cpu", precision="fp32")
+    assert predictor.takes_box
+    image, mask = create_disc_image(160, seed=3)
+    x0, y0, x1, y1 = boxes_from_mask(mask)[0]
+    out = predictor.finish(predictor.box_probs(image, (x0, y0, x1 + 1, y1 + 1)), image)
+    dice = 2 * (out.mask & mask).sum() / (out.mask.sum() + mask.sum())
+    assert dice > 0.85
+    with pytest.raises(ColonsegError, match="empty or outside"):
+        predictor.box_probs(image, (500, 500, 600, 600))
