@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from colonseg.metrics.aupro import AUPROMeter
 from colonseg.metrics.auroc import AUROCMeter
-from colonseg.metrics.functional import binary_metrics, confusion, hd95, mean_dice_256
+from colonseg.metrics.functional import (
+    binary_metrics,
+    compute_dice,
+    confusion,
+    hd95,
+    mean_dice_256,
+)
 from colonseg.metrics.multiclass import ConfusionMeter, scores_from_matrix
 from colonseg.metrics.sod import SODMeter
 
@@ -15,6 +21,7 @@ __all__ = [
     "ConfusionMeter",
     "SODMeter",
     "binary_metrics",
+    "compute_dice",
     "confusion",
     "hd95",
     "mean_dice_256",

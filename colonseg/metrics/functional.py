@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["confusion", "ratio", "binary_metrics", "mean_dice_256", "hd95"]
+__all__ = ["confusion", "ratio", "binary_metrics", "compute_dice", "mean_dice_256", "hd95"]
 
 
 def confusion(pred: np.ndarray, target: np.ndarray) -> tuple[int, int, int, int]:
@@ -47,6 +47,22 @@ def binary_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
         "accuracy": ratio(tp + tn, tp + fp + fn + tn, perfect),
         "specificity": ratio(tn, tn + fp, perfect),
     }
+
+
+def compute_dice(pred, target) -> float:
+    """Mean Dice over images of binary predictions and targets: one ``(H, W)`` pair or batches
+    ``(B, H, W)`` / ``(B, 1, H, W)``, numpy arrays or torch tensors (the empty-mask rule above).
+
+    Example:
+        >>> compute_dice(logits.sigmoid() > 0.5, masks)
+    """
+    p, t = (np.asarray(x.detach().cpu() if hasattr(x, "detach") else x) for x in (pred, target))
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and target {t.shape} differ in shape")
+    if p.ndim == 2:
+        return binary_metrics(p > 0, t > 0)["dice"]
+    p, t = p.reshape(p.shape[0], -1), t.reshape(t.shape[0], -1)
+    return float(np.mean([binary_metrics(a > 0, b > 0)["dice"] for a, b in zip(p, t, strict=True)]))
 
 
 def mean_dice_256(prob: np.ndarray, target: np.ndarray) -> float:

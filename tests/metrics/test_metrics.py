@@ -145,3 +145,20 @@ def test_aupro_by_hand_and_against_brute_force():
         meter.update(p, t)
     assert meter.compute() == pytest.approx(_aupro_brute_force(probs, targets), abs=1e-9)
     assert math.isnan(AUPROMeter().compute())
+
+
+def test_compute_dice_on_arrays_and_tensor_batches():
+    import torch
+
+    from colonseg.metrics import compute_dice
+
+    a = np.zeros((4, 4), np.uint8)
+    a[:2] = 1
+    b = np.zeros((4, 4), np.uint8)
+    b[:1] = 1
+    assert compute_dice(a, b) == pytest.approx(2 * 4 / (8 + 4))
+    batch = torch.from_numpy(np.stack([a, a]))[:, None]
+    target = torch.from_numpy(np.stack([b, np.zeros_like(b)]))[:, None]
+    assert compute_dice(batch, target) == pytest.approx((2 / 3 + 0.0) / 2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        compute_dice(a, b[:2])
