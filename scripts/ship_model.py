@@ -165,9 +165,9 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
     return f"""# colonseg `{name}` — {title}
 
 **Architecture.** `{meta.arch}` (see `colonseg.list_models()`) {base}; options
-`{json.dumps(kw)}`. {cost} (multiply-adds) at {side}². Input: RGB resized to {h}×{w}, normalised with mean {list(meta.mean)},
-std {list(meta.std)}. Output: {output}; threshold {meta.threshold}, {post}. Weights stored
-in fp16 ({mib:.1f} MiB{packaged}).
+`{json.dumps(kw)}`. {cost} (multiply-adds) at {side}². Input: RGB resized to {h}×{w},
+normalised with mean {list(meta.mean)}, std {list(meta.std)}. Output: {output}; threshold
+{meta.threshold}, {post}. Weights stored in fp16 ({mib:.1f} MiB{packaged}).
 
 **Training data.** {train}; no test image was used for training or for choosing a checkpoint
 ({selection}).
