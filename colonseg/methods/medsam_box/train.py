@@ -37,18 +37,24 @@ from colonseg.data.datamodule import DataSource
 from colonseg.data.io import write_atomic, write_png
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
-from colonseg.engine.predict import Predictor
+from colonseg.engine.predict import Predictor, prepare_images
 from colonseg.engine.train import trainer_precision
 from colonseg.errors import ColonsegError
 from colonseg.losses.box_prior import BoxPriorLoss, box_region
 from colonseg.methods.medsam_box.cache import MEAN, STD, EmbeddingCache
-from colonseg.methods.medsam_box.data import BoxSample, collect_samples, read_sample
+from colonseg.methods.medsam_box.data import (
+    BoxSample,
+    boxes_from_mask,
+    collect_samples,
+    read_sample,
+)
 from colonseg.methods.medsam_box.module import (
     GRID,
     BoxEmbeddings,
     MedsamBoxModule,
     box_prompted_logits,
     collate,
+    to_grid,
 )
 from colonseg.metrics import binary_metrics
 from colonseg.models.medsam import AutoMedSAM
@@ -196,8 +202,6 @@ def snapshot(
 ) -> np.ndarray:
     """One row: image with the true box (green) and the box around the prediction (red), the true
     mask, the soft mask as a heat map, the binary mask, and the prediction over the truth."""
-    from colonseg.methods.medsam_box.data import boxes_from_mask
-
     pred = (prob >= 0.5).astype(np.uint8)
     boxed = _draw_boxes(_draw_boxes(image, true_boxes, GREEN), boxes_from_mask(pred), RED)
     gray = lambda m: np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=2)  # noqa: E731
@@ -252,8 +256,6 @@ class RunOutputs(Callback):
             mask = cv2.resize(mask, (GRID, GRID), interpolation=cv2.INTER_NEAREST)
         scale = np.array([GRID / image.shape[1], GRID / image.shape[0]] * 2, np.float32)
         with torch.no_grad():
-            from colonseg.engine.predict import prepare_images
-
             x = prepare_images([image], (net.input_size,) * 2, MEAN, STD).to(device)
             prob = net(x).float().sigmoid()[0, 0].cpu().numpy()
         return snapshot(small, s.boxes * scale, mask, prob)
@@ -284,8 +286,6 @@ def evaluate_baselines(
     """Dice/IoU/precision/recall at full resolution of two box-given references: SAM prompted
     with the true boxes (``box_prompt``, the upper bound) and the boxes filled (``box_as_mask``)."""
     rows: dict[str, list[dict]] = {"box_prompt": [], "box_as_mask": []}
-    from colonseg.methods.medsam_box.module import to_grid
-
     for s in samples:
         image, mask = read_sample(s)
         if mask is None:
