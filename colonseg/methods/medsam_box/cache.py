@@ -71,10 +71,14 @@ class EmbeddingCache:
         self,
         samples: list[BoxSample],
         device: str = "cpu",
-        batch_size: int = 4,
+        batch_size: int | None = None,
         progress: bool = True,
     ) -> int:
-        """Compute the embeddings not cached yet; returns how many were computed."""
+        """Compute the embeddings not cached yet; returns how many were computed.
+
+        ``batch_size`` defaults to 1 on the CPU (batching TinyViT there is slower per image) and
+        8 on GPUs."""
+        batch_size = batch_size or (1 if device == "cpu" else 8)
         todo, seen = [], set()
         for s in samples:
             p = self.path(s)
