@@ -28,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "config_method",
     "load_config",
+    "merge_config",
     "resolve_config_path",
     "save_config",
 ]
@@ -136,12 +137,17 @@ def _node_type(cfg: DictConfig, key: str) -> type | None:
     return OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
 
 
-def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Load a YAML config onto the schema, apply ``key=value`` overrides and validate it."""
+def merge_config(
+    schema: type,
+    config: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    what: str = "config",
+) -> DictConfig:
+    """Load a YAML config onto a dataclass ``schema`` and apply ``key=value`` overrides; unknown
+    or misspelt keys fail with a did-you-mean naming the file (``invalid <what>: ...``)."""
     path = resolve_config_path(config)
-    schema = OmegaConf.structured(TrainConfig)
     try:
-        cfg = OmegaConf.merge(schema, OmegaConf.load(path))
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
         for item in overrides:
             key = item.split("=", 1)[0]
             try:
@@ -162,7 +168,15 @@ def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ())
             close = difflib.get_close_matches(str(key), list(parent.keys()), n=1)
             if close:
                 msg += f". Did you mean '{close[0]}'?"
-        raise ColonsegError(f"{path}: invalid config: {msg}") from None
+        raise ColonsegError(f"{path}: invalid {what}: {msg}") from None
+    return cfg
+
+
+def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Load a supervised training config (:class:`TrainConfig`), apply ``key=value`` overrides
+    and validate the names it uses (model, loss, augmentation, ...)."""
+    path = resolve_config_path(config)
+    cfg = merge_config(TrainConfig, path, overrides)
     from colonseg.data.labels import SCHEMES
     from colonseg.data.transforms import AUGMENTATIONS
     from colonseg.losses import LOSSES

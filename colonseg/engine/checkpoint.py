@@ -40,6 +40,7 @@ __all__ = [
     "ZOO_DIR",
     "list_zoo",
     "load_pretrained",
+    "read_state_dict",
     "resolve_model_path",
     "save_pretrained",
 ]
@@ -130,7 +131,15 @@ def resolve_model_path(model: str | Path) -> Path:
     raise ColonsegError(f"{model}: no such checkpoint (not a path, not a zoo model; zoo: {zoo})")
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A file of tensors as a state dict: ``.safetensors``, or a ``.pth``/``.ckpt`` loaded with
+    ``torch.load(weights_only=True)`` (pickles carrying code are refused) and unwrapped from
+    ``{"state_dict": ...}`` (Lightning, whose ``net.`` prefix is dropped) or ``{"model": ...}``.
+
+    Raises:
+        ColonsegError: unreadable, refused or not a dict of tensors, naming the file.
+    """
+    path = Path(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -145,8 +154,10 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: refused or unreadable (only plain tensor checkpoints load; "
             f"{exc.__class__.__name__})"
         ) from None
-    if isinstance(obj, dict) and "state_dict" in obj:  # a Lightning checkpoint
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # Lightning
         obj = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
     if not isinstance(obj, dict):
         raise ColonsegError(f"{path}: expected a state dict of tensors")
     return obj
@@ -176,7 +187,7 @@ def load_pretrained(
     wpath = Path(weights) if weights is not None else folder / "weights.safetensors"
     if not wpath.is_file():
         raise ColonsegError(f"{wpath}: weight file not found")
-    state = _load_state(wpath)
+    state = read_state_dict(wpath)
     reference = net.state_dict()
     packaged = {k: v for k, v in reference.items() if k.split(".")[0] in meta.packaged}
     state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}

@@ -19,6 +19,7 @@ from pathlib import Path
 import timm
 import torch
 
+from colonseg.engine.checkpoint import read_state_dict
 from colonseg.errors import ColonsegError
 
 __all__ = ["OFFLINE_ENCODERS", "encoder_normalization", "load_encoder_state_dict"]
@@ -81,19 +82,7 @@ def load_encoder_state_dict(encoder: str, weights: str | Path | None = None) -> 
                 f"{', '.join(OFFLINE_ENCODERS)}, pass pretrained=False or encoder_weights=PATH"
             )
         weights = _package_weights(encoder)
-    weights = Path(weights)
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        src = load_file(weights)
-    else:
-        try:
-            src = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ColonsegError(
-                f"{weights}: not a loadable tensor file ({exc.__class__.__name__})"
-            ) from None
-        src = src.get("state_dict", src.get("model", src)) if isinstance(src, dict) else src
+    src = read_state_dict(weights)
     dst = timm.create_model(encoder, pretrained=False).state_dict()
     if set(dst) - {k for k in dst if k.endswith("num_batches_tracked")} <= set(src):
         return {k: src[k] for k in dst if k in src}

@@ -30,8 +30,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from colonseg.engine.checkpoint import read_state_dict
 from colonseg.errors import ColonsegError
 from colonseg.models.registry import MODELS
 
@@ -49,25 +51,9 @@ def backbone_size(backbone: str) -> int:
     return BACKBONES[backbone]
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ColonsegError(
-            f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__})"
-        ) from None
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ColonsegError(f"{path}: expected a state dict of tensors")
-    return obj
-
-
 def _load_into(net: nn.Module, path: Path, what: str) -> nn.Module:
     try:
-        net.load_state_dict(_state_dict(path), strict=True)
+        net.load_state_dict(read_state_dict(path), strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise ColonsegError(f"{path}: not a {what} checkpoint ({first[:160]})") from None
@@ -188,7 +174,14 @@ class AutoMedSAM(nn.Module):
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.embed(x))
+        """Images ``(B, 3, H, W)`` in [0, 1] → mask logits ``(B, 1, H, W)`` (the backbone sees
+        them resized to its input size; at that size the logits are SAM's 256×256 grid)."""
+        size = (self.input_size, self.input_size)
+        if tuple(x.shape[-2:]) == size:
+            return self.decode(self.embed(x))
+        inside = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        logits = self.decode(self.embed(inside))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 @MODELS.register("automedsam")

@@ -80,6 +80,7 @@ def test_encoder_without_the_strides_is_a_clear_error():
 def test_list_and_did_you_mean():
     assert list_models() == [
         "attention_unet",
+        "automedsam",
         "deeplabv3plus",
         "emcad",
         "mapseg",

@@ -25,10 +25,9 @@ import numpy as np
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
 from torch.utils.data import DataLoader
 
-from colonseg.config import resolve_config_path, save_config
+from colonseg.config import merge_config, save_config
 from colonseg.data.io import read_image, write_atomic
 from colonseg.data.layouts import find_pairs
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
@@ -126,14 +125,7 @@ class MapsegConfig:
 
 def load_mapseg_config(config: str | Path, overrides: list[str] = ()) -> DictConfig:
     """Load a MAPSeg YAML onto the schema and apply ``KEY.sub=value`` overrides."""
-    path = resolve_config_path(config)
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(MapsegConfig), OmegaConf.load(path))
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        OmegaConf.resolve(cfg)
-    except (ConfigKeyError, ValidationError) as exc:
-        raise ColonsegError(f"{path}: invalid MAPSeg config: {str(exc).splitlines()[0]}") from None
-    return cfg
+    return merge_config(MapsegConfig, config, overrides, "MAPSeg config")
 
 
 def _mvtec_root(cfg: DictConfig) -> Path | None:

@@ -28,10 +28,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
 from torch.utils.data import DataLoader
 
-from colonseg.config import resolve_config_path, save_config
+from colonseg.config import merge_config, save_config
 from colonseg.data.cache import default_cache_dir
 from colonseg.data.datamodule import DataSource
 from colonseg.data.io import write_atomic, write_png
@@ -137,16 +136,7 @@ class MedsamBoxConfig:
 
 def load_medsam_box_config(config: str | Path, overrides: list[str] = ()) -> DictConfig:
     """Load a ``METHOD: medsam_box`` YAML onto the schema and apply ``key=value`` overrides."""
-    path = resolve_config_path(config)
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(MedsamBoxConfig), OmegaConf.load(path))
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        OmegaConf.resolve(cfg)
-    except (ConfigKeyError, ValidationError) as exc:
-        raise ColonsegError(
-            f"{path}: invalid medsam_box config: {str(exc).splitlines()[0]}"
-        ) from None
-    return cfg
+    return merge_config(MedsamBoxConfig, config, overrides, "medsam_box config")
 
 
 def synthetic_config(cfg: DictConfig, root: Path, n: int = 16) -> DictConfig:
