@@ -8,9 +8,9 @@
 * **box prompt** (Gaillochet et al., TBME 2025): BCE + Dice towards the mask the frozen SAM gives
   when prompted with the true box (built from the box alone, no mask).
 
-Tightness and size constraints ``z <= 0`` (in pixels of foreground mass) pass through the
-log-barrier extension ``psi_t`` (Kervadec et al., MedIA 2022), clamped at zero: a constraint met
-by at least one pixel of mass costs nothing, so the terms never trade one satisfied constraint
+Tightness and size constraints ``z <= 0`` (tightness in pixels of foreground mass, size in per
+cent of the box area) pass through the log-barrier extension ``psi_t`` (Kervadec et al., MedIA
+2022), clamped at zero: a constraint met by at least one unit costs nothing, so the terms never trade one satisfied constraint
 against another, and a violated one costs ``t * z`` (finite for every ``t``; ``t`` grows during
 training, see :class:`BoxPriorLoss`).
 
@@ -117,8 +117,10 @@ def size_loss(
     t: float = 5.0,
     margins: tuple[float, float] = (0.5, 0.9),
 ) -> torch.Tensor:
-    """The foreground mass inside each box lies in ``[a, b] x box area``; sum of ``psi_t`` over
-    boxes, mean over images."""
+    """The foreground inside each box covers ``[a, b]`` of its area; sum of ``psi_t`` over boxes,
+    mean over images. The constraint is measured in per cent of the box area (zero once met by
+    1 %): in pixels, a 5 % miss on a large box would cost a hundred times that on a small one and
+    swamp every other term."""
     prob = logits.float().sigmoid()
     h, w = prob.shape[-2:]
     a, b = margins
@@ -127,9 +129,8 @@ def size_loss(
         terms = [prob.new_zeros(())]
         for box in image_boxes:
             x0, y0, x1, y1 = _clip(box, h, w)
-            mass = prob[i, 0, y0 : y1 + 1, x0 : x1 + 1].sum()
-            area = float((y1 - y0 + 1) * (x1 - x0 + 1))
-            z = torch.stack([a * area - mass, mass - b * area])
+            share = prob[i, 0, y0 : y1 + 1, x0 : x1 + 1].mean()
+            z = 100.0 * torch.stack([a - share, share - b])  # in per cent of the box area
             terms.append(barrier_penalty(z, t).sum())
         per_image.append(torch.stack(terms).sum())
     return torch.stack(per_image).mean()

@@ -221,9 +221,8 @@ class RunOutputs(Callback):
         self.run_dir, self.meta, self.samples, self.every = run_dir, meta, samples, every
         self.best = -1.0
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: MedsamBoxModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer: L.Trainer, module: MedsamBoxModule) -> None:
+        # runs after this epoch's validation has logged val/box_iou
         epoch = trainer.current_epoch + 1
         score = float(trainer.callback_metrics.get("val/box_iou", torch.tensor(-1.0)))
         net = module.net
