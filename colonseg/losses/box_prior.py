@@ -7,12 +7,14 @@
 * **size** ``L_size``: the foreground inside a box covers between ``a`` and ``b`` of its area.
 * **box prompt** (Gaillochet et al., TBME 2025): BCE + Dice towards the mask the frozen SAM gives
   when prompted with the true box (built from the box alone, no mask).
+* **box** (for a prompt module that predicts a box): L1 + generalised IoU between the predicted
+  box and the box around the image's true boxes.
 
 Tightness and size constraints ``z <= 0`` (tightness in pixels of foreground mass, size in per
 cent of the box area) pass through the log-barrier extension ``psi_t`` (Kervadec et al., MedIA
-2022), clamped at zero: a constraint met by at least one unit costs nothing, so the terms never trade one satisfied constraint
-against another, and a violated one costs ``t * z`` (finite for every ``t``; ``t`` grows during
-training, see :class:`BoxPriorLoss`).
+2022), clamped at zero: a constraint met by at least one unit costs nothing, so the terms never
+trade one satisfied constraint against another, and a violated one costs ``t * z`` (finite for
+every ``t``; ``t`` grows during training, see :class:`BoxPriorLoss`).
 
 Every loss takes mask logits ``(B, 1, H, W)`` and boxes as a list (one per image) of ``(K, 4)``
 tensors ``x0, y0, x1, y1`` in pixels of that grid, inclusive.
@@ -33,6 +35,7 @@ from torch import nn
 
 __all__ = [
     "BoxPriorLoss",
+    "box_loss",
     "box_prompt_loss",
     "box_region",
     "emptiness_loss",
@@ -145,12 +148,35 @@ def box_prompt_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
+def box_loss(pred: torch.Tensor, boxes: list[torch.Tensor], side: int) -> torch.Tensor:
+    """L1 + generalised IoU (Rezatofighi et al., CVPR 2019) between predicted boxes ``(B, 4)``
+    in [0, 1] and the box around each image's true boxes (pixels of a ``side`` grid); images
+    without a box are left out."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    keep = [i for i, b in enumerate(boxes) if len(b)]
+    if not keep:
+        return pred.sum() * 0.0
+    target = (
+        torch.stack(
+            [
+                torch.cat([boxes[i][:, :2].min(0).values, boxes[i][:, 2:].max(0).values])
+                for i in keep
+            ]
+        ).to(pred.device)
+        / side
+    )
+    pred = pred[keep].float()
+    return F.l1_loss(pred, target) + generalized_box_iou_loss(pred, target, reduction="mean")
+
+
 class BoxPriorLoss(nn.Module):
-    """``w_empty * L_empty + w_tight * L_tightbox + w_size * L_size (+ w_prompt * L_box_prompt)``.
+    """``w_empty * L_empty + w_tight * L_tightbox + w_size * L_size (+ w_prompt * L_box_prompt
+    + w_box * L_box)``.
 
     Args:
-        empty, tight, size, prompt: the weights (defaults: the Automatic MedSAM paper's 1, 1e-4,
-            1e-2; the box-prompt term off).
+        empty, tight, size, prompt, box: the weights (defaults: the Automatic MedSAM paper's 1,
+            1e-4, 1e-2; the box-prompt and box terms off).
         t: the log-barrier's starting ``t``; the trainer multiplies it by ``t_growth`` each epoch.
         band: the tightness band width ``d`` in pixels.
         size_margins: ``[a, b]``.
@@ -162,12 +188,13 @@ class BoxPriorLoss(nn.Module):
         tight: float = 1e-4,
         size: float = 1e-2,
         prompt: float = 0.0,
+        box: float = 0.0,
         t: float = 5.0,
         band: int = 5,
         size_margins: tuple[float, float] = (0.5, 0.9),
     ) -> None:
         super().__init__()
-        self.weights = {"empty": empty, "tight": tight, "size": size, "prompt": prompt}
+        self.weights = {"empty": empty, "tight": tight, "size": size, "prompt": prompt, "box": box}
         self.t, self.band, self.size_margins = float(t), int(band), tuple(size_margins)
 
     def forward(
@@ -175,7 +202,9 @@ class BoxPriorLoss(nn.Module):
         logits: torch.Tensor,
         boxes: list[torch.Tensor],
         prompt_target: torch.Tensor | None = None,
+        pred_box: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``pred_box``: the prompt module's boxes ``(B, 4)`` in [0, 1] of the logits' grid."""
         parts = {
             "empty": emptiness_loss(logits, boxes),
             "tight": tightness_loss(logits, boxes, self.t, self.band),
@@ -185,5 +214,9 @@ class BoxPriorLoss(nn.Module):
             if prompt_target is None:
                 raise ValueError("the box-prompt term needs the box-prompted masks")
             parts["prompt"] = box_prompt_loss(logits, prompt_target)
+        if self.weights["box"] > 0:
+            if pred_box is None:
+                raise ValueError("the box term needs the predicted boxes (sparse=box)")
+            parts["box"] = box_loss(pred_box, boxes, logits.shape[-1])
         total = sum(self.weights[k] * v for k, v in parts.items())
         return total, {k: v.detach() for k, v in parts.items()}

@@ -88,12 +88,20 @@ def build_sam(backbone: str = "litemedsam", checkpoint: str | None = None, pretr
     return net
 
 
+SPARSE_MODES = ("tokens", "box")
+
+
 class PromptModule(nn.Module):
-    """Image embedding ``(B, 256, 64, 64)`` → SAM prompt embeddings.
+    """Image embedding ``(B, 256, 64, 64)`` → SAM prompts.
 
     Dense branch: 1×1 conv → ReLU → 3×3 conv → dense prompt ``(B, 256, 64, 64)``.
-    Sparse branch: 1×1 conv → ReLU → 8×8 max-pool → FC → ``num_points + 1`` tokens of 256 (what a
-    box prompt gives SAM: two corner tokens for ``num_points=1``).
+    Sparse branch: 1×1 conv → ReLU → 8×8 max-pool → FC, then
+
+    * ``sparse="tokens"`` (the paper): ``num_points + 1`` free tokens of 256 (what a box prompt
+      gives SAM: two corner tokens for ``num_points=1``);
+    * ``sparse="box"``: a box (FC → ReLU → FC → centre and size, sigmoid), which SAM's frozen
+      prompt encoder turns into its two box tokens — the box can then be supervised by the true
+      box directly, and SAM decodes it as the box prompts it was trained on.
     """
 
     def __init__(
@@ -103,21 +111,35 @@ class PromptModule(nn.Module):
         sparse_hidden: int = 64,
         num_points: int = 1,
         grid: int = 64,
+        sparse: str = "tokens",
     ) -> None:
         super().__init__()
+        if sparse not in SPARSE_MODES:
+            raise ColonsegError(f"Unknown sparse prompt '{sparse}'. Available: tokens, box.")
         self.dense = nn.Sequential(
             nn.Conv2d(dim, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 3, padding=1)
         )
         self.sparse_conv = nn.Sequential(nn.Conv2d(dim, sparse_hidden, 1), nn.ReLU(inplace=True))
         self.pool = nn.AdaptiveMaxPool2d(grid // 8)
-        self.tokens = num_points + 1
-        self.sparse_fc = nn.Linear(sparse_hidden * (grid // 8) ** 2, self.tokens * dim)
-        self.dim = dim
+        pooled = sparse_hidden * (grid // 8) ** 2
+        self.mode, self.tokens, self.dim = sparse, num_points + 1, dim
+        if sparse == "box":
+            self.sparse_fc = nn.Sequential(
+                nn.Linear(pooled, dim), nn.ReLU(inplace=True), nn.Linear(dim, 4)
+            )
+        else:
+            self.sparse_fc = nn.Linear(pooled, self.tokens * dim)
+
+    def sparse(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``tokens``: ``(B, T, 256)`` tokens; ``box``: ``(B, 4)`` ``x0, y0, x1, y1`` in [0, 1]."""
+        out = self.sparse_fc(self.pool(self.sparse_conv(embedding)).flatten(1))
+        if self.mode == "tokens":
+            return out.view(-1, self.tokens, self.dim)
+        centre, size = out.float().sigmoid().split(2, dim=1)
+        return torch.cat([centre - size / 2, centre + size / 2], 1).clamp(0, 1)
 
     def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dense = self.dense(embedding)
-        sparse = self.sparse_fc(self.pool(self.sparse_conv(embedding)).flatten(1))
-        return sparse.view(-1, self.tokens, self.dim), dense
+        return self.sparse(embedding), self.dense(embedding)
 
 
 class AutoMedSAM(nn.Module):
@@ -129,6 +151,7 @@ class AutoMedSAM(nn.Module):
         sam_checkpoint: str | None = None,
         num_points: int = 1,
         pretrained: bool = True,
+        sparse: str = "tokens",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -136,7 +159,7 @@ class AutoMedSAM(nn.Module):
         self.sam = build_sam(backbone, sam_checkpoint, pretrained)
         self.sam.requires_grad_(False)
         self.sam.eval()
-        self.prompt = PromptModule(num_points=num_points)
+        self.prompt = PromptModule(num_points=num_points, sparse=sparse)
 
     def train(self, mode: bool = True) -> AutoMedSAM:
         super().train(mode)
@@ -160,10 +183,10 @@ class AutoMedSAM(nn.Module):
         """
         if boxes is None:
             sparse, dense = self.prompt(embedding)
+            if self.prompt.mode == "box":
+                sparse = self._box_prompt(sparse * self.input_size)[0]  # dense: the learned one
         else:
-            sparse, dense = self.sam.prompt_encoder(
-                points=None, boxes=boxes[:, None, :].float(), masks=None
-            )
+            sparse, dense = self._box_prompt(boxes)
         logits, _ = self.sam.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
@@ -172,6 +195,16 @@ class AutoMedSAM(nn.Module):
             multimask_output=False,
         )
         return logits
+
+    def _box_prompt(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's own prompt embeddings (sparse, dense) of ``boxes`` in input pixels."""
+        return self.sam.prompt_encoder(points=None, boxes=boxes[:, None, :].float(), masks=None)
+
+    def predict_box(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The box the prompt module finds (``sparse="box"``): ``(B, 4)`` in input pixels."""
+        if self.prompt.mode != "box":
+            raise ColonsegError("this prompt module makes free tokens, not a box (sparse=tokens)")
+        return self.prompt.sparse(embedding) * self.input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] → mask logits ``(B, 1, H, W)`` (the backbone sees
@@ -193,10 +226,11 @@ def automedsam(
     backbone: str = "litemedsam",
     sam_checkpoint: str | None = None,
     num_points: int = 1,
+    sparse: str = "tokens",
 ) -> AutoMedSAM:
     """Automatic MedSAM. ``encoder`` is not used (the SAM backbone brings its own encoder)."""
     if in_channels != 3 or classes != 1:
         raise ColonsegError(
             "automedsam segments one class from RGB images (classes=1, in_channels=3)"
         )
-    return AutoMedSAM(backbone, sam_checkpoint, num_points, pretrained)
+    return AutoMedSAM(backbone, sam_checkpoint, num_points, pretrained, sparse)

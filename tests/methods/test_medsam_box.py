@@ -143,3 +143,26 @@ def test_predictor_segments_what_a_box_prompts():
     assert dice > 0.85
     with pytest.raises(ColonsegError, match="empty or outside"):
         predictor.box_probs(image, (500, 500, 600, 600))
+
+
+def test_box_prompt_module_predicts_a_box_that_sam_decodes():
+    net = create_model("automedsam", pretrained=False, sparse="box")
+    emb = torch.randn(2, 256, 64, 64)
+    box = net.predict_box(emb)
+    assert box.shape == (2, 4) and (box[:, 2:] >= box[:, :2]).all()
+    assert 0 <= float(box.min()) and float(box.max()) <= net.input_size
+    logits = net.decode(emb)
+    assert logits.shape == (2, 1, 256, 256)
+    logits.mean().backward()
+    assert net.prompt.sparse_fc[0].weight.grad.abs().sum() > 0  # the box is in the graph
+    with pytest.raises(ColonsegError, match="not a box"):
+        create_model("automedsam", pretrained=False).predict_box(emb)
+
+
+def test_box_loss_zero_for_the_true_box():
+    from colonseg.losses.box_prior import box_loss
+
+    boxes = [torch.tensor([[64.0, 32.0, 128.0, 96.0]]), torch.zeros(0, 4)]
+    exact = torch.tensor([[0.25, 0.125, 0.5, 0.375], [0.1, 0.1, 0.2, 0.2]])
+    assert float(box_loss(exact, boxes, 256)) < 1e-5  # the box-less image is left out
+    assert float(box_loss(exact.flip(0), boxes, 256)) > 0.5

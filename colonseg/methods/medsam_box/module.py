@@ -152,7 +152,8 @@ class MedsamBoxModule(L.LightningModule):
         emb = batch["embedding"].float()
         logits = self(emb).float()
         target = self._prompt_targets(emb, batch) if self.loss.weights["prompt"] > 0 else None
-        total, parts = self.loss(logits, batch["boxes"], target)
+        pred_box = self.net.prompt.sparse(emb) if self.loss.weights["box"] > 0 else None
+        total, parts = self.loss(logits, batch["boxes"], target, pred_box)
         return logits, total, parts
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -68,6 +68,7 @@ class ModelSection:
     backbone: str = "litemedsam"  # or medsam_vit_b (give sam_checkpoint)
     sam_checkpoint: str | None = None
     num_points: int = 1
+    sparse: str = "tokens"  # tokens (the paper) or box (a box, embedded by SAM's prompt encoder)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class LossSection:
     tight: float = 1e-4
     size: float = 1e-2
     prompt: float = 0.0  # BCE + Dice towards SAM's mask from the true box (TBME 2025)
+    box: float = 0.0  # L1 + GIoU of the predicted box (model.sparse=box)
     t: float = 5.0
     t_growth: float = 1.1
     band: int = 5
@@ -327,7 +329,7 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
     "model_dir", "summary", "baselines", ...}``."""
     run_dir = Path(cfg.out_dir) / cfg.name
     m = cfg.model
-    net = AutoMedSAM(m.backbone, m.sam_checkpoint, m.num_points)
+    net = AutoMedSAM(m.backbone, m.sam_checkpoint, m.num_points, sparse=m.sparse)
     cache = EmbeddingCache(cfg.data.cache_dir or default_cache_dir() / "medsam", net)
     if cfg.test.only:
         model_dir = Path(cfg.test.checkpoint or run_dir / "model")
@@ -347,6 +349,7 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
         "backbone": m.backbone,
         "sam_checkpoint": m.sam_checkpoint,
         "num_points": m.num_points,
+        "sparse": m.sparse,
     }
     meta = ModelMeta(
         arch="automedsam",
@@ -368,7 +371,7 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
     )
     lc = cfg.loss
     loss = BoxPriorLoss(
-        lc.empty, lc.tight, lc.size, lc.prompt, lc.t, lc.band, tuple(lc.size_margins)
+        lc.empty, lc.tight, lc.size, lc.prompt, lc.box, lc.t, lc.band, tuple(lc.size_margins)
     )
     module = MedsamBoxModule(
         net,
