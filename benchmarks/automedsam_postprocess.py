@@ -17,11 +17,12 @@ import torch
 from omegaconf import OmegaConf
 
 from colonseg.data.cache import default_cache_dir
+from colonseg.data.layouts import hold_out
 from colonseg.engine.checkpoint import load_pretrained
 from colonseg.methods.medsam_box.cache import EmbeddingCache
-from colonseg.methods.medsam_box.data import read_sample
+from colonseg.methods.medsam_box.data import read_sample_mask
 from colonseg.methods.medsam_box.module import GRID, region_box_iou, to_grid
-from colonseg.methods.medsam_box.train import _samples, split_samples
+from colonseg.methods.medsam_box.train import _samples
 from colonseg.metrics import compute_dice
 from colonseg.postprocess import PostProcess
 
@@ -39,11 +40,11 @@ def main() -> None:
     net, _ = load_pretrained(args.run / "model")
     cache = EmbeddingCache(cfg.data.cache_dir or default_cache_dir() / "medsam", net)
     train = _samples(cfg.data.train, cfg.data.boxes)
-    _, held = split_samples(train, cfg.data.val_fraction, cfg.trainer.seed)
+    _, held = hold_out(train, cfg.data.val_fraction, cfg.trainer.seed)
     scores: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in SPECS}
     for sample in held:
-        image, mask = read_sample(sample)
-        h, w = image.shape[:2]
+        mask = read_sample_mask(sample)
+        h, w = sample.shape
         with torch.no_grad():
             logits = net.decode(cache.load(sample)[None].float())
         prob = cv2.resize(logits.sigmoid()[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)

@@ -28,11 +28,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from colonseg.data.io import IMAGE_EXTENSIONS
 from colonseg.errors import ColonsegError
 from colonseg.registry import Registry
 
-__all__ = ["LAYOUTS", "Pair", "detect_layout", "find_pairs", "read_split"]
+__all__ = ["LAYOUTS", "Pair", "detect_layout", "find_pairs", "hold_out", "read_split"]
 
 LAYOUTS = Registry("dataset layout")
 
@@ -184,6 +186,16 @@ def read_split(root: Path, split: str | Path) -> list[str]:
                 Path(s).stem if Path(s).suffix.lower() in IMAGE_EXTENSIONS else s for s in stems
             ]
     raise ColonsegError(f"{split}: split file not found (looked in {root}/splits)")
+
+
+def hold_out(items: list, fraction: float, seed: int = 0) -> tuple[list, list]:
+    """A fixed, seeded ``(kept, held_out)`` split: ``fraction`` of ``items`` held out (at least
+    one when ``fraction > 0`` and there are two or more), both in their original order."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    n = int(round(fraction * len(items)))
+    if fraction > 0 and len(items) > 1:
+        n = min(max(n, 1), len(items) - 1)
+    return [items[i] for i in sorted(order[n:])], [items[i] for i in sorted(order[:n])]
 
 
 def find_pairs(

@@ -22,7 +22,7 @@ from colonseg.data.transforms import create_augmentation
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.simpo import Simpo, image_files
 
-__all__ = ["NormalFrames", "normal_frame_files", "split_normal"]
+__all__ = ["NormalFrames", "normal_frame_files"]
 
 
 def normal_frame_files(data_dir: str | Path, target: str, normal: str | None) -> list[Path]:
@@ -33,13 +33,6 @@ def normal_frame_files(data_dir: str | Path, target: str, normal: str | None) ->
     if not folder.is_dir():
         raise ColonsegError(f"{folder}: no normal frames (expected {mvtec} or DATASET.normal)")
     return image_files(folder)
-
-
-def split_normal(files: list[Path], val_fraction: float, seed: int = 0):
-    """A fixed, seeded ``(train, val)`` split of the normal frames."""
-    order = np.random.default_rng(seed).permutation(len(files))
-    n_val = int(round(val_fraction * len(files)))
-    return [files[i] for i in sorted(order[n_val:])], [files[i] for i in sorted(order[:n_val])]
 
 
 class NormalFrames(Dataset):

@@ -29,13 +29,13 @@ from torch.utils.data import DataLoader
 
 from colonseg.config import merge_config, save_config
 from colonseg.data.io import read_image, write_atomic
-from colonseg.data.layouts import find_pairs
+from colonseg.data.layouts import find_pairs, hold_out
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import trainer_precision
 from colonseg.errors import ColonsegError
-from colonseg.methods.mapseg.data import NormalFrames, normal_frame_files, split_normal
+from colonseg.methods.mapseg.data import NormalFrames, normal_frame_files
 from colonseg.methods.mapseg.module import MapsegModule
 from colonseg.methods.mapseg.simpo import Simpo, image_files, load_shapes, load_textures
 from colonseg.metrics import AUROCMeter
@@ -156,7 +156,7 @@ def _held_out_normal(cfg: DictConfig) -> list[Path]:
         files = normal_frame_files(d.data_dir, d.target, d.normal)
     except ColonsegError:
         return []
-    return split_normal(files, d.val_fraction, cfg.TRAIN.seed)[1]
+    return hold_out(files, d.val_fraction, cfg.TRAIN.seed)[1]
 
 
 def _frame_scores(
@@ -223,7 +223,7 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
     L.seed_everything(cfg.TRAIN.seed, workers=True, verbose=False)
     d, size = cfg.DATASET, cfg.DATASET.resize
     files = normal_frame_files(d.data_dir, d.target, d.normal)
-    train_files, val_files = split_normal(files, d.val_fraction, cfg.TRAIN.seed)
+    train_files, val_files = hold_out(files, d.val_fraction, cfg.TRAIN.seed)
     simpo = Simpo(
         textures=load_textures(Path(d.data_dir) / d.textures) if d.textures else [],
         shapes=load_shapes(Path(d.data_dir) / d.shapes) if d.shapes else [],

@@ -13,6 +13,7 @@ volume.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "collect_samples",
     "jitter_boxes",
     "read_sample",
+    "read_sample_mask",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -46,6 +48,7 @@ class BoxSample:
     image: Path
     mask: Path | None
     boxes: np.ndarray
+    shape: tuple[int, int]  # the image's (H, W)
     slice: int | None = None  # NIfTI: index along the last axis
 
 
@@ -58,6 +61,7 @@ def _nifti_stem(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
 
+@functools.lru_cache(maxsize=4)  # the slices of one volume are read one after another
 def _load_volume(path: Path) -> np.ndarray:
     import nibabel as nib
 
@@ -79,19 +83,29 @@ def _window(slice2d: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.repeat((x * 255).round().astype(np.uint8)[..., None], 3, axis=2)
 
 
+@functools.lru_cache(maxsize=4)
+def _window_limits(path: Path) -> tuple[float, float]:
+    lo, hi = np.percentile(_load_volume(path), [0.5, 99.5])
+    return float(lo), float(hi)
+
+
+def read_sample_mask(sample: BoxSample) -> np.ndarray | None:
+    """The sample's binary mask (None when it has no mask file)."""
+    if sample.mask is None:
+        return None
+    if sample.slice is None:
+        return read_mask(sample.mask)
+    return (_load_volume(sample.mask)[..., sample.slice] > 0).astype(np.uint8)
+
+
 def read_sample(sample: BoxSample) -> tuple[np.ndarray, np.ndarray | None]:
     """The sample's RGB uint8 image and its binary mask (None when it has no mask file)."""
     if sample.slice is None:
         image = read_image(sample.image)
-        mask = read_mask(sample.mask) if sample.mask is not None else None
-        return image, mask
-    vol = _load_volume(sample.image)
-    lo, hi = np.percentile(vol, [0.5, 99.5])
-    image = _window(vol[..., sample.slice], float(lo), float(hi))
-    mask = None
-    if sample.mask is not None:
-        mask = (_load_volume(sample.mask)[..., sample.slice] > 0).astype(np.uint8)
-    return np.ascontiguousarray(image), mask
+    else:
+        vol = _load_volume(sample.image)
+        image = np.ascontiguousarray(_window(vol[..., sample.slice], *_window_limits(sample.image)))
+    return image, read_sample_mask(sample)
 
 
 def boxes_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -118,15 +132,18 @@ def jitter_boxes(
     return out.astype(np.float32)
 
 
-def _json_boxes(root: Path) -> dict[str, np.ndarray] | None:
+def _json_boxes(root: Path) -> dict[str, tuple[np.ndarray, tuple[int, int]]] | None:
     path = root / "kavsir_bboxes.json"
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
         return {
-            k: np.array(
-                [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in v["bbox"]], np.float32
+            k: (
+                np.array(
+                    [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in v["bbox"]], np.float32
+                ),
+                (int(v["height"]), int(v["width"])),
             )
             for k, v in data.items()
         }
@@ -156,7 +173,8 @@ def _nifti_samples(root: Path, pairs: list[tuple[Path, Path | None]]) -> list[Bo
         for k in range(labels.shape[-1]):
             boxes = boxes_from_mask(labels[..., k])
             if len(boxes):
-                samples.append(BoxSample(f"{_nifti_stem(image)}_z{k:03d}", image, mask, boxes, k))
+                name = f"{_nifti_stem(image)}_z{k:03d}"
+                samples.append(BoxSample(name, image, mask, boxes, labels.shape[:2], k))
     if not samples:
         raise ColonsegError(f"{root}: no slice of any NIfTI label volume holds foreground")
     return samples
@@ -181,10 +199,11 @@ def collect_samples(source: DataSource, boxes: str = "auto") -> list[BoxSample]:
     samples = []
     for p in pairs:
         if table is not None and p.id in table:
-            b = table[p.id]
+            b, shape = table[p.id]
         elif boxes == "json":
             raise ColonsegError(f"{root}/kavsir_bboxes.json: no box for image {p.id}")
         else:
-            b = boxes_from_mask(read_mask(p.mask))
-        samples.append(BoxSample(p.id, p.image, p.mask, b))
+            mask = read_mask(p.mask)
+            b, shape = boxes_from_mask(mask), mask.shape
+        samples.append(BoxSample(p.id, p.image, p.mask, b, tuple(shape)))
     return samples

@@ -17,7 +17,12 @@ from torch.utils.data import Dataset
 from colonseg.data.cache import resize_labels
 from colonseg.losses.box_prior import BoxPriorLoss, box_region
 from colonseg.methods.medsam_box.cache import EmbeddingCache
-from colonseg.methods.medsam_box.data import BoxSample, boxes_from_mask, jitter_boxes, read_sample
+from colonseg.methods.medsam_box.data import (
+    BoxSample,
+    boxes_from_mask,
+    jitter_boxes,
+    read_sample_mask,
+)
 from colonseg.models.medsam import AutoMedSAM
 
 __all__ = ["GRID", "BoxEmbeddings", "MedsamBoxModule", "collate", "to_grid"]
@@ -48,29 +53,26 @@ class BoxEmbeddings(Dataset):
     ) -> None:
         self.samples, self.cache, self.jitter, self.masks = samples, cache, jitter, masks
         self.rng = np.random.default_rng(seed)
-        self._shapes: dict[int, tuple[int, int]] = {}
-        self._masks: dict[int, np.ndarray] = {}
+        self._masks: dict[int, np.ndarray | None] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _shape_and_mask(self, i: int) -> tuple[tuple[int, int], np.ndarray | None]:
-        if i not in self._shapes:
-            image, mask = read_sample(self.samples[i])
-            self._shapes[i] = image.shape[:2]
-            if self.masks and mask is not None:
-                self._masks[i] = resize_labels(mask, (GRID, GRID))
-        return self._shapes[i], self._masks.get(i)
+    def _mask(self, i: int) -> np.ndarray | None:
+        if i not in self._masks:
+            mask = read_sample_mask(self.samples[i])
+            self._masks[i] = None if mask is None else resize_labels(mask, (GRID, GRID))
+        return self._masks[i]
 
     def __getitem__(self, i: int) -> dict:
         s = self.samples[i]
-        shape, mask = self._shape_and_mask(i)
-        boxes = jitter_boxes(s.boxes, self.jitter, shape, self.rng)
+        boxes = jitter_boxes(s.boxes, self.jitter, s.shape, self.rng)
         item = {
             "embedding": self.cache.load(s),
-            "boxes": torch.from_numpy(to_grid(boxes, shape)),
+            "boxes": torch.from_numpy(to_grid(boxes, s.shape)),
             "id": s.id,
         }
+        mask = self._mask(i) if self.masks else None
         if mask is not None:
             item["mask"] = torch.from_numpy(mask)
         return item

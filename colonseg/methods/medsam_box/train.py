@@ -34,9 +34,10 @@ from colonseg.config import merge_config, save_config
 from colonseg.data.cache import default_cache_dir
 from colonseg.data.datamodule import DataSource
 from colonseg.data.io import write_atomic, write_png
+from colonseg.data.layouts import hold_out
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
-from colonseg.engine.predict import Predictor, prepare_images
+from colonseg.engine.predict import Predictor
 from colonseg.engine.train import trainer_precision
 from colonseg.errors import ColonsegError
 from colonseg.losses.box_prior import BoxPriorLoss, box_region
@@ -46,6 +47,7 @@ from colonseg.methods.medsam_box.data import (
     boxes_from_mask,
     collect_samples,
     read_sample,
+    read_sample_mask,
 )
 from colonseg.methods.medsam_box.module import (
     GRID,
@@ -166,16 +168,6 @@ def _samples(sources, boxes: str) -> list[BoxSample]:
     return out
 
 
-def split_samples(
-    samples: list[BoxSample], fraction: float, seed: int
-) -> tuple[list[BoxSample], list[BoxSample]]:
-    """A seeded random ``fraction`` of ``samples`` held out (at least one, if there are two)."""
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n = min(max(1, round(fraction * len(samples))), len(samples) - 1) if len(samples) > 1 else 0
-    held = set(order[:n].tolist())
-    return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in sorted(held)]
-
-
 def _device(accelerator: str) -> str:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return "cuda"
@@ -218,9 +210,15 @@ class RunOutputs(Callback):
     best model (by ``val/box_iou``) and the periodic checkpoints."""
 
     def __init__(
-        self, run_dir: Path, meta: ModelMeta, samples: list[BoxSample], every: int
+        self,
+        run_dir: Path,
+        meta: ModelMeta,
+        cache: EmbeddingCache,
+        samples: list[BoxSample],
+        every: int,
     ) -> None:
-        self.run_dir, self.meta, self.samples, self.every = run_dir, meta, samples, every
+        self.run_dir, self.meta, self.cache = run_dir, meta, cache
+        self.samples, self.every = samples, every
         self.best = -1.0
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: MedsamBoxModule) -> None:
@@ -246,9 +244,9 @@ class RunOutputs(Callback):
         if mask is not None:
             mask = cv2.resize(mask, (GRID, GRID), interpolation=cv2.INTER_NEAREST)
         scale = np.array([GRID / image.shape[1], GRID / image.shape[0]] * 2, np.float32)
-        with torch.no_grad():
-            x = prepare_images([image], (net.input_size,) * 2, MEAN, STD).to(device)
-            prob = net(x).float().sigmoid()[0, 0].cpu().numpy()
+        with torch.no_grad():  # the cached embedding: no encoder pass
+            emb = self.cache.load(s)[None].float().to(device)
+            prob = net.decode(emb).float().sigmoid()[0, 0].cpu().numpy()
         return snapshot(small, s.boxes * scale, mask, prob)
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: MedsamBoxModule) -> None:
@@ -278,7 +276,7 @@ def evaluate_baselines(
     with the true boxes (``box_prompt``, the upper bound) and the boxes filled (``box_as_mask``)."""
     rows: dict[str, list[dict]] = {"box_prompt": [], "box_as_mask": []}
     for s in samples:
-        image, mask = read_sample(s)
+        mask = read_sample_mask(s)
         if mask is None:
             continue
         h, w = mask.shape
@@ -341,7 +339,7 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
     train = _samples(cfg.data.train, cfg.data.boxes)
     val = _samples(cfg.data.val, cfg.data.boxes)
     if not val and cfg.data.val_fraction > 0:
-        train, val = split_samples(train, cfg.data.val_fraction, cfg.trainer.seed)
+        train, val = hold_out(train, cfg.data.val_fraction, cfg.trainer.seed)
     cache.fill(train + val, device)  # phase 1
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -386,7 +384,7 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
     train_set = BoxEmbeddings(train, cache, jitter=d.jitter, seed=t.seed)
     val_set = BoxEmbeddings(val, cache, masks=True)
     step = max(1, len(val) // max(t.snapshots, 1))
-    outputs = RunOutputs(run_dir, meta, val[::step][: t.snapshots], t.checkpoint_every)
+    outputs = RunOutputs(run_dir, meta, cache, val[::step][: t.snapshots], t.checkpoint_every)
     trainer = L.Trainer(
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
