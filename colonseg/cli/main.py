@@ -16,6 +16,8 @@ from colonseg.errors import ColonsegError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Colorectal image segmentation.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Inspect dataset folders.")
 app.add_typer(datasets_app, name="datasets")
+mssg_app = typer.Typer(no_args_is_help=True, help="MSSG: unsupervised gland segmentation.")
+app.add_typer(mssg_app, name="mssg")
 
 
 def _fail(message: str) -> None:
@@ -95,6 +97,8 @@ def train(
 
     Automatic MedSAM (METHOD: medsam_box), boxes only: colonseg train medsam_box/polyp
     (add --synthetic to try it with no data).
+
+    MSSG (METHOD: mssg), no labels: colonseg train mssg/glas
     """
     from colonseg.config import config_method, load_config
     from colonseg.engine.train import run_train
@@ -124,6 +128,15 @@ def train(
             base = result["baselines"].get(name, {})
             extra = "".join(f", {k} dice {v['dice']:.4f}" for k, v in base.items())
             typer.echo(f"{name}: dice {stats['dice']:.4f}, iou {stats['iou']:.4f} (no box){extra}")
+        return
+    if config_method(config) == "mssg":
+        from colonseg.methods.mssg.train import load_mssg_config, run_mssg
+
+        result = run_mssg(load_mssg_config(config, overrides or []))
+        typer.echo(f"model: {result['model_dir']}")
+        for name, stats in result.get("summary", {}).items():
+            shown = ("miou", "dice", "iou_fg", "object_f1", "object_dice", "object_hausdorff")
+            typer.echo(f"{name}: " + ", ".join(f"{k} {stats[k]:.4f}" for k in shown if k in stats))
         return
     if synthetic:
         raise ColonsegError("--synthetic is for medsam_box configs (METHOD: medsam_box)")
@@ -345,6 +358,47 @@ def datasets_check(
         typer.echo(f"problem: {problem}")
     if report["problems"]:
         raise typer.Exit(1)
+
+
+@mssg_app.command("propose")
+@_friendly
+def mssg_propose(
+    data: Annotated[Path, typer.Argument(help="Folder of histology images (or a dataset).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output (and cache) folder.")],
+    split: Annotated[
+        str | None, typer.Option(help="Split of a dataset (GlaS: train, testA, testB, test).")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="Dataset layout (default: detect).")] = "auto",
+    scale: Annotated[float, typer.Option(help="Working scale (paper: 1).")] = 0.5,
+    channels: Annotated[int, typer.Option(help="Clustering channels (paper: 128).")] = 32,
+    iterations: Annotated[int, typer.Option(help="Iterations per image (paper: 50).")] = 50,
+    clusters: Annotated[int, typer.Option(help="k-means clusters (paper: 5).")] = 5,
+    device: DeviceOpt = "auto",
+) -> None:
+    """SPM gland proposals for every image: proposals/ (0 background, 1 border, 2 interior),
+    overlays/ to look at, clusters/, argmax/; reruns skip images already done."""
+    import torch
+
+    from colonseg.data.io import IMAGE_EXTENSIONS
+    from colonseg.data.layouts import Pair, find_pairs
+    from colonseg.methods.mssg.propose import run_propose
+    from colonseg.methods.mssg.spm import SpmSettings
+
+    if not data.is_dir():
+        _fail(f"{data}: folder not found")
+    plain = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if split or layout != "auto" or not plain:
+        pairs = find_pairs(data, layout, split, require_masks=False)
+    else:
+        pairs = [Pair(p.stem, p, None) for p in plain if not p.stem.endswith("_anno")]
+    settings = SpmSettings(scale=scale, channels=channels, iterations=iterations, clusters=clusters)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = run_propose(pairs, out, settings, device)
+    typer.echo(
+        f"{len(pairs)} images: {result['computed']} computed "
+        f"({result['seconds_per_image']:.1f} s each), {result['cached']} cached → {out}/overlays"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m colonseg`

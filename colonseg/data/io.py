@@ -7,6 +7,7 @@ the file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from colonseg.errors import ColonsegError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
+    "file_digest",
     "read_image",
+    "read_instances",
     "read_mask",
     "write_png",
     "write_atomic",
@@ -108,6 +111,29 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     arr = _decode(path)
     lossless = path.suffix.lower() not in (".jpg", ".jpeg")
     return binarize_mask(arr, label_map=lossless and arr.ndim == 2)
+
+
+def read_instances(path: str | os.PathLike) -> np.ndarray:
+    """Read an instance-labelled annotation (GlaS: 0 background, 1..k one per gland) as
+    ``(H, W) int32``; a binary 0/255 mask gets its connected regions as instances."""
+    path = Path(path)
+    arr = _decode(path)
+    if arr.ndim == 3:
+        if np.ptp(arr[..., :3].astype(np.int16), axis=-1).any():
+            raise ColonsegError(f"{path}: colour annotation; expected instance labels (grey)")
+        arr = arr[..., 0]
+    if path.suffix.lower() in (".jpg", ".jpeg") or set(np.unique(arr)) <= {0, 255}:
+        return cv2.connectedComponents(binarize_mask(arr), connectivity=8)[1].astype(np.int32)
+    return arr.astype(np.int32)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (what caches key on: a changed file gets a new entry)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -14,7 +14,8 @@ Layouts (paths relative to the dataset root):
 ``etis``           ``ETIS-LaribPolypDB/N.tif`` + ``Ground Truth/pN.tif``
 ``pranet``         ``TrainDataset/{image,mask}`` or ``TestDataset/<name>/{images,masks}``
 ``bkai``           ``train/train/*.jpeg`` + ``train_gt/train_gt/*.jpeg``
-``glas``           flat ``<name>.{bmp,jpg,png}`` + ``<name>_anno.{bmp,png}``
+``glas``           flat ``<name>.{bmp,jpg,png}`` + ``<name>_anno.{bmp,png}`` (instance labels);
+                   splits by name: ``train``, ``testA``, ``testB``, ``test`` (A + B)
 ``folder``         ``images/`` + ``masks/`` (or ``image/`` + ``mask/``) with matching stems
 ``mvtec``          MVTec AD / MAPSeg: ``test/<defect>/N.png`` + ``ground_truth/<defect>/N_mask.png``
                    (``test/good`` holds normal frames and is left out; ids ``<defect>_N``)
@@ -129,6 +130,16 @@ def bkai_layout(root: Path) -> list[Pair]:
 _GLAS_ANNO = re.compile(r"_anno$")
 
 
+_GLAS_PARTS = {"train": ("train",), "testA": ("testA",), "testB": ("testB",),
+               "test": ("testA", "testB")}  # fmt: skip
+
+
+def _glas_part(split: str) -> tuple[str, ...]:
+    """GlaS splits by name prefix (``train``, ``testA``, ``testB``, ``test`` = A + B); () when
+    ``split`` is a split file instead."""
+    return _GLAS_PARTS.get(split, ()) if not Path(split).suffix else ()
+
+
 @LAYOUTS.register("glas")
 def glas_layout(root: Path) -> list[Pair]:
     files = _images(root)
@@ -213,7 +224,9 @@ def find_pairs(
     root = Path(root)
     name = detect_layout(root) if layout == "auto" else layout
     pairs = LAYOUTS.get(name)(root)
-    if split is not None:
+    if split is not None and name == "glas" and _glas_part(str(split)):
+        pairs = [p for p in pairs if p.id.split("_")[0] in _glas_part(str(split))]
+    elif split is not None:
         by_id = {p.id: p for p in pairs}
         stems = read_split(root, split)
         missing = [s for s in stems if s not in by_id]

@@ -1,4 +1,5 @@
-"""Deterministic tiny images and masks (bright discs on textured background) for tests and demos."""
+"""Deterministic tiny images and masks for tests and demos: bright discs on textured mucosa, and
+H&E-like glands (dark nuclear border around a pale lumen) on pink stroma."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import numpy as np
 
 from colonseg.data.io import write_png
 
-__all__ = ["create_disc_image", "write_folder_dataset", "write_neopolyp_dataset"]
+__all__ = [
+    "create_gland_image",
+    "create_disc_image",
+    "write_folder_dataset",
+    "write_glas_dataset",
+    "write_neopolyp_dataset",
+]
 
 
 def create_disc_image(
@@ -57,4 +64,50 @@ def write_neopolyp_dataset(root: str | Path, n: int = 8, size: int = 64, seed: i
             path.parent.mkdir(parents=True, exist_ok=True)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             path.write_bytes(buf.tobytes())
+    return root
+
+
+STROMA, BORDER, LUMEN = (225, 150, 195), (85, 40, 120), (240, 225, 240)  # H&E-like RGB
+
+
+def create_gland_image(
+    size: tuple[int, int] = (96, 128), seed: int = 0, glands: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """An H&E-like RGB image ``(H, W, 3) uint8`` with ``glands`` elliptical glands — a dark
+    nuclear border around a pale lumen, on noisy pink stroma — and its instance labels (1..k)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    image = np.empty((h, w, 3), np.float64)
+    image[:] = STROMA
+    labels = np.zeros((h, w), np.uint8)
+    side = min(h, w)
+    for k in range(1, glands + 1):
+        axes = (int(rng.integers(side // 8, side // 5)), int(rng.integers(side // 8, side // 5)))
+        centre = (int(rng.integers(axes[0], w - axes[0])), int(rng.integers(axes[1], h - axes[1])))
+        angle = float(rng.uniform(0, 180))
+        gland = np.zeros((h, w), np.uint8)
+        cv2.ellipse(gland, centre, axes, angle, 0, 360, 1, -1)
+        inner = np.zeros((h, w), np.uint8)
+        ring = max(2, side // 24)
+        cv2.ellipse(inner, centre, (axes[0] - ring, axes[1] - ring), angle, 0, 360, 1, -1)
+        image[gland > 0] = BORDER
+        image[inner > 0] = LUMEN
+        labels[gland > 0] = k
+    image += rng.normal(0, 10, image.shape)
+    return image.clip(0, 255).astype(np.uint8), labels
+
+
+def write_glas_dataset(
+    root: str | Path, parts: dict[str, int] | None = None, size: tuple[int, int] = (96, 128)
+) -> Path:
+    """Write a GlaS-layout folder: ``<part>_<i>.png`` images + ``<part>_<i>_anno.png`` instance
+    labels, ``parts`` images per part (default: train 4, testA 2, testB 1)."""
+    root = Path(root)
+    seed = 0
+    for part, n in (parts or {"train": 4, "testA": 2, "testB": 1}).items():
+        for i in range(1, n + 1):
+            image, labels = create_gland_image(size, seed)
+            seed += 1
+            write_png(root / f"{part}_{i}.png", image)
+            write_png(root / f"{part}_{i}_anno.png", labels)
     return root

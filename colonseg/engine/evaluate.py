@@ -6,7 +6,10 @@ report.html.
 "hd95_missing", "pixel_auroc", "aupro"}}``. ``dice``/``iou``/... are taken at the model's threshold
 and averaged over images; ``mdice_256`` is the PraNet toolbox mean over 256 thresholds; the SOD
 metrics come from pysodmetrics; ``pixel_auroc`` pools every pixel of the dataset and ``aupro`` is
-the MVTec per-region overlap up to FPR 0.3 (both for anomaly maps).
+the MVTec per-region overlap up to FPR 0.3 (both for anomaly maps); ``miou`` (with ``iou_bg``,
+``iou_fg``) is MSSG's: IoU of background and of foreground, each pooled over the dataset,
+averaged. On GlaS (instance-labelled annotations) the challenge's ``object_f1``,
+``object_dice`` and ``object_hausdorff`` are added (:mod:`colonseg.metrics.glas`).
 The empty-mask rule is in :mod:`colonseg.metrics.functional`. All metrics are
 computed at each image's original resolution.
 
@@ -30,19 +33,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from colonseg.data.io import read_image, write_atomic
+from colonseg.data.io import read_image, read_instances, write_atomic
 from colonseg.data.labels import read_label, scheme_for_masks
-from colonseg.data.layouts import find_pairs
+from colonseg.data.layouts import detect_layout, find_pairs
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.metrics import (
     AUPROMeter,
     AUROCMeter,
     ConfusionMeter,
+    ObjectMeter,
     SODMeter,
     binary_metrics,
     hd95,
     mean_dice_256,
+    mean_iou,
     scores_from_matrix,
 )
 from colonseg.viz.overlays import compare, thumbnail
@@ -77,9 +82,11 @@ class EvalSource:
 
 
 def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
-    pairs = find_pairs(source.path, source.layout, source.split)
+    layout = detect_layout(source.path) if source.layout == "auto" else source.layout
+    pairs = find_pairs(source.path, layout, source.split)
     scheme = scheme_for_masks(predictor.scheme, [p.mask for p in pairs])
-    sod, auroc, aupro = SODMeter(), AUROCMeter(), AUPROMeter()
+    sod, auroc, aupro, pooled = SODMeter(), AUROCMeter(), AUPROMeter(), ConfusionMeter(2)
+    glands = ObjectMeter() if layout == "glas" else None
     classes = ConfusionMeter(scheme.num_classes) if scheme.multiclass else None
     rows, pictures = [], {}
     for pair in tqdm(pairs, desc=source.display_name(), disable=not progress, leave=False):
@@ -95,6 +102,9 @@ def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
         row["mdice_256"] = mean_dice_256(out.prob, target)
         row["hd95"] = hd95(out.mask, target)
         row.update(sod.update(out.prob, target))
+        pooled.update(out.mask > 0, target)
+        if glands is not None:
+            row.update(glands.update(out.mask > 0, read_instances(pair.mask)))
         auroc.update(out.prob, target)
         aupro.update(out.prob, target)
         if classes is not None:
@@ -113,6 +123,9 @@ def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
     ordered["hd95_missing"] = stats["hd95_missing"]
     ordered["pixel_auroc"] = auroc.compute()
     ordered["aupro"] = aupro.compute()
+    ordered.update(mean_iou(pooled.matrix))
+    if glands is not None:
+        ordered.update(glands.compute())
     if classes is not None:
         ordered.update(classes.class_scores(scheme.keys))
         ordered["confusion"] = classes.normalized()

@@ -1,5 +1,5 @@
 """Benchmark metrics: per-image binary metrics, the PraNet toolbox mDice, HD95, SOD metrics and
-pooled multi-class Dice/IoU."""
+pooled multi-class Dice/IoU, MSSG's mIoU and the GlaS object-level metrics."""
 
 from __future__ import annotations
 
@@ -12,18 +12,22 @@ from colonseg.metrics.functional import (
     hd95,
     mean_dice_256,
 )
-from colonseg.metrics.multiclass import ConfusionMeter, scores_from_matrix
+from colonseg.metrics.glas import ObjectMeter, object_scores
+from colonseg.metrics.multiclass import ConfusionMeter, mean_iou, scores_from_matrix
 from colonseg.metrics.sod import SODMeter
 
 __all__ = [
     "AUPROMeter",
     "AUROCMeter",
     "ConfusionMeter",
+    "ObjectMeter",
     "SODMeter",
     "binary_metrics",
     "compute_dice",
     "confusion",
     "hd95",
     "mean_dice_256",
+    "mean_iou",
+    "object_scores",
     "scores_from_matrix",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ConfusionMeter"]
+__all__ = ["ConfusionMeter", "mean_iou", "scores_from_matrix"]
 
 
 class ConfusionMeter:
@@ -62,4 +62,16 @@ def scores_from_matrix(matrix: np.ndarray, keys: tuple[str, ...]) -> dict[str, f
         tp = matrix[c, c]
         dice, iou = _dice_iou(tp, matrix[:, c].sum() - tp, matrix[c, :].sum() - tp)
         out[f"dice_{keys[c]}"], out[f"iou_{keys[c]}"] = dice, iou
+    return out
+
+
+def mean_iou(matrix: np.ndarray) -> dict[str, float]:
+    """MSSG's ``miou``: IoU of every class (background included) from the pooled matrix, averaged
+    (``SPM/metric.py``); for a binary matrix also ``iou_bg`` and ``iou_fg``."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    out = {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")}
+    if len(iou) == 2:
+        out["iou_bg"], out["iou_fg"] = float(iou[0]), float(iou[1])
     return out

@@ -1,4 +1,4 @@
-"""U-Net, UNet++ and DeepLabV3+ from segmentation_models_pytorch on timm encoders.
+"""U-Net, UNet++, DeepLabV3+ and PSPNet from segmentation_models_pytorch on timm encoders.
 
 Any timm name works as ``encoder`` (``tf_efficientnet_lite0`` with offline ImageNet weights by
 default; the NeoPolyp reference encoders are ``resnet50`` and ``regnetx_320``, whose weights a
@@ -55,3 +55,9 @@ def unetplusplus(**kw) -> nn.Module:
 def deeplabv3plus(**kw) -> nn.Module:
     """DeepLabV3+ (Chen et al., ECCV 2018) with a timm encoder."""
     return _create_smp("deeplabv3plus", **kw)
+
+
+@MODELS.register("pspnet")
+def pspnet(**kw) -> nn.Module:
+    """PSPNet (Zhao et al., CVPR 2017) with a timm encoder: MSSG's segmenter."""
+    return _create_smp("pspnet", **kw)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from colonseg.data.io import write_atomic
+from colonseg.data.io import file_digest, write_atomic
 from colonseg.engine.predict import prepare_images
 from colonseg.methods.medsam_box.data import BoxSample, read_sample
 from colonseg.models.medsam import AutoMedSAM
@@ -38,14 +38,6 @@ def backbone_tag(net: AutoMedSAM) -> str:
     return f"{net.backbone}-{h.hexdigest()[:12]}"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class EmbeddingCache:
     """Image embeddings of ``net``'s frozen encoder under ``root/<backbone tag>/``."""
 
@@ -59,7 +51,7 @@ class EmbeddingCache:
         st = path.stat()
         stamp = (path, st.st_size, st.st_mtime_ns)  # hash each file once while it is unchanged
         if stamp not in self._digests:
-            self._digests[stamp] = _file_digest(path)
+            self._digests[stamp] = file_digest(path)
         digest = self._digests[stamp]
         return digest if sample.slice is None else f"{digest}-z{sample.slice}"
 

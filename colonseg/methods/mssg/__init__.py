@@ -1,0 +1,1 @@
+"""MSSG: unsupervised gland segmentation (selective proposal mining + morphology-aware grouping)."""
