@@ -1,0 +1,199 @@
+"""MSSG: SPM clustering and proposal selection, grouping losses, GlaS metrics, a tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from colonseg.data.layouts import find_pairs
+from colonseg.data.synthetic import create_gland_image, write_glas_dataset
+from colonseg.losses.grouping import omission_refine, push_loss, variation_loss
+from colonseg.methods.mssg.propose import read_proposal, run_propose
+from colonseg.methods.mssg.spm import (
+    SpmSettings,
+    cluster_features,
+    proposal_from_border,
+    propose,
+    select_border,
+)
+from colonseg.metrics import mean_iou, object_scores
+
+
+def _two_textures(size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Left half: dark purple speckles; right half: pale pink, smooth."""
+    rng = np.random.default_rng(0)
+    image = np.empty((size, size, 3), np.float64)
+    half = np.zeros((size, size), bool)
+    half[:, size // 2 :] = True
+    image[~half] = (90, 40, 120)
+    image[half] = (235, 190, 215)
+    image[~half] += rng.normal(0, 25, ((~half).sum(), 3))
+    image[half] += rng.normal(0, 5, (half.sum(), 3))
+    return image.clip(0, 255).astype(np.uint8), half
+
+
+def test_spm_converges_and_separates_two_textures():
+    image, half = _two_textures()
+    settings = SpmSettings(scale=1.0, channels=16, iterations=30, clusters=2, seed=0)
+    features, argmax, losses = cluster_features(image, settings)
+    assert features.shape == (48, 48, 16)
+    assert losses[-1] < losses[0]
+    result = propose(image, settings)
+    # each k-means cluster lies (almost) on one side: purity above 0.9
+    purity = max(((result.clusters == 0) == half).mean(), ((result.clusters == 0) == ~half).mean())
+    assert purity > 0.9
+    # the darker texture is chosen as the border cluster
+    assert np.bincount(result.clusters[~half]).argmax() == result.border_cluster
+
+
+def test_spm_is_deterministic_with_a_seed():
+    image, _ = create_gland_image((48, 64), seed=3)
+    settings = SpmSettings(scale=1.0, channels=8, iterations=5)
+    a, b = propose(image, settings), propose(image, settings)
+    assert np.array_equal(a.proposal, b.proposal) and a.losses == b.losses
+
+
+def test_select_border_takes_the_darkest_large_cluster():
+    gray = np.full((20, 20), 200, np.uint8)
+    labels = np.zeros((20, 20), np.int32)
+    labels[:, :10] = 1  # half the image, mid grey
+    gray[:, :10] = 120
+    labels[0, 0] = 2  # one pixel, darkest: too small to be the border
+    gray[0, 0] = 10
+    assert select_border(gray, labels, min_area=0.05).sum() == 199
+    assert select_border(gray, labels, min_area=0.0).sum() == 1
+
+
+def test_proposal_fills_small_enclosed_interiors_only():
+    border = np.zeros((200, 200), np.uint8)
+    cv2.circle(border, (50, 50), 15, 1, 4)  # encloses ~1 % of the image: a lumen
+    cv2.circle(border, (130, 130), 60, 1, 4)  # encloses ~25 %: not a gland interior
+    proposal = proposal_from_border(border.astype(bool))
+    assert proposal[50, 50] == 2
+    assert proposal[50, 65] == 1
+    assert proposal[130, 130] == 0
+    assert set(np.unique(proposal)) == {0, 1, 2}
+
+
+def test_grouping_losses_zero_when_satisfied_positive_when_violated():
+    proposal = torch.zeros(1, 4, 4, dtype=torch.long)
+    proposal[0, :2, :2], proposal[0, :2, 2:] = 1, 2  # border and interior
+    gland_dir, bg_dir = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])
+    emb = torch.empty(1, 2, 4, 4)
+    emb[0, :, :2] = gland_dir[:, None, None]
+    emb[0, :, 2:] = bg_dir[:, None, None]
+    assert variation_loss(emb, proposal) == 0
+    assert push_loss(emb, proposal > 0, margin=1.0) == 0
+    # border and interior embedded apart: variation > 0; gland = background: push > 0
+    apart = emb.clone()
+    apart[0, :, :2, 2:] = torch.tensor([0.0, 1.0])[:, None, None]
+    assert variation_loss(apart, proposal) > 0
+    assert push_loss(torch.ones(1, 2, 4, 4) / 2**0.5, proposal > 0) > 0
+    # finite and zero with a region missing
+    assert variation_loss(emb, torch.zeros_like(proposal)) == 0
+
+
+def test_omission_refine_adds_only_confident_similar_pixels_near_the_boundary():
+    gland = torch.zeros(1, 10, 10, dtype=torch.bool)
+    gland[0, 3:7, 3:7] = True
+    emb = F.normalize(torch.randn(1, 4, 10, 10), dim=1)
+    emb[0, :, 3:7, 3:7] = F.normalize(torch.ones(4), dim=0)[:, None, None]
+    emb[0, :, 2, 4] = F.normalize(torch.ones(4), dim=0)  # like the gland, next to it
+    emb[0, :, 2, 5] = -F.normalize(torch.ones(4), dim=0)  # unlike it
+    emb[0, :, 0, 0] = F.normalize(torch.ones(4), dim=0)  # like it but far away
+    prob = torch.full((1, 10, 10), 0.9)
+    out = omission_refine(gland, prob, emb, band=1, threshold=0.7)
+    assert out[0, 2, 4] and not out[0, 2, 5] and not out[0, 0, 0]
+    assert out[gland].all()
+    assert not omission_refine(gland, torch.zeros(1, 10, 10), emb, band=1)[~gland].any()
+
+
+def test_mean_iou_by_hand():
+    # truth: 2 fg pixels, prediction: 3 fg (2 right): IoU fg 2/3, bg (6-1)/... below
+    truth = np.array([[1, 1, 0, 0], [0, 0, 0, 0]])
+    pred = np.array([[1, 1, 1, 0], [0, 0, 0, 0]])
+    matrix = np.array([[5, 1], [0, 2]])  # rows truth, columns prediction
+    assert np.array_equal(matrix, np.bincount(truth.ravel() * 2 + pred.ravel()).reshape(2, 2))
+    scores = mean_iou(matrix)
+    assert scores["iou_fg"] == pytest.approx(2 / 3)
+    assert scores["iou_bg"] == pytest.approx(5 / 6)
+    assert scores["miou"] == pytest.approx((2 / 3 + 5 / 6) / 2)
+
+
+def test_object_scores_by_hand():
+    instances = np.zeros((20, 40), np.int32)
+    instances[2:8, 2:8] = 1  # 36 px, found exactly
+    instances[12:18, 20:30] = 2  # 60 px, missed
+    pred = np.zeros((20, 40), np.uint8)
+    pred[2:8, 2:8] = 1
+    pred[2:6, 30:36] = 1  # a false positive
+    s = object_scores(pred, instances)
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 1)
+    # Dice: truth side 36/96 * 1 + 60/96 * 0; predicted side 36/60 * 1 + 24/60 * 0
+    assert s["object_dice"] == pytest.approx(0.5 * (36 / 96 + 36 / 60))
+    perfect = object_scores(instances > 0, instances)
+    assert perfect["object_dice"] == 1 and perfect["object_hausdorff"] == 0
+
+
+def test_propose_caches_and_recomputes_changed_files(tmp_path):
+    root = write_glas_dataset(tmp_path / "glas", {"train": 2}, size=(48, 64))
+    pairs = find_pairs(root, split="train", require_masks=False)
+    settings = SpmSettings(scale=1.0, channels=8, iterations=3)
+    out = tmp_path / "spm"
+    assert run_propose(pairs, out, settings, progress=False)["computed"] == 2
+    assert run_propose(pairs, out, settings, progress=False)["computed"] == 0
+    image = cv2.imread(str(pairs[0].image))
+    cv2.imwrite(str(pairs[0].image), 255 - image)
+    assert run_propose(pairs, out, settings, progress=False)["computed"] == 1
+    assert read_proposal(out, "train_1").shape == (48, 64)
+    assert (out / "overlays" / "train_1.jpg").is_file()
+
+
+def test_glas_splits_by_name(tmp_path):
+    root = write_glas_dataset(tmp_path / "glas")
+    assert [len(find_pairs(root, split=s)) for s in ("train", "testA", "testB", "test")] == [
+        4, 2, 1, 3,
+    ]  # fmt: skip
+
+
+def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
+    from colonseg.methods.mssg.train import load_mssg_config, run_mssg
+
+    root = write_glas_dataset(tmp_path / "glas")
+    cfg = load_mssg_config(
+        "mssg/glas",
+        [
+            f"data.path={root}",
+            f"out_dir={tmp_path / 'runs'}",
+            "name=tiny",
+            "data.size=[48,64]",
+            "data.batch_size=2",
+            "data.val_fraction=0.25",
+            "data.test_splits=[test]",
+            "spm.iterations=3",
+            "spm.channels=8",
+            "model.encoder=test_efficientnet",
+            "model.pretrained=false",
+            "trainer.max_epochs=2",
+            "trainer.accelerator=cpu",
+            "loss.omission_start=1",
+        ],
+    )
+    result = run_mssg(cfg)
+    run = tmp_path / "runs" / "tiny"
+    summary = json.loads((run / "test" / "summary.json").read_text())
+    stats = summary["glas:test"]
+    assert 0 <= stats["miou"] <= 1 and stats["n"] == 3
+    assert {"object_f1", "object_dice", "object_hausdorff"} <= set(stats)
+    baselines = json.loads((run / "test" / "baselines.json").read_text())
+    assert set(baselines["glas:test"]) == {"spm_proposals", "kim_kanezaki_argmax"}
+    assert (run / "curves.png").is_file() and list((run / "snapshots").glob("*.jpg"))
+    config = json.loads((result["model_dir"] / "config.json").read_text())
+    assert config["class_names"] == ["gland"] and "no annotation" in config["provenance"]["method"]
+    again = run_mssg(load_mssg_config(run / "config.yaml", ["test.only=true"]))
+    assert again["summary"]["glas:test"]["miou"] == pytest.approx(stats["miou"])
