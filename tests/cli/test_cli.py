@@ -73,3 +73,18 @@ def test_synth_writes_a_grid(tmp_path):
     assert grid.shape == (2 * 256, 2 * 2 * 256, 3)  # 3 examples → 2 rows of 2 cells, padded
     result = CliRunner().invoke(app, ["synth", str(tmp_path / "none"), "--out", str(out)])
     assert result.exit_code == 2 and "none: folder not found" in result.output
+
+
+def test_mssg_propose_writes_proposals_and_overlays(tmp_path):
+    from colonseg.data.synthetic import write_glas_dataset
+
+    root = write_glas_dataset(tmp_path / "glas", {"train": 2}, size=(40, 56))
+    out = tmp_path / "spm"
+    args = ["mssg", "propose", str(root), "--out", str(out), "--iterations", "2", "--scale", "1"]
+    result = runner.invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "2 computed" in result.output
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["train_1.jpg", "train_2.jpg"]
+    assert "2 cached" in runner.invoke(app, [*args, "--device", "cpu"]).output
+    missing = runner.invoke(app, ["mssg", "propose", str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 2 and "folder not found" in missing.output
