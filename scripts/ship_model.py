@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from colonseg.engine.checkpoint import ZOO_DIR, ModelMeta, load_pretrained, save_pretrained
-from colonseg.engine.demo import SAMPLES_DIR
+from colonseg.engine.demo import samples_for
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
@@ -30,7 +30,7 @@ from colonseg.models.cost import count_gflops, count_params_m
 from colonseg.postprocess import PostProcess
 
 KEPT = ("dice", "iou", "mdice_256", "s_measure", "dice_seg", "dice_neo", "dice_non", "pixel_auroc",
-        "aupro", "image_auroc")  # fmt: skip
+        "aupro", "image_auroc", "miou", "object_f1", "object_dice", "object_hausdorff")  # fmt: skip
 CARD_COLUMNS = {  # summary key -> card column
     "dice": "dice",
     "iou": "iou",
@@ -46,6 +46,10 @@ CARD_COLUMNS = {  # summary key -> card column
     "pixel_auroc": "pixel AUROC",
     "aupro": "AUPRO",
     "image_auroc": "image AUROC",
+    "miou": "mIoU (MSSG)",
+    "object_f1": "object F1",
+    "object_dice": "object Dice",
+    "object_hausdorff": "object Hausdorff (px)",
 }
 TASKS = {  # label scheme -> (title, output, limits, licence)
     "binary": (
@@ -78,6 +82,17 @@ TASKS = {  # label scheme -> (title, output, limits, licence)
         "The weights are derived from PolypGen normal frames (CC BY 4.0; cite Ali et al., "
         "Scientific Data 2023) and DTD textures (research use; cite Cimpoi et al., CVPR 2014).",
     ),
+    "mssg": (
+        "unsupervised gland segmentation in colon histology (MSSG: no annotation used)",
+        "gland probability",
+        "Learnt with no label from 85 GlaS training images (H&E, one scanner, 20×): it takes "
+        "dark, nuclei-dense epithelium for gland and can miss pale mucinous glands or take "
+        "dense inflammatory stroma for gland; touching glands merge into one object. Other "
+        "stains, scanners and magnifications need new proposals and training.",
+        "The weights are derived from the GlaS challenge data (research use; cite "
+        "Sirinukunwattana et al., Medical Image Analysis 2017) and follow MSSG (Zhang et al., "
+        "MICCAI 2023).",
+    ),
     "automedsam": (
         "box-supervised polyp segmentation (Automatic MedSAM: no box needed at inference)",
         "polyp probability from the frozen MedSAM mask decoder, prompted by the learned prompt "
@@ -106,6 +121,11 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
     if task == "automedsam":
         train = ", ".join(
             f"{Path(s['path']).name} `{s.get('split')}` (boxes only)" for s in sources
+        )
+    elif task == "mssg":
+        train = (
+            f"{sources['images']} images of `{Path(sources['source']).name}` "
+            f"`{sources['split']}` with their SPM proposals; no annotation"
         )
     elif task == "mapseg":
         train = (
@@ -191,12 +211,9 @@ pooled over all pixels, as NeoUNet reports them):
 
 
 def _task(meta: ModelMeta) -> str:
+    if meta.class_names == ["gland"]:
+        return "mssg"
     return meta.arch if meta.arch in ("mapseg", "automedsam") else meta.labels
-
-
-def samples_for(meta: ModelMeta) -> Path:
-    """The bundled frames a model is checked on: the NeoPolyp ones for 3-class models."""
-    return SAMPLES_DIR / "neopolyp" if meta.labels == "neopolyp" else SAMPLES_DIR
 
 
 def sample_dice(model: Path) -> float:

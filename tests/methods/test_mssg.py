@@ -181,6 +181,7 @@ def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
             "model.pretrained=false",
             "trainer.max_epochs=2",
             "trainer.accelerator=cpu",
+            "trainer.rounds=2",
             "loss.omission_start=1",
         ],
     )
@@ -192,7 +193,11 @@ def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
     assert {"object_f1", "object_dice", "object_hausdorff"} <= set(stats)
     baselines = json.loads((run / "test" / "baselines.json").read_text())
     assert set(baselines["glas:test"]) == {"spm_proposals", "kim_kanezaki_argmax"}
-    assert (run / "curves.png").is_file() and list((run / "snapshots").glob("*.jpg"))
+    assert list((run / "snapshots").glob("*.jpg"))
+    for r in (1, 2):  # self-training: round 2 learns round 1's glands
+        assert (run / f"round_{r}" / "curves.png").is_file()
+        assert (run / f"round_{r}" / "model" / "weights.safetensors").is_file()
+    assert set(np.unique(read_proposal(run / "round_2", "train_1"))) <= {0, 1, 2}
     config = json.loads((result["model_dir"] / "config.json").read_text())
     assert config["class_names"] == ["gland"] and "no annotation" in config["provenance"]["method"]
     again = run_mssg(load_mssg_config(run / "config.yaml", ["test.only=true"]))

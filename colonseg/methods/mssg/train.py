@@ -13,12 +13,17 @@
    ``test/baselines.json``: the SPM proposals alone and Kim & Kanezaki's argmax clusters (with
    the same border cue) on the test splits, and the proposals' quality on the training split.
    Annotations are read in step 3 only, to score.
+
+With ``trainer.rounds > 1`` step 2 repeats as self-training: each further round trains afresh
+on the previous round's predicted glands on the training images (border where SPM's border lies
+inside them, interior elsewhere); ``round_<r>/`` keeps each round's model and curves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from colonseg.config import merge_config, save_config
 from colonseg.data.cache import default_cache_dir
-from colonseg.data.io import read_image, read_instances, read_mask, write_atomic
+from colonseg.data.io import read_image, read_instances, read_mask, write_atomic, write_png
 from colonseg.data.layouts import Pair, find_pairs, hold_out
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
@@ -99,6 +104,7 @@ class TrainerSection:
     precision: str = "auto"
     seed: int = 0
     limit_train_batches: float = 1.0
+    rounds: int = 1  # > 1: self-training, each round learns the previous round's glands
 
 
 @dataclass
@@ -204,6 +210,64 @@ def _evaluate(cfg: DictConfig, model_dir: Path, folder: Path, out: Path) -> dict
     return summary
 
 
+def _train_round(cfg, train_pairs, val_pairs, folder: Path, out: Path) -> tuple[MssgModule, dict]:
+    """One MSG training from ImageNet weights on the proposals in ``folder``; logs under
+    ``out``."""
+    d, t = cfg.data, cfg.trainer
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    mean, std = encoder_normalization(cfg.model.encoder)
+    size = (int(d.size[0]), int(d.size[1]))
+    train_set = ProposalImages(train_pairs, folder, size, mean, std, True, tuple(d.crop_scale))
+    val_set = ProposalImages(val_pairs, folder, size, mean, std, train=False)
+    net = create_model(
+        cfg.model.arch,
+        encoder=cfg.model.encoder,
+        classes=1,
+        pretrained=cfg.model.pretrained,
+        encoder_weights=cfg.model.encoder_weights,
+    )
+    module = MssgModule(
+        net,
+        embed_dim=cfg.model.embed_dim,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        seed=t.seed,
+        **OmegaConf.to_container(cfg.loss),
+    )
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=trainer_precision(t.precision, t.accelerator),
+        limit_train_batches=t.limit_train_batches,
+        logger=CSVLogger(out, name="logs", version=""),
+        callbacks=[ModelCheckpoint(out / "checkpoints", "last", save_top_k=1)],
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        log_every_n_steps=5,
+        default_root_dir=out,
+    )
+    loader = DataLoader(train_set, d.batch_size, shuffle=True, drop_last=True,
+                        num_workers=d.num_workers)  # fmt: skip
+    val_loader = DataLoader(val_set, d.batch_size, num_workers=d.num_workers) if val_pairs else None
+    trainer.fit(module, loader, val_loader)
+    if (out / "logs" / "metrics.csv").is_file():
+        plot_curves(out / "logs" / "metrics.csv", out / "curves.png",
+                    ("loss", "seg", "variation", "push", "proposal_miou"))  # fmt: skip
+    return module, {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def _next_proposals(predictor: Predictor, pairs: list[Pair], folder: Path, out: Path) -> None:
+    """Self-training: the model's glands on the training images become the next proposals;
+    their border is where SPM's border lies inside them, the rest of each gland is interior."""
+    for pair in pairs:
+        gland = predictor.predict(read_image(pair.image)).mask > 0
+        border = read_proposal(folder, pair.id) == 1
+        proposal = np.where(gland, np.where(border, 1, 2), 0).astype(np.uint8)
+        write_png(out / "proposals" / f"{pair.id}.png", proposal)
+
+
 def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
     """Propose, train and evaluate (or with ``test.only`` evaluate); returns
     ``{"run_dir", "model_dir", "metrics", "summary"}``."""
@@ -214,7 +278,6 @@ def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
         model_dir = Path(cfg.test.checkpoint or run_dir / "model")
         summary = _evaluate(cfg, model_dir, folder, run_dir / "test")
         return {"model_dir": model_dir, "summary": summary}
-    L.seed_everything(t.seed, workers=True, verbose=False)
     pairs = find_pairs(d.path, d.layout, d.train_split, require_masks=False)
     to_propose = list(pairs)
     if cfg.test.baselines:
@@ -223,72 +286,46 @@ def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
                 to_propose += find_pairs(source.path, source.layout, source.split)
     unique = list({p.id: p for p in to_propose}.values())
     gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    device = "cuda" if gpu else "cpu"
-    spm = run_propose(unique, folder, spm_settings(cfg), device)
+    spm = run_propose(unique, folder, spm_settings(cfg), "cuda" if gpu else "cpu")
     train_pairs, val_pairs = hold_out(pairs, d.val_fraction, t.seed)
-    mean, std = encoder_normalization(cfg.model.encoder)
-    size = (int(d.size[0]), int(d.size[1]))
-    train_set = ProposalImages(train_pairs, folder, size, mean, std, True, tuple(d.crop_scale))
-    val_set = ProposalImages(val_pairs, folder, size, mean, std, train=False)
-    init_kwargs = {"encoder": cfg.model.encoder, "classes": 1}
-    net = create_model(
-        cfg.model.arch,
-        pretrained=cfg.model.pretrained,
-        encoder_weights=cfg.model.encoder_weights,
-        **init_kwargs,
-    )
-    module = MssgModule(
-        net,
-        embed_dim=cfg.model.embed_dim,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        seed=t.seed,
-        **OmegaConf.to_container(cfg.loss),
-    )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    trainer = L.Trainer(
-        max_epochs=t.max_epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        precision=trainer_precision(t.precision, t.accelerator),
-        limit_train_batches=t.limit_train_batches,
-        logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=[ModelCheckpoint(run_dir / "checkpoints", "last", save_top_k=1)],
-        enable_progress_bar=sys.stderr.isatty(),
-        enable_model_summary=False,
-        log_every_n_steps=5,
-        default_root_dir=run_dir,
-    )
-    loader = DataLoader(train_set, d.batch_size, shuffle=True, drop_last=True,
-                        num_workers=d.num_workers)  # fmt: skip
-    val_loader = DataLoader(val_set, d.batch_size, num_workers=d.num_workers) if val_pairs else None
-    trainer.fit(module, loader, val_loader)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if (run_dir / "logs" / "metrics.csv").is_file():
-        plot_curves(run_dir / "logs" / "metrics.csv", run_dir / "curves.png",
-                    ("loss", "seg", "variation", "push", "proposal_miou"))  # fmt: skip
-    meta = ModelMeta(
-        arch=cfg.model.arch,
-        init_kwargs=init_kwargs,
-        size=size,
-        mean=mean,
-        std=std,
-        class_names=["gland"],
-        postprocess=cfg.postprocess,
-        provenance={
-            "config": cfg.name,
-            "method": "mssg (SPM proposals + MSG grouping; no annotation used)",
-            "train": {"images": len(train_pairs), "source": str(d.path), "split": d.train_split},
-            "spm": asdict(spm_settings(cfg)),
-            "spm_seconds_per_image": spm["seconds_per_image"],
-            "epochs": t.max_epochs,
-            "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        },
-        metrics={k: v for k, v in metrics.items() if k.startswith("val/")},
-    )
-    model_dir = save_pretrained(module.net, meta, run_dir / "model")
+    supervision = folder
+    for r in range(1, t.rounds + 1):
+        out = run_dir if t.rounds == 1 else run_dir / f"round_{r}"
+        if r > 1:
+            _next_proposals(Predictor.from_pretrained(model_dir), pairs, folder, out)
+            supervision = out
+        module, metrics = _train_round(cfg, train_pairs, val_pairs, supervision, out)
+        mean, std = encoder_normalization(cfg.model.encoder)
+        meta = ModelMeta(
+            arch=cfg.model.arch,
+            init_kwargs={"encoder": cfg.model.encoder, "classes": 1},
+            size=(int(d.size[0]), int(d.size[1])),
+            mean=mean,
+            std=std,
+            class_names=["gland"],
+            postprocess=cfg.postprocess,
+            provenance={
+                "config": cfg.name,
+                "method": "mssg (SPM proposals + MSG grouping; no annotation used)",
+                "train": {
+                    "images": len(train_pairs),
+                    "source": str(d.path),
+                    "split": d.train_split,
+                },  # fmt: skip
+                "spm": asdict(spm_settings(cfg)),
+                "spm_seconds_per_image": spm["seconds_per_image"],
+                "epochs": t.max_epochs,
+                "round": r,
+                "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            },
+            metrics={k: v for k, v in metrics.items() if k.startswith("val/")},
+        )
+        model_dir = save_pretrained(module.net, meta, out / "model")
+    if t.rounds > 1:
+        shutil.copytree(model_dir, run_dir / "model", dirs_exist_ok=True)
+        model_dir = run_dir / "model"
     write_atomic(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics)))
     predictor = Predictor.from_pretrained(model_dir)
     _snapshots(predictor, val_pairs[:4], folder, run_dir / "snapshots")
