@@ -16,7 +16,8 @@
 
 With ``trainer.rounds > 1`` step 2 repeats as self-training: each further round trains afresh
 on the previous round's predicted glands on the training images (border where SPM's border lies
-inside them, interior elsewhere); ``round_<r>/`` keeps each round's model and curves.
+inside them, interior elsewhere); ``round_<r>/`` keeps each round's model and curves, and a
+rerun reuses the rounds before the last whose ``model/`` is there.
 """
 
 from __future__ import annotations
@@ -296,6 +297,9 @@ def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
         if r > 1:
             _next_proposals(Predictor.from_pretrained(model_dir), pairs, folder, out)
             supervision = out
+        if r < t.rounds and (out / "model" / "config.json").is_file():
+            model_dir = out / "model"  # an earlier round of a resumed run
+            continue
         module, metrics = _train_round(cfg, train_pairs, val_pairs, supervision, out)
         mean, std = encoder_normalization(cfg.model.encoder)
         meta = ModelMeta(
