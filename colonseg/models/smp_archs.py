@@ -36,7 +36,21 @@ def _create_smp(
     )
     if pretrained or encoder_weights:
         load_imagenet_weights(model.encoder.model, encoder, encoder_weights, in_channels)
+    _drop_unused_blocks(model.encoder.model)
     return model
+
+
+def _drop_unused_blocks(features: nn.Module) -> None:
+    """Remove the stages after the deepest feature a shallow decoder reads (PSPNet reads 1/8).
+
+    timm's EfficientNet feature extractors build every stage whatever ``out_indices`` asks for;
+    the unused ones would only add dead weights to the checkpoint.
+    """
+    names = features.feature_info.module_name()
+    used = [int(n.split(".")[1]) for n in names if n.startswith("blocks.")]
+    blocks = getattr(features, "blocks", None)
+    if used and isinstance(blocks, nn.Sequential) and len(blocks) > max(used) + 1:
+        features.blocks = blocks[: max(used) + 1]
 
 
 @MODELS.register("unet")

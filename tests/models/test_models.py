@@ -85,6 +85,7 @@ def test_list_and_did_you_mean():
         "emcad",
         "mapseg",
         "pranet",
+        "pspnet",
         "unet",
         "unetplusplus",
     ]
