@@ -54,15 +54,9 @@ def decode_upload(name: str, data: bytes) -> np.ndarray:
         path = Path(tmp) / Path(name).name
         path.write_bytes(data)
         try:
-            image = read_image(path)
+            return read_image(path, max_pixels=min(MAX_APP_PIXELS, MAX_PIXELS))
         except ColonsegError as exc:
             raise ColonsegError(str(exc).replace(str(path), name)) from None
-    if image.shape[0] * image.shape[1] > min(MAX_APP_PIXELS, MAX_PIXELS):
-        raise ColonsegError(
-            f"{name}: image too large ({image.shape[1]}x{image.shape[0]}; at most "
-            f"{MAX_APP_PIXELS // 1_000_000} megapixels)"
-        )
-    return image
 
 
 def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:

@@ -103,6 +103,11 @@ def train(
     from colonseg.config import config_method, load_config
     from colonseg.engine.train import run_train
 
+    if resume and config_method(config) != "supervised":
+        raise ColonsegError(
+            f"--resume is for supervised configs; a {config_method(config)} run restarts (its "
+            "caches — embeddings, proposals, finished MSSG rounds — are reused)"
+        )
     if config_method(config) == "mapseg":
         from colonseg.methods.mapseg.train import load_mapseg_config, run_mapseg
 

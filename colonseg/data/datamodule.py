@@ -18,13 +18,19 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from colonseg.data.cache import load_resized_pairs
 from colonseg.data.layouts import find_pairs
-from colonseg.data.transforms import create_augmentation
+from colonseg.data.transforms import augment, create_augmentation
 
-__all__ = ["ArraySegmentationDataset", "DataSource", "SegmentationDataModule", "normalize"]
+__all__ = [
+    "ArraySegmentationDataset",
+    "DataSource",
+    "EpochShuffle",
+    "SegmentationDataModule",
+    "normalize",
+]
 
 
 @dataclass
@@ -61,16 +67,40 @@ class ArraySegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """``item``: an index, or ``(index, augmentation seed)`` from :class:`EpochShuffle`."""
+        i, seed = item if isinstance(item, tuple) else (item, None)
         image, mask = self.images[i], self.masks[i]
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
+            out = augment(self.transform, seed, image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {
             "image": normalize(image, self.mean, self.std),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
             "id": self.ids[i],
         }
+
+
+class EpochShuffle(Sampler):
+    """Shuffle with a generator seeded by ``(seed, epoch)`` and give every sample its own
+    augmentation seed from the same generator: an epoch's batches and augmentations depend on
+    nothing else — not on worker count, not on what ran before — so a run resumed at an epoch
+    replays it exactly. Lightning calls :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        seeds = torch.randint(2**31, (self.size,), generator=g).tolist()
+        return iter(zip(order, seeds, strict=True))
 
 
 def _load(
@@ -99,8 +129,10 @@ class SegmentationDataModule(L.LightningDataModule):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         cache_dir: str | None = None,
         labels: str = "binary",
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.labels = labels
         self.train_sources, self.val_sources = list(train), list(val)
         self.image_size, self.augment = image_size, augment
@@ -111,14 +143,14 @@ class SegmentationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
-        aug = create_augmentation(self.augment)
-        self.train_set = ConcatDataset(
-            [
-                ArraySegmentationDataset(im, m, ids, self.mean, self.std, aug)
-                for _, im, m, ids in _load(
-                    self.train_sources, self.image_size, self.cache_dir, self.labels
-                )
-            ]
+        train = _load(self.train_sources, self.image_size, self.cache_dir, self.labels)
+        self.train_set = ArraySegmentationDataset(
+            np.concatenate([im for _, im, _, _ in train]),
+            np.concatenate([m for _, _, m, _ in train]),
+            [i for *_, ids in train for i in ids],
+            self.mean,
+            self.std,
+            create_augmentation(self.augment),
         )
         val = _load(self.val_sources, self.image_size, self.cache_dir, self.labels)
         self.val_names = [name for name, *_ in val]
@@ -127,13 +159,18 @@ class SegmentationDataModule(L.LightningDataModule):
         ]
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        # several processes: Lightning's DistributedSampler shuffles by (seed, epoch) itself
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        sampler = EpochShuffle(len(ds), self.seed) if shuffle and not distributed else None
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             drop_last=shuffle and len(ds) > self.batch_size,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # workers start afresh each epoch, seeded by EpochSeed: a resumed run replays exactly
+            persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,8 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MAX_PIXELS = 100_000_000  # decompression-bomb guard: 100 megapixels
 _TIFF = (".tif", ".tiff")
+# OpenCV's codecs log every damaged file to stderr; the ColonsegError raised instead says it once
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -48,12 +51,78 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr * scale, 0, 255).round().astype(np.uint8)
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Decode any supported file into a uint8 array, (H, W) or (H, W, C) in RGB(A) order."""
+# EXIF orientation (tag 274) → the numpy steps that show the image the way viewers do
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _header(path: Path, max_pixels: int) -> tuple[int, bool]:
+    """Read the header only (PIL opens lazily): refuse images over ``max_pixels`` before any
+    pixel is decoded (a decompression bomb never reaches memory); return the EXIF orientation
+    and whether the file is a palette image. Files PIL cannot identify return ``(1, False)`` and
+    are left to the decoders."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            (w, h), palette = im.size, im.mode in ("P", "PA")
+            orientation = int(im.getexif().get(274, 1) or 1)
+    except Image.DecompressionBombError:
+        w, h, palette, orientation = max_pixels + 1, 1, False, 1
+    except Exception:  # noqa: BLE001 - unidentified or damaged header: the decoders decide
+        return 1, False
+    if w * h > max_pixels:
+        raise ColonsegError(
+            f"{path}: image too large ({w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
+            f"{max_pixels / 1e6:.0f}; downscale it first)"
+        )
+    return (orientation if orientation in _ORIENT else 1), palette
+
+
+def _decode(path: Path, max_pixels: int = MAX_PIXELS, palette_labels: bool = False) -> np.ndarray:
+    """Decode any supported file into a uint8 array, (H, W) or (H, W, C) in RGB(A) order, turned
+    upright by its EXIF orientation. ``palette_labels``: a palette image gives ``(H, W)`` 0/1,
+    1 where the palette colour is not black (its indices are labels, not intensities)."""
     if not path.is_file():
         raise ColonsegError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ColonsegError(f"{path}: file is empty (0 bytes)")
+    orientation, palette = _header(path, max_pixels)
+    if palette and palette_labels:
+        arr = _palette_foreground(path)
+    else:
+        arr = _decode_pixels(path)
+    if arr.ndim not in (2, 3) or arr.shape[0] * arr.shape[1] > max_pixels:
+        raise ColonsegError(
+            f"{path}: unsupported image shape {arr.shape} (2-D images up to {max_pixels} pixels)"
+        )
+    if orientation != 1:
+        arr = np.ascontiguousarray(_ORIENT[orientation](arr))
+    return _to_uint8(arr)
+
+
+def _palette_foreground(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            index = np.asarray(im.convert("P") if im.mode == "PA" else im)
+            colours = np.asarray(im.getpalette() or [0, 0, 0], np.uint8).reshape(-1, 3)
+    except Exception as exc:  # noqa: BLE001 - truncated palette PNGs fail while decoding
+        raise ColonsegError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    coloured = np.zeros(256, np.uint8)
+    coloured[: len(colours)] = colours.max(axis=1) > 0
+    return coloured[index]
+
+
+def _decode_pixels(path: Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is not None:
@@ -65,23 +134,22 @@ def _decode(path: Path) -> np.ndarray:
         import tifffile
 
         try:
-            arr = tifffile.imread(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the error below says it in one line
+                arr = tifffile.imread(path)
         except Exception as exc:  # tifffile raises many types for corrupt files
             raise ColonsegError(f"{path}: cannot decode TIFF ({exc.__class__.__name__})") from None
         if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
             arr = np.moveaxis(arr, 0, -1)
-    if arr is None:
+    if arr is None or arr.size == 0:
         raise ColonsegError(f"{path}: not a readable image (corrupt, truncated or not an image)")
-    if arr.ndim not in (2, 3) or arr.shape[0] * arr.shape[1] > MAX_PIXELS:
-        raise ColonsegError(
-            f"{path}: unsupported image shape {arr.shape} (2-D images up to {MAX_PIXELS} pixels)"
-        )
-    return _to_uint8(arr)
+    return arr
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as ``(H, W, 3) uint8`` RGB (grayscale is repeated, alpha dropped)."""
-    arr = _decode(Path(path))
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image as ``(H, W, 3) uint8`` RGB, upright by its EXIF orientation (grayscale is
+    repeated, alpha dropped); images over ``max_pixels`` are refused before decoding."""
+    arr = _decode(Path(path), max_pixels)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     elif arr.shape[2] == 1:
@@ -108,7 +176,7 @@ def binarize_mask(arr: np.ndarray, label_map: bool = False) -> np.ndarray:
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask as ``(H, W) uint8`` in {0, 1} (see :func:`binarize_mask` for the rule)."""
     path = Path(path)
-    arr = _decode(path)
+    arr = _decode(path, palette_labels=True)
     lossless = path.suffix.lower() not in (".jpg", ".jpeg")
     return binarize_mask(arr, label_map=lossless and arr.ndim == 2)
 

@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import albumentations as A
+import torch
 
 from colonseg.registry import Registry
 
-__all__ = ["AUGMENTATIONS", "create_augmentation"]
+__all__ = ["AUGMENTATIONS", "augment", "create_augmentation"]
 
 AUGMENTATIONS = Registry("augmentation")
 
@@ -77,3 +78,17 @@ def _mapseg() -> A.Compose:
 
 def create_augmentation(name: str) -> A.Compose:
     return AUGMENTATIONS.create(name)
+
+
+def augment(transform: A.Compose, seed: int | None = None, **data) -> dict:
+    """Apply ``transform`` with its RNG seeded by ``seed``, by default drawn from torch's RNG.
+
+    albumentations' Compose keeps a private RNG that global seeds never reach: forked data-loader
+    workers would repeat each other's augmentations and no run could be replayed. torch's RNG is
+    seeded per worker by the DataLoader and per epoch by ``EpochSeed``, so drawing from it makes
+    augmentation differ across workers and replay exactly when a run resumes.
+    """
+    if seed is None:
+        seed = int(torch.randint(2**31, ()).item())
+    transform.set_random_seed(seed)
+    return transform(**data)

@@ -7,6 +7,7 @@ self-describing checkpoint that ``predict``/``evaluate`` take).
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -29,7 +30,35 @@ from colonseg.models import create_model
 from colonseg.models.encoders import encoder_normalization
 from colonseg.viz.curves import epoch_table, plot_curves
 
-__all__ = ["run_train", "trainer_precision"]
+__all__ = ["EpochSeed", "check_resumable", "run_train", "trainer_precision"]
+
+
+class EpochSeed(L.Callback):
+    """Reseed every RNG (Python, NumPy, torch; data-loader workers) with ``seed + epoch`` as each
+    training epoch starts, before its data loader is iterated: shuffling, augmentation and dropout
+    then depend on the epoch alone, so a run resumed from an epoch's checkpoint replays exactly
+    what an uninterrupted run does (``tests/test_reliability_resume.py``)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+
+
+def check_resumable(last: Path) -> int:
+    """Refuse a missing, corrupt or code-carrying ``last.ckpt`` in one line before Lightning
+    reads it (tensors and plain values only: ``torch.load(weights_only=True)``); return the
+    epoch it was saved at."""
+    if not last.is_file():
+        raise ColonsegError(f"{last}: nothing to resume (train without --resume first)")
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise ColonsegError(
+            f"{last}: unreadable or refused checkpoint ({exc.__class__.__name__}); delete it "
+            "to start the run over"
+        ) from None
 
 
 def trainer_precision(precision: str = "auto", accelerator: str = "auto") -> str:
@@ -64,6 +93,27 @@ def _init_from(net: torch.nn.Module, source: str, arch: str) -> dict:
     return {"path": source, "provenance": meta.provenance, "reinitialised": fresh}
 
 
+def _log_rows(path: Path, upto_epoch: int | None = None) -> list[dict]:
+    """The rows of a Lightning ``metrics.csv`` (those of epochs ``<= upto_epoch``)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if upto_epoch is None or int(float(r["epoch"])) <= upto_epoch]
+
+
+def _write_log_rows(path: Path, rows: list[dict]) -> None:
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "step"), k))
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(path, write)
+
+
 def run_train(
     cfg: DictConfig,
     resume: bool = False,
@@ -78,8 +128,9 @@ def run_train(
     run_dir = Path(cfg.out_dir) / cfg.name
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"{last}: nothing to resume")
+    kept_log: list[dict] = []
+    if resume:  # Lightning's CSV logger starts metrics.csv afresh: keep the finished epochs' rows
+        kept_log = _log_rows(run_dir / "logs" / "metrics.csv", upto_epoch=check_resumable(last))
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     mean, std = encoder_normalization(cfg.model.encoder)
     dm = SegmentationDataModule(
@@ -93,6 +144,7 @@ def run_train(
         std=std,
         cache_dir=cfg.data.cache_dir,
         labels=cfg.data.labels,
+        seed=cfg.trainer.seed,
     )
     dm.setup("fit")
     scheme = get_scheme(cfg.data.labels)
@@ -138,7 +190,8 @@ def run_train(
     callbacks = [
         ModelCheckpoint(
             dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False
-        )
+        ),
+        EpochSeed(cfg.trainer.seed),
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
@@ -161,10 +214,12 @@ def run_train(
         enable_model_summary=False,
         default_root_dir=run_dir,
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     csv_path = run_dir / "logs" / "metrics.csv"
+    if kept_log and csv_path.is_file():
+        _write_log_rows(csv_path, kept_log + _log_rows(csv_path))
     if csv_path.is_file():
         plot_curves(csv_path, run_dir / "curves.png")
         metrics["history"] = epoch_table(csv_path)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from colonseg.data.datamodule import normalize
 from colonseg.data.field_of_view import valid_area
 from colonseg.data.io import read_image
-from colonseg.data.transforms import create_augmentation
+from colonseg.data.transforms import augment, create_augmentation
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.simpo import Simpo, image_files
 
@@ -67,7 +67,8 @@ class NormalFrames(Dataset):
         seed = [self.seed, i] if self.seed is not None else int(torch.randint(2**31, ()).item())
         rng = np.random.default_rng(seed)
         image, mask = self.simpo(self.images[i], rng, force=self.force, area=self.areas[i])
-        out = self.augment(image=image, mask=mask)  # the lesion and the frame together
+        # the lesion and the frame together
+        out = augment(self.augment, int(rng.integers(2**31)), image=image, mask=mask)
         image, mask = out["image"], out["mask"]
         return {
             "image": normalize(np.ascontiguousarray(image), self.mean, self.std),

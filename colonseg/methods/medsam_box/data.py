@@ -62,20 +62,33 @@ def _nifti_stem(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=4)  # the slices of one volume are read one after another
-def _load_volume(path: Path) -> np.ndarray:
+def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A volume turned to the closest canonical (RAS+) orientation, so that images and labels
+    stored in different orientations still slice alike, and its affine; a trailing singleton
+    4th axis is dropped, a real 4-D series is refused."""
     import nibabel as nib
 
     try:
-        vol = np.asanyarray(nib.load(str(path)).dataobj)
+        img = nib.as_closest_canonical(nib.load(str(path)))
+        vol = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for bad files
         raise ColonsegError(
             f"{path}: not a readable NIfTI volume ({exc.__class__.__name__})"
         ) from None
+    while vol.ndim > 3 and vol.shape[-1] == 1:
+        vol = vol[..., 0]
     if vol.ndim == 2:
         vol = vol[..., None]
     if vol.ndim != 3:
-        raise ColonsegError(f"{path}: expected a 2-D or 3-D volume, got shape {vol.shape}")
-    return vol
+        raise ColonsegError(
+            f"{path}: expected a 2-D or 3-D volume, got shape {vol.shape} (split a 4-D series "
+            "into one file per volume)"
+        )
+    return vol, img.affine
+
+
+def _load_volume(path: Path) -> np.ndarray:
+    return _load_nifti(path)[0]
 
 
 def _window(slice2d: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -167,9 +180,17 @@ def _nifti_samples(root: Path, pairs: list[tuple[Path, Path | None]]) -> list[Bo
     for image, mask in pairs:
         if mask is None:
             raise ColonsegError(f"{image}: no label volume beside it (boxes come from labels)")
-        labels = _load_volume(mask) > 0
-        if labels.shape != _load_volume(image).shape[: labels.ndim]:
-            raise ColonsegError(f"{mask}: label shape {labels.shape} differs from its image")
+        (labels, label_affine), (volume, affine) = _load_nifti(mask), _load_nifti(image)
+        labels = labels > 0
+        if labels.shape != volume.shape:
+            raise ColonsegError(
+                f"{mask}: label shape {labels.shape} differs from its image {volume.shape}"
+            )
+        if not np.allclose(label_affine, affine, atol=1e-3):
+            raise ColonsegError(
+                f"{mask}: its affine (orientation, spacing or origin) differs from its image's; "
+                "resample the label onto the image grid"
+            )
         for k in range(labels.shape[-1]):
             boxes = boxes_from_mask(labels[..., k])
             if len(boxes):

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from colonseg.data.io import read_image
 from colonseg.data.layouts import Pair
+from colonseg.data.transforms import augment
 from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.propose import read_proposal
 
@@ -67,7 +68,7 @@ class ProposalImages(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
-        out = self.transform(image=self.images[i], mask=self.proposals[i])
+        out = augment(self.transform, image=self.images[i], mask=self.proposals[i])
         image = (out["image"].astype(np.float32) - self.mean) / self.std
         return {
             "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
