@@ -147,7 +147,11 @@ def merge_config(
     or misspelt keys fail with a did-you-mean naming the file (``invalid <what>: ...``)."""
     path = resolve_config_path(config)
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise ColonsegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), loaded)
         for item in overrides:
             key = item.split("=", 1)[0]
             try:
@@ -166,8 +170,8 @@ def merge_config(
         parent = getattr(exc, "parent_node", None)
         if key is not None and isinstance(parent, DictConfig) and "did you mean" not in msg.lower():
             close = difflib.get_close_matches(str(key), list(parent.keys()), n=1)
-            if close:
-                msg += f". Did you mean '{close[0]}'?"
+            keys = ", ".join(str(k) for k in parent.keys())
+            msg += f". Did you mean '{close[0]}'?" if close else f" (keys: {keys})"
         raise ColonsegError(f"{path}: invalid {what}: {msg}") from None
     return cfg
 
@@ -181,10 +185,12 @@ def load_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ())
     from colonseg.data.transforms import AUGMENTATIONS
     from colonseg.losses import LOSSES
     from colonseg.models import MODELS
+    from colonseg.models.encoders import check_encoder
     from colonseg.registry import look_up_option
 
     try:
         look_up_option(cfg.model.name, MODELS.names(), "model")
+        check_encoder(cfg.model.encoder)
         look_up_option(cfg.optim.loss, LOSSES.names(), "loss")
         look_up_option(cfg.data.augment, AUGMENTATIONS.names(), "augmentation")
         look_up_option(cfg.optim.optimizer, ["adam", "adamw"], "optimizer")

@@ -82,3 +82,51 @@ def test_selected_box_reads_a_plotly_box_selection():
     assert logic.selected_box(event) == (10.0, 5.0, 50.2, 40.5)
     assert logic.selected_box({"selection": {"box": [], "points": []}}) is None
     assert logic.selected_box(None) is None
+
+
+@pytest.mark.parametrize(
+    "name, safe",
+    [
+        ("frame 1.jpg", "frame_1.jpg"),
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\Windows\\evil.png", "evil.png"),
+        ("..", "upload"),
+        (".hidden.png", "hidden.png"),
+        ('a"; rm -rf ~;.png', "a___rm_-rf___.png"),
+        ("caf\u00e9\n.png", "caf__.png"),
+    ],
+)
+def test_download_and_upload_names_are_made_safe(name, safe):
+    assert logic.safe_name(name) == safe
+
+
+def test_zip_names_are_safe_and_unique_and_bombs_are_refused(tmp_path, monkeypatch):
+    mask = np.zeros((8, 8), np.uint8)
+    out = Prediction(mask.astype(np.float32), mask)
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    predictor = Predictor(net, ModelMeta("unet", {"encoder": "test_efficientnet"}), device="cpu")
+    panels = logic.panels(predictor, np.zeros((8, 8, 3), np.uint8), out)
+    data = logic.zip_results({"a.jpg": panels, "a.png": panels, "../../x.png": panels})
+    names = sorted(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    assert names == [f"{d}/{s}.png" for d in ("masks", "overlays") for s in ("a", "a_2", "x")]
+
+    monkeypatch.setattr(logic, "MAX_UNZIPPED_MB", 1)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", b"{}")
+        archive.writestr("weights.safetensors", bytes(logic.MAX_UNZIPPED_MB * 2**20 + 1))
+    with pytest.raises(ColonsegError, match="expands beyond"):
+        logic.load_uploaded_checkpoint("m.zip", bomb.getvalue(), tmp_path / "up")
+    assert not (tmp_path / "up").exists()
+    onnx = logic.load_uploaded_checkpoint("../../model.onnx", b"onnx", tmp_path / "up")
+    assert onnx == tmp_path / "up" / "model.onnx"
+
+
+def test_app_refuses_images_over_its_pixel_limit_before_decoding(monkeypatch):
+    monkeypatch.setattr(logic, "MAX_APP_PIXELS", 100)
+    with pytest.raises(ColonsegError, match="^big.png: image too large .*limit"):
+        logic.decode_upload("big.png", _png(np.zeros((20, 20), np.uint8)))
+
+
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()

@@ -7,6 +7,7 @@ Streamlit page (:mod:`colonseg.app.page`) only lays the results out.
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from colonseg.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, read_image
+from colonseg.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, read_image, write_atomic
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
@@ -32,12 +33,24 @@ __all__ = [
     "png_bytes",
     "predict_probs",
     "regions_summary",
+    "safe_name",
     "selected_box",
     "zip_results",
 ]
 
 MAX_UPLOAD_MB = 50  # per file; Streamlit's own limit (server.maxUploadSize) is set to match
 MAX_APP_PIXELS = 40_000_000  # 40 megapixels: larger frames are refused with a message
+MAX_UNZIPPED_MB = 500  # an uploaded checkpoint zip may not expand beyond this (zip bombs)
+CHECKPOINT_TYPES = ("onnx", "zip")
+
+
+def safe_name(name: str, fallback: str = "upload") -> str:
+    """A file name safe to write or offer for download: the last path component of ``name``
+    (``/`` or ``\\``), characters other than letters, digits, ``._-`` replaced by ``_``, no
+    leading dots (no hidden files, no ``..``), at most 120 characters."""
+    base = re.split(r"[/\\]", name)[-1]
+    base = re.sub(r"[^\w.\-]", "_", base, flags=re.ASCII).lstrip(".")
+    return base[-120:] or fallback
 
 
 def decode_upload(name: str, data: bytes) -> np.ndarray:
@@ -51,7 +64,7 @@ def decode_upload(name: str, data: bytes) -> np.ndarray:
         accepted = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         raise ColonsegError(f"{name}: not an image file (accepted: {accepted})")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(name).name
+        path = Path(tmp) / safe_name(name)
         path.write_bytes(data)
         try:
             return read_image(path, max_pixels=min(MAX_APP_PIXELS, MAX_PIXELS))
@@ -62,24 +75,30 @@ def decode_upload(name: str, data: bytes) -> np.ndarray:
 def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:
     """Save an uploaded model — an exported ``.onnx`` or a ``.zip`` of a checkpoint folder
     (``config.json`` + ``weights.safetensors``) — under ``folder``; return what to load."""
-    if Path(name).suffix.lower() == ".onnx":
-        path = folder / Path(name).name
-        path.write_bytes(data)
-        return path
-    if Path(name).suffix.lower() != ".zip":
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        raise ColonsegError(
+            f"{name}: file too large ({len(data) / 2**20:.0f} MB > {MAX_UPLOAD_MB} MB)"
+        )
+    clean = safe_name(name, fallback="model.zip")
+    if Path(clean).suffix.lower() == ".onnx":
+        return write_atomic(folder / clean, lambda tmp: tmp.write_bytes(data))
+    if Path(clean).suffix.lower() != ".zip":
         raise ColonsegError(f"{name}: upload an exported .onnx or a .zip of a checkpoint folder")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = {Path(m).name: m for m in archive.namelist() if not m.endswith("/")}
+            members = {Path(i.filename).name: i for i in archive.infolist() if not i.is_dir()}
             if not {"config.json", "weights.safetensors"} <= set(members):
                 raise ColonsegError(
                     f"{name}: the zip must hold config.json and weights.safetensors"
                 )
-            target = folder / Path(name).stem
-            target.mkdir(parents=True, exist_ok=True)
-            for wanted in ("config.json", "weights.safetensors"):  # nothing else is extracted
-                (target / wanted).write_bytes(archive.read(members[wanted]))
-    except zipfile.BadZipFile:
+            wanted = ("config.json", "weights.safetensors")  # nothing else is extracted
+            if sum(members[w].file_size for w in wanted) > MAX_UNZIPPED_MB * 2**20:
+                raise ColonsegError(f"{name}: expands beyond {MAX_UNZIPPED_MB} MB; refused")
+            target = folder / (Path(clean).stem or "model")
+            for w in wanted:
+                content = archive.read(members[w])
+                write_atomic(target / w, lambda tmp, content=content: tmp.write_bytes(content))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError):
         raise ColonsegError(f"{name}: not a valid zip file") from None
     return target
 
@@ -166,11 +185,17 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def zip_results(results: dict[str, Panels]) -> bytes:
-    """``{file name: panels}`` → zip of ``masks/<stem>.png`` and ``overlays/<stem>.png``."""
-    buf = io.BytesIO()
+    """``{file name: panels}`` → zip of ``masks/<stem>.png`` and ``overlays/<stem>.png`` (stems
+    made safe by :func:`safe_name`; a repeated stem gets ``_2``, ``_3``...)."""
+    buf, used = io.BytesIO(), set()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, p in results.items():
-            stem = Path(name).stem
+            stem = base = Path(safe_name(name)).stem or "image"
+            k = 1
+            while stem in used:
+                k += 1
+                stem = f"{base}_{k}"
+            used.add(stem)
             archive.writestr(f"masks/{stem}.png", png_bytes(p.mask))
             archive.writestr(f"overlays/{stem}.png", png_bytes(p.overlay))
     return buf.getvalue()

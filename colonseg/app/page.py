@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from colonseg.app import logic
+from colonseg.data.io import IMAGE_EXTENSIONS
 from colonseg.engine.checkpoint import list_zoo
 from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
@@ -33,7 +34,9 @@ def choose_model() -> str | None:
     zoo = list_zoo()
     if st.sidebar.radio("Source", ["Shipped model", "Upload a checkpoint"]) == "Shipped model":
         return st.sidebar.selectbox("Shipped model", zoo, index=zoo.index("default"))
-    upload = st.sidebar.file_uploader("Exported .onnx, or a .zip of a checkpoint folder")
+    upload = st.sidebar.file_uploader(
+        "Exported .onnx, or a .zip of a checkpoint folder", type=list(logic.CHECKPOINT_TYPES)
+    )
     if upload is None:
         return None
     folder = UPLOAD_DIR / hashlib.sha1(upload.getvalue()).hexdigest()[:16]
@@ -95,7 +98,7 @@ def show_image(predictor: Predictor, model: str, name: str, data: bytes, setting
     for column, caption, picture in zip(st.columns(5), captions, pictures, strict=True):
         column.image(picture, caption=caption, use_container_width=True)
     left, right = st.columns(2)
-    stem = Path(name).stem
+    stem = Path(logic.safe_name(name)).stem
     left.download_button(
         "Mask (PNG)", logic.png_bytes(panels.mask), f"{stem}_mask.png", key=f"m{name}"
     )
@@ -110,7 +113,7 @@ def cached_video(model: str, digest: str, settings: tuple, name: str, _data: byt
     """Segment a video once per model, file and settings: the overlay MP4 and CSV as bytes."""
     predictor = logic.configure(load_predictor(model), *settings)
     with tempfile.TemporaryDirectory(prefix="colonseg-video-") as tmp:
-        source = Path(tmp) / Path(name).name
+        source = Path(tmp) / logic.safe_name(name)
         source.write_bytes(_data)
         try:
             result = run_predict_video(predictor, source, Path(tmp) / "out", progress=False)
@@ -162,6 +165,7 @@ def main() -> None:
         f"Colonoscopy frames (PNG, JPEG, TIFF, BMP) or videos ({', '.join(VIDEO_EXTENSIONS)}); "
         f"up to {logic.MAX_UPLOAD_MB} MB each",
         accept_multiple_files=True,
+        type=[e.lstrip(".") for e in (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS)],
     )
     results: dict[str, logic.Panels] = {}
     for upload in uploads or []:

@@ -31,6 +31,17 @@ OFFLINE_ENCODERS = {
 }
 
 
+def check_encoder(name: str) -> str:
+    """Return ``name`` if timm knows it, else a one-line did-you-mean error (before any work)."""
+    if timm.is_model(name):
+        return name
+    import difflib
+
+    close = difflib.get_close_matches(name, timm.list_models(), n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else " See timm.list_models()."
+    raise ColonsegError(f"Unknown encoder '{name}'.{hint}")
+
+
 def encoder_normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) an encoder's weights were trained with, from timm's pretrained config."""
     try:

@@ -47,13 +47,15 @@ from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import trainer_precision
+from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.data import ProposalImages
 from colonseg.methods.mssg.module import MssgModule
 from colonseg.methods.mssg.propose import proposal_overlay, read_proposal, run_propose
 from colonseg.methods.mssg.spm import SpmSettings, proposal_from_border, select_border
 from colonseg.metrics import ConfusionMeter, ObjectMeter, mean_iou
-from colonseg.models.encoders import encoder_normalization
-from colonseg.models.registry import create_model
+from colonseg.models.encoders import check_encoder, encoder_normalization
+from colonseg.models.registry import MODELS, create_model
+from colonseg.registry import look_up_option
 from colonseg.viz.curves import plot_curves
 from colonseg.viz.overlays import overlay
 
@@ -131,7 +133,13 @@ class MssgConfig:
 
 def load_mssg_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ()):
     """An MSSG config (``METHOD: mssg``) with ``key=value`` overrides, validated."""
-    return merge_config(MssgConfig, config, overrides, "MSSG config")
+    cfg = merge_config(MssgConfig, config, overrides, "MSSG config")
+    try:  # a misspelt name fails now, not after an hour of proposal mining
+        look_up_option(cfg.model.arch, MODELS.names(), "model")
+        check_encoder(cfg.model.encoder)
+    except ColonsegError as exc:
+        raise ColonsegError(f"{config}: {exc}") from None
+    return cfg
 
 
 def spm_settings(cfg: DictConfig) -> SpmSettings:
