@@ -22,7 +22,7 @@ def _jpeg(image: np.ndarray) -> bytes:
 def test_uploads_decode_or_fail_with_the_file_name(monkeypatch):
     image = create_disc_image(64)[0]
     assert logic.decode_upload("frame.jpg", _jpeg(image)).shape == (64, 64, 3)
-    with pytest.raises(ColonsegError, match="^notes.txt: not an image file"):
+    with pytest.raises(ColonsegError, match="^notes.txt: not an accepted file type"):
         logic.decode_upload("notes.txt", b"hello")
     with pytest.raises(ColonsegError, match="^broken.jpg: not a readable image"):
         logic.decode_upload("broken.jpg", b"\xff\xd8garbage")
@@ -49,7 +49,7 @@ def test_uploaded_checkpoint_zip_loads_and_nothing_else_is_extracted(tmp_path):
         logic.load_uploaded_checkpoint("x.zip", _zip({"a.txt": b"1"}), tmp_path / "up")
     with pytest.raises(ColonsegError, match="not a valid zip"):
         logic.load_uploaded_checkpoint("x.zip", b"junk", tmp_path / "up")
-    with pytest.raises(ColonsegError, match="upload an exported .onnx or a .zip"):
+    with pytest.raises(ColonsegError, match="not an accepted file type .accepted: onnx, zip"):
         logic.load_uploaded_checkpoint("x.pth", b"junk", tmp_path / "up")
 
 

@@ -25,6 +25,7 @@ from colonseg.viz.overlays import contours, heatmap, overlay_prediction
 __all__ = [
     "MAX_UPLOAD_MB",
     "Panels",
+    "check_upload",
     "configure",
     "decode_upload",
     "finish",
@@ -53,16 +54,21 @@ def safe_name(name: str, fallback: str = "upload") -> str:
     return base[-120:] or fallback
 
 
-def decode_upload(name: str, data: bytes) -> np.ndarray:
-    """Uploaded bytes → RGB image, or a one-line :class:`ColonsegError` naming the file."""
+def check_upload(name: str, data: bytes, extensions: tuple[str, ...]) -> None:
+    """Refuse an upload over :data:`MAX_UPLOAD_MB` or with another extension (the server checks
+    again whatever the browser widget filtered)."""
     if len(data) > MAX_UPLOAD_MB * 2**20:
         raise ColonsegError(
             f"{name}: file too large ({len(data) / 2**20:.0f} MB > {MAX_UPLOAD_MB} MB)"
         )
-    suffix = Path(name).suffix.lower()
-    if suffix not in IMAGE_EXTENSIONS:
-        accepted = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-        raise ColonsegError(f"{name}: not an image file (accepted: {accepted})")
+    if Path(name).suffix.lower() not in extensions:
+        accepted = ", ".join(e.lstrip(".") for e in extensions)
+        raise ColonsegError(f"{name}: not an accepted file type (accepted: {accepted})")
+
+
+def decode_upload(name: str, data: bytes) -> np.ndarray:
+    """Uploaded bytes → RGB image, or a one-line :class:`ColonsegError` naming the file."""
+    check_upload(name, data, IMAGE_EXTENSIONS)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / safe_name(name)
         path.write_bytes(data)
@@ -75,15 +81,10 @@ def decode_upload(name: str, data: bytes) -> np.ndarray:
 def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:
     """Save an uploaded model — an exported ``.onnx`` or a ``.zip`` of a checkpoint folder
     (``config.json`` + ``weights.safetensors``) — under ``folder``; return what to load."""
-    if len(data) > MAX_UPLOAD_MB * 2**20:
-        raise ColonsegError(
-            f"{name}: file too large ({len(data) / 2**20:.0f} MB > {MAX_UPLOAD_MB} MB)"
-        )
+    check_upload(name, data, tuple(f".{t}" for t in CHECKPOINT_TYPES))
     clean = safe_name(name, fallback="model.zip")
     if Path(clean).suffix.lower() == ".onnx":
         return write_atomic(folder / clean, lambda tmp: tmp.write_bytes(data))
-    if Path(clean).suffix.lower() != ".zip":
-        raise ColonsegError(f"{name}: upload an exported .onnx or a .zip of a checkpoint folder")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = {Path(i.filename).name: i for i in archive.infolist() if not i.is_dir()}

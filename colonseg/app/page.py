@@ -171,6 +171,7 @@ def main() -> None:
     for upload in uploads or []:
         try:
             if Path(upload.name).suffix.lower() in VIDEO_EXTENSIONS:
+                logic.check_upload(upload.name, upload.getvalue(), VIDEO_EXTENSIONS)
                 show_video(model, upload.name, upload.getvalue(), settings)
             else:
                 results[upload.name] = show_image(

@@ -124,7 +124,10 @@ def _palette_foreground(path: Path) -> np.ndarray:
 
 def _decode_pixels(path: Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # e.g. a header claiming a size beyond OpenCV's limits
+        arr = None
     if arr is not None:
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)

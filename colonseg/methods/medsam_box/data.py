@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     4th axis is dropped, a real 4-D series is refused."""
     import nibabel as nib
 
+    nib.imageglobals.logger.setLevel(logging.CRITICAL)  # header fix-up notes: errors say it
     try:
         img = nib.as_closest_canonical(nib.load(str(path)))
         vol = np.asanyarray(img.dataobj)
