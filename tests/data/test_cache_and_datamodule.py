@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 import colonseg.data.cache as cache
-from colonseg.data.datamodule import DataSource, SegmentationDataModule
+from colonseg.data.datamodule import DataSource, EpochShuffle, SegmentationDataModule
 from colonseg.data.io import write_png
 from colonseg.data.layouts import find_pairs
+from colonseg.data.transforms import augment, create_augmentation
 from colonseg.errors import ColonsegError
 
 
@@ -43,3 +44,27 @@ def test_datamodule_batches(tiny_dataset_dir):
     assert batch["image"].shape == (4, 3, 32, 32) and batch["mask"].shape == (4, 1, 32, 32)
     assert -1.01 <= batch["image"].min() and batch["image"].max() <= 1.01  # mean = std = 0.5
     assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_epoch_shuffle_depends_on_seed_and_epoch_only():
+    a, b = EpochShuffle(20, seed=1), EpochShuffle(20, seed=1)
+    b.set_epoch(3)
+    list(a)  # an earlier pass changes nothing
+    a.set_epoch(3)
+    assert list(a) == list(b)
+    order = [i for i, _ in a]
+    assert sorted(order) == list(range(20)) and len({s for _, s in a}) == 20
+    a.set_epoch(4)
+    assert [i for i, _ in a] != order
+
+
+def test_augmentation_replays_from_its_seed():
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:12, 6:20] = 1
+    aug = create_augmentation("polyp")
+    first = augment(aug, 7, image=image, mask=mask)
+    augment(aug, 8, image=image, mask=mask)
+    again = augment(create_augmentation("polyp"), 7, image=image, mask=mask)
+    np.testing.assert_array_equal(first["image"], again["image"])
+    np.testing.assert_array_equal(first["mask"], again["mask"])
