@@ -43,6 +43,7 @@ MAX_UPLOAD_MB = 50  # per file; Streamlit's own limit (server.maxUploadSize) is 
 MAX_APP_PIXELS = 40_000_000  # 40 megapixels: larger frames are refused with a message
 MAX_UNZIPPED_MB = 500  # an uploaded checkpoint zip may not expand beyond this (zip bombs)
 CHECKPOINT_TYPES = ("onnx", "zip")
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 
 def safe_name(name: str, fallback: str = "upload") -> str:
@@ -85,21 +86,21 @@ def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:
     clean = safe_name(name, fallback="model.zip")
     if Path(clean).suffix.lower() == ".onnx":
         return write_atomic(folder / clean, lambda tmp: tmp.write_bytes(data))
+    wanted = ("config.json", "weights.safetensors")  # nothing else is ever extracted
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = {Path(i.filename).name: i for i in archive.infolist() if not i.is_dir()}
-            if not {"config.json", "weights.safetensors"} <= set(members):
-                raise ColonsegError(
-                    f"{name}: the zip must hold config.json and weights.safetensors"
-                )
-            wanted = ("config.json", "weights.safetensors")  # nothing else is extracted
+            if not set(wanted) <= set(members):
+                raise ColonsegError(f"{name}: the zip must hold {' and '.join(wanted)}")
+            if any(members[w].compress_type not in _ZIP_METHODS for w in wanted):
+                raise ColonsegError(f"{name}: compressed with a method zip cannot read")
             if sum(members[w].file_size for w in wanted) > MAX_UNZIPPED_MB * 2**20:
                 raise ColonsegError(f"{name}: expands beyond {MAX_UNZIPPED_MB} MB; refused")
             target = folder / (Path(clean).stem or "model")
             for w in wanted:
                 content = archive.read(members[w])
                 write_atomic(target / w, lambda tmp, content=content: tmp.write_bytes(content))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError):
         raise ColonsegError(f"{name}: not a valid zip file") from None
     return target
 
