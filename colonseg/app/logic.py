@@ -16,7 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from colonseg.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, read_image, write_atomic
+from colonseg.data.io import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    read_image,
+    unique_stems,
+    write_atomic,
+)
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
@@ -189,15 +195,10 @@ def png_bytes(array: np.ndarray) -> bytes:
 def zip_results(results: dict[str, Panels]) -> bytes:
     """``{file name: panels}`` → zip of ``masks/<stem>.png`` and ``overlays/<stem>.png`` (stems
     made safe by :func:`safe_name`; a repeated stem gets ``_2``, ``_3``...)."""
-    buf, used = io.BytesIO(), set()
+    stems = unique_stems([Path(safe_name(name)).stem or "image" for name in results])
+    buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, p in results.items():
-            stem = base = Path(safe_name(name)).stem or "image"
-            k = 1
-            while stem in used:
-                k += 1
-                stem = f"{base}_{k}"
-            used.add(stem)
+        for stem, p in zip(stems, results.values(), strict=True):
             archive.writestr(f"masks/{stem}.png", png_bytes(p.mask))
             archive.writestr(f"overlays/{stem}.png", png_bytes(p.overlay))
     return buf.getvalue()

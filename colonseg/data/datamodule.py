@@ -169,8 +169,7 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=shuffle and len(ds) > self.batch_size,
             num_workers=self.num_workers,
-            # workers start afresh each epoch, seeded by EpochSeed: a resumed run replays exactly
-            persistent_workers=False,
+            persistent_workers=self.num_workers > 0,  # EpochShuffle hands them their seeds
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -26,6 +26,7 @@ __all__ = [
     "read_image",
     "read_instances",
     "read_mask",
+    "unique_stems",
     "write_png",
     "write_atomic",
     "binarize_mask",
@@ -205,6 +206,18 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def unique_stems(stems: list[str]) -> list[str]:
+    """The stems, a repeated one suffixed ``_2``, ``_3``... so that no two outputs collide."""
+    out: list[str] = []
+    for stem in stems:
+        name, k = stem, 1
+        while name in out:
+            k += 1
+            name = f"{stem}_{k}"
+        out.append(name)
+    return out
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

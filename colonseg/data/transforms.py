@@ -84,9 +84,9 @@ def augment(transform: A.Compose, seed: int | None = None, **data) -> dict:
     """Apply ``transform`` with its RNG seeded by ``seed``, by default drawn from torch's RNG.
 
     albumentations' Compose keeps a private RNG that global seeds never reach: forked data-loader
-    workers would repeat each other's augmentations and no run could be replayed. torch's RNG is
-    seeded per worker by the DataLoader and per epoch by ``EpochSeed``, so drawing from it makes
-    augmentation differ across workers and replay exactly when a run resumes.
+    workers would repeat each other's augmentations and no run could be replayed. Supervised
+    training passes the per-sample seed :class:`EpochShuffle` draws; without one, torch's RNG
+    (seeded per worker by the DataLoader) keeps workers apart and runs reproducible.
     """
     if seed is None:
         seed = int(torch.randint(2**31, ()).item())

@@ -9,7 +9,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from colonseg.data.io import IMAGE_EXTENSIONS, read_image, write_png
+from colonseg.data.io import IMAGE_EXTENSIONS, read_image, unique_stems, write_png
 from colonseg.data.rle import submission_rows, write_submission
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
@@ -33,19 +33,6 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
     if not files:
         raise ColonsegError(f"{', '.join(map(str, inputs))}: no images found")
     return files
-
-
-def _unique_stems(files: list[Path]) -> dict[Path, str]:
-    names: dict[Path, str] = {}
-    used: set[str] = set()
-    for f in files:
-        stem, k = f.stem, 1
-        while stem in used:
-            k += 1
-            stem = f"{f.stem}_{k}"
-        used.add(stem)
-        names[f] = stem
-    return names
 
 
 class _ImageFiles(Dataset):
@@ -95,7 +82,7 @@ def run_predict(
     if save_attention and not predictor.has_attention:
         raise ColonsegError(f"{predictor.meta.arch}: this architecture has no attention maps")
     files = collect_images(inputs)
-    names = _unique_stems(files)
+    names = dict(zip(files, unique_stems([f.stem for f in files]), strict=True))
     if workers is None:
         workers = 0 if len(files) < 64 else min(4, os.cpu_count() or 1)
     loader = DataLoader(

