@@ -88,7 +88,59 @@ def build_sam(backbone: str = "litemedsam", checkpoint: str | None = None, pretr
     return net
 
 
-SPARSE_MODES = ("tokens", "box")
+SPARSE_MODES = ("tokens", "box", "centre")
+
+
+class CentreHead(nn.Module):
+    """Polyp boxes as centre peaks on the ``64×64`` embedding grid (CenterNet, Zhou et al. 2019).
+
+    A trunk of one 1×1 and three 3×3 convolutions (dilations 1, 2, 4; GroupNorm, ReLU) gives, per
+    cell, a centre score (logit) and four regressions: the box width and height as fractions of
+    the image and the centre's offset inside the cell (both through a sigmoid). Finding the box
+    by its centre cell, rather than regressing one box from pooled features, keeps the
+    position where the convolutions see it and lets an image hold several polyps.
+    """
+
+    def __init__(self, dim: int = 256, hidden: int = 128, dropout: float = 0.1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Dropout2d(dropout), nn.Conv2d(dim, hidden, 1)]
+        for dilation in (None, 1, 2, 4):
+            if dilation is not None:
+                layers.append(nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation))
+            layers += [nn.GroupNorm(8, hidden), nn.ReLU(inplace=True)]
+        self.trunk = nn.Sequential(*layers)
+        self.heat = nn.Conv2d(hidden, 1, 1)
+        self.reg = nn.Conv2d(hidden, 4, 1)
+        nn.init.constant_(self.heat.bias, -2.19)  # a prior score of 0.1 everywhere
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(heat logits (B, 1, G, G), regressions (B, 4, G, G) in [0, 1])``."""
+        f = self.trunk(embedding)
+        return self.heat(f), self.reg(f).float().sigmoid()
+
+
+def centre_boxes(
+    heat: torch.Tensor, reg: torch.Tensor, k: int = 3, min_score: float = 0.3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` highest local maxima of a :class:`CentreHead`'s output as boxes.
+
+    Returns:
+        boxes ``(B, k, 4)`` ``x0, y0, x1, y1`` in [0, 1] of the image, and ``keep (B, k)``: the
+        peaks scoring at least ``min_score`` — the best peak of every image always (a model that
+        is asked to segment finds its best guess).
+    """
+    b, _, g, _ = heat.shape
+    score = heat.float().sigmoid()
+    peaks = score * (F.max_pool2d(score, 3, 1, 1) == score)
+    top, index = peaks.flatten(1).topk(min(k, g * g), dim=1)
+    cells = reg.flatten(2).gather(2, index[:, None].expand(-1, 4, -1))  # (B, 4, k)
+    cx = ((index % g).float() + cells[:, 2]) / g
+    cy = (torch.div(index, g, rounding_mode="floor").float() + cells[:, 3]) / g
+    w, h = cells[:, 0], cells[:, 1]
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).clamp(0, 1)
+    keep = top >= min_score
+    keep[:, 0] = True
+    return boxes, keep
 
 
 class PromptModule(nn.Module):
@@ -102,6 +154,10 @@ class PromptModule(nn.Module):
     * ``sparse="box"``: a box (FC → ReLU → FC → centre and size, sigmoid), which SAM's frozen
       prompt encoder turns into its two box tokens — the box can then be supervised by the true
       box directly, and SAM decodes it as the box prompts it was trained on.
+
+    ``sparse="centre"`` replaces both branches by a :class:`CentreHead`: up to ``max_boxes``
+    boxes found by their centre peaks, each given to SAM exactly as a user's box would be (SAM's
+    own box tokens and its no-mask dense embedding), the masks united.
     """
 
     def __init__(
@@ -112,17 +168,25 @@ class PromptModule(nn.Module):
         num_points: int = 1,
         grid: int = 64,
         sparse: str = "tokens",
+        max_boxes: int = 3,
+        min_score: float = 0.3,
     ) -> None:
         super().__init__()
         if sparse not in SPARSE_MODES:
-            raise ColonsegError(f"Unknown sparse prompt '{sparse}'. Available: tokens, box.")
+            raise ColonsegError(
+                f"Unknown sparse prompt '{sparse}'. Available: {', '.join(SPARSE_MODES)}."
+            )
+        self.mode, self.tokens, self.dim = sparse, num_points + 1, dim
+        self.max_boxes, self.min_score = max_boxes, min_score
+        if sparse == "centre":
+            self.centre = CentreHead(dim, hidden)
+            return
         self.dense = nn.Sequential(
             nn.Conv2d(dim, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 3, padding=1)
         )
         self.sparse_conv = nn.Sequential(nn.Conv2d(dim, sparse_hidden, 1), nn.ReLU(inplace=True))
         self.pool = nn.AdaptiveMaxPool2d(grid // 8)
         pooled = sparse_hidden * (grid // 8) ** 2
-        self.mode, self.tokens, self.dim = sparse, num_points + 1, dim
         if sparse == "box":
             self.sparse_fc = nn.Sequential(
                 nn.Linear(pooled, dim), nn.ReLU(inplace=True), nn.Linear(dim, 4)
@@ -132,11 +196,24 @@ class PromptModule(nn.Module):
 
     def sparse(self, embedding: torch.Tensor) -> torch.Tensor:
         """``tokens``: ``(B, T, 256)`` tokens; ``box``: ``(B, 4)`` ``x0, y0, x1, y1`` in [0, 1]."""
+        if self.mode == "centre":
+            raise ColonsegError("a centre prompt module finds boxes: use find_boxes()")
         out = self.sparse_fc(self.pool(self.sparse_conv(embedding)).flatten(1))
         if self.mode == "tokens":
             return out.view(-1, self.tokens, self.dim)
         centre, size = out.float().sigmoid().split(2, dim=1)
         return torch.cat([centre - size / 2, centre + size / 2], 1).clamp(0, 1)
+
+    def find_boxes(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes ``(B, K, 4)`` in [0, 1] and which to use ``(B, K)`` (``box``: K = 1;
+        ``centre``: the ``max_boxes`` best peaks, those under ``min_score`` unused but the
+        best)."""
+        if self.mode == "centre":
+            return centre_boxes(*self.centre(embedding), self.max_boxes, self.min_score)
+        if self.mode == "box":
+            box = self.sparse(embedding)[:, None]
+            return box, torch.ones(box.shape[:2], dtype=torch.bool, device=box.device)
+        raise ColonsegError("this prompt module makes free tokens, not a box (sparse=tokens)")
 
     def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.sparse(embedding), self.dense(embedding)
@@ -152,6 +229,8 @@ class AutoMedSAM(nn.Module):
         num_points: int = 1,
         pretrained: bool = True,
         sparse: str = "tokens",
+        max_boxes: int = 3,
+        min_score: float = 0.3,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -159,7 +238,9 @@ class AutoMedSAM(nn.Module):
         self.sam = build_sam(backbone, sam_checkpoint, pretrained)
         self.sam.requires_grad_(False)
         self.sam.eval()
-        self.prompt = PromptModule(num_points=num_points, sparse=sparse)
+        self.prompt = PromptModule(
+            num_points=num_points, sparse=sparse, max_boxes=max_boxes, min_score=min_score
+        )
 
     def train(self, mode: bool = True) -> AutoMedSAM:
         super().train(mode)
@@ -181,12 +262,17 @@ class AutoMedSAM(nn.Module):
             boxes: ``(B, 4)`` ``x0, y0, x1, y1`` in input pixels (0..S) to prompt SAM with a box
                 instead of the learned prompts.
         """
-        if boxes is None:
+        if boxes is not None:
+            sparse, dense = self._box_prompt(boxes)
+        elif self.prompt.mode == "centre":
+            return self._decode_found(embedding)
+        else:
             sparse, dense = self.prompt(embedding)
             if self.prompt.mode == "box":
                 sparse = self._box_prompt(sparse * self.input_size)[0]  # dense: the learned one
-        else:
-            sparse, dense = self._box_prompt(boxes)
+        return self._decode(embedding, sparse, dense)
+
+    def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
         logits, _ = self.sam.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
@@ -196,15 +282,24 @@ class AutoMedSAM(nn.Module):
         )
         return logits
 
+    def _decode_found(self, embedding: torch.Tensor) -> torch.Tensor:
+        """SAM prompted with each box the centre head finds; the union of the masks."""
+        boxes, keep = self.prompt.find_boxes(embedding)
+        b, k = keep.shape
+        sparse, dense = self._box_prompt(boxes.flatten(0, 1) * self.input_size)
+        logits = self._decode(embedding.repeat_interleave(k, 0), sparse, dense)
+        logits = logits.view(b, k, *logits.shape[-2:]).float()
+        floor = torch.finfo(logits.dtype).min
+        return logits.masked_fill(~keep[..., None, None], floor).amax(1, keepdim=True)
+
     def _box_prompt(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM's own prompt embeddings (sparse, dense) of ``boxes`` in input pixels."""
         return self.sam.prompt_encoder(points=None, boxes=boxes[:, None, :].float(), masks=None)
 
     def predict_box(self, embedding: torch.Tensor) -> torch.Tensor:
-        """The box the prompt module finds (``sparse="box"``): ``(B, 4)`` in input pixels."""
-        if self.prompt.mode != "box":
-            raise ColonsegError("this prompt module makes free tokens, not a box (sparse=tokens)")
-        return self.prompt.sparse(embedding) * self.input_size
+        """The best box the prompt module finds (``sparse="box"`` or ``"centre"``): ``(B, 4)``
+        in input pixels."""
+        return self.prompt.find_boxes(embedding)[0][:, 0] * self.input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] → mask logits ``(B, 1, H, W)`` (the backbone sees
@@ -227,10 +322,14 @@ def automedsam(
     sam_checkpoint: str | None = None,
     num_points: int = 1,
     sparse: str = "tokens",
+    max_boxes: int = 3,
+    min_score: float = 0.3,
 ) -> AutoMedSAM:
     """Automatic MedSAM. ``encoder`` is not used (the SAM backbone brings its own encoder)."""
     if in_channels != 3 or classes != 1:
         raise ColonsegError(
             "automedsam segments one class from RGB images (classes=1, in_channels=3)"
         )
-    return AutoMedSAM(backbone, sam_checkpoint, num_points, pretrained, sparse)
+    return AutoMedSAM(
+        backbone, sam_checkpoint, num_points, pretrained, sparse, max_boxes, min_score
+    )

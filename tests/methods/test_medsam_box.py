@@ -166,3 +166,50 @@ def test_box_loss_zero_for_the_true_box():
     exact = torch.tensor([[0.25, 0.125, 0.5, 0.375], [0.1, 0.1, 0.2, 0.2]])
     assert float(box_loss(exact, boxes, 256)) < 1e-5  # the box-less image is left out
     assert float(box_loss(exact.flip(0), boxes, 256)) > 0.5
+
+
+def test_centre_targets_and_loss_on_hand_made_boxes():
+    from colonseg.losses.box_prior import centre_loss, centre_targets
+
+    boxes = [torch.tensor([[64.0, 32.0, 127.0, 95.0]]), torch.tensor([[0.0, 0.0, 39.0, 39.0]])]
+    heat, reg, at = centre_targets(boxes, 256, 64)
+    assert at.sum() == 2 and at[0, 0, 16, 24] == 1 and at[1, 0, 5, 5] == 1
+    assert torch.allclose(reg[0, :, 16, 24], torch.tensor([0.25, 0.25, 0.0, 0.0]))
+    assert torch.allclose(reg[1, :, 5, 5], torch.tensor([0.15625, 0.15625, 0.0, 0.0]))
+    assert heat.max() == 1 and 0 < float(heat[0, 0, 16, 20]) < 1 and heat[0, 0, 60, 5] < 1e-3
+    exact = torch.where(heat == 1, 20.0, -20.0)  # sure peaks at the centres, nothing elsewhere
+    right = centre_loss(exact, reg, boxes, 256)
+    assert float(right) < 0.05
+    assert float(centre_loss(exact.roll(8, dims=-1), reg, boxes, 256)) > 10 * float(right) + 1
+    assert float(centre_loss(exact, reg.roll(4, dims=-1), boxes, 256)) > float(right) + 1
+
+
+def test_centre_boxes_reads_peaks_and_drops_weak_ones():
+    from colonseg.models.medsam import centre_boxes
+
+    heat = torch.full((1, 1, 64, 64), -10.0)
+    heat[0, 0, 16, 24], heat[0, 0, 40, 40], heat[0, 0, 50, 10] = 4.0, 1.0, -3.0  # .98 .73 .05
+    reg = torch.zeros(1, 4, 64, 64)
+    reg[0, :, 16, 24] = torch.tensor([0.25, 0.125, 0.5, 0.5])
+    boxes, keep = centre_boxes(heat, reg, k=3, min_score=0.3)
+    assert keep.tolist() == [[True, True, False]]
+    x = (24.5 / 64 - 0.125, 16.5 / 64 - 0.0625, 24.5 / 64 + 0.125, 16.5 / 64 + 0.0625)
+    assert torch.allclose(boxes[0, 0], torch.tensor(x))
+    _, keep = centre_boxes(heat - 20, reg)  # nothing scores: the best peak is still used
+    assert keep.tolist() == [[True, False, False]]
+
+
+def test_centre_prompt_module_unites_the_masks_of_its_boxes():
+    from colonseg.models.medsam import centre_boxes
+
+    net = create_model("automedsam", pretrained=False, sparse="centre", min_score=0.0).eval()
+    emb = torch.randn(2, 256, 64, 64)
+    with torch.no_grad():
+        logits = net.decode(emb)
+        boxes, keep = centre_boxes(*net.prompt.centre(emb), 3, 0.0)
+        each = [net.decode(emb, boxes=boxes[:, i] * net.input_size) for i in range(3)]
+    assert keep.all() and logits.shape == (2, 1, 256, 256)
+    assert torch.allclose(logits, torch.stack(each).amax(0), atol=1e-5)
+    assert net.predict_box(emb).shape == (2, 4)
+    with pytest.raises(ColonsegError, match="find_boxes"):
+        net.prompt.sparse(emb)

@@ -150,16 +150,21 @@ class MedsamBoxModule(L.LightningModule):
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.net.decode(embedding)
 
-    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _step(
+        self, batch: dict, decode: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor, dict]:
+        """Logits (unless neither ``decode`` nor a loss term asks for them), loss, loss parts."""
         emb = batch["embedding"].float()
-        logits = self(emb).float()
-        target = self._prompt_targets(emb, batch) if self.loss.weights["prompt"] > 0 else None
-        pred_box = self.net.prompt.sparse(emb) if self.loss.weights["box"] > 0 else None
-        total, parts = self.loss(logits, batch["boxes"], target, pred_box)
+        prompt, w = self.net.prompt, self.loss.weights
+        logits = self(emb).float() if decode or self.loss.needs_logits else None
+        target = self._prompt_targets(emb, batch) if w["prompt"] > 0 else None
+        pred_box = prompt.sparse(emb) if w["box"] > 0 else None
+        centre = prompt.centre(emb) if w["centre"] > 0 else None
+        total, parts = self.loss(logits, batch["boxes"], target, pred_box, centre, side=GRID)
         return logits, total, parts
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        _, total, parts = self._step(batch)
+        _, total, parts = self._step(batch, decode=False)
         n = len(batch["boxes"])
         self.log("train/loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
         for k, v in parts.items():

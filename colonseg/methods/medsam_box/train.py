@@ -70,7 +70,9 @@ class ModelSection:
     backbone: str = "litemedsam"  # or medsam_vit_b (give sam_checkpoint)
     sam_checkpoint: str | None = None
     num_points: int = 1
-    sparse: str = "tokens"  # tokens (the paper) or box (a box, embedded by SAM's prompt encoder)
+    sparse: str = "tokens"  # tokens (the paper), box (one regressed box) or centre (centre peaks)
+    max_boxes: int = 3  # sparse=centre: the most boxes (peaks) per image
+    min_score: float = 0.3  # sparse=centre: peaks under this score are not used (but the best)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class LossSection:
     size: float = 1e-2
     prompt: float = 0.0  # BCE + Dice towards SAM's mask from the true box (TBME 2025)
     box: float = 0.0  # L1 + GIoU of the predicted box (model.sparse=box)
+    centre: float = 0.0  # CenterNet focal + size + offset loss (model.sparse=centre)
     t: float = 5.0
     t_growth: float = 1.1
     band: int = 5
@@ -327,7 +330,15 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
     "model_dir", "summary", "baselines", ...}``."""
     run_dir = Path(cfg.out_dir) / cfg.name
     m = cfg.model
-    net = AutoMedSAM(m.backbone, m.sam_checkpoint, m.num_points, sparse=m.sparse)
+    init_kwargs = {
+        "backbone": m.backbone,
+        "sam_checkpoint": m.sam_checkpoint,
+        "num_points": m.num_points,
+        "sparse": m.sparse,
+        "max_boxes": m.max_boxes,
+        "min_score": m.min_score,
+    }
+    net = AutoMedSAM(**init_kwargs)
     cache = EmbeddingCache(cfg.data.cache_dir or default_cache_dir() / "medsam", net)
     if cfg.test.only:
         model_dir = Path(cfg.test.checkpoint or run_dir / "model")
@@ -343,12 +354,6 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
     cache.fill(train + val, device)  # phase 1
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    init_kwargs = {
-        "backbone": m.backbone,
-        "sam_checkpoint": m.sam_checkpoint,
-        "num_points": m.num_points,
-        "sparse": m.sparse,
-    }
     meta = ModelMeta(
         arch="automedsam",
         init_kwargs=init_kwargs,
@@ -369,7 +374,15 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
     )
     lc = cfg.loss
     loss = BoxPriorLoss(
-        lc.empty, lc.tight, lc.size, lc.prompt, lc.box, lc.t, lc.band, tuple(lc.size_margins)
+        lc.empty,
+        lc.tight,
+        lc.size,
+        lc.prompt,
+        lc.box,
+        lc.t,
+        lc.band,
+        tuple(lc.size_margins),
+        lc.centre,
     )
     module = MedsamBoxModule(
         net,
