@@ -9,9 +9,6 @@
   when prompted with the true box (built from the box alone, no mask).
 * **box** (for a prompt module that predicts a box): L1 + generalised IoU between the predicted
   box and the box around the image's true boxes.
-* **centre** (for a prompt module that finds boxes by their centres): CenterNet's focal loss on
-  a heat map of Gaussian bumps at the true boxes' centres, plus L1 on the size and centre offset
-  read at each true centre cell.
 
 Tightness and size constraints ``z <= 0`` (tightness in pixels of foreground mass, size in per
 cent of the box area) pass through the log-barrier extension ``psi_t`` (Kervadec et al., MedIA
@@ -41,8 +38,6 @@ __all__ = [
     "box_loss",
     "box_prompt_loss",
     "box_region",
-    "centre_loss",
-    "centre_targets",
     "emptiness_loss",
     "log_barrier",
     "size_loss",
@@ -175,71 +170,17 @@ def box_loss(pred: torch.Tensor, boxes: list[torch.Tensor], side: int) -> torch.
     return F.l1_loss(pred, target) + generalized_box_iou_loss(pred, target, reduction="mean")
 
 
-def centre_targets(
-    boxes: list[torch.Tensor], side: int, grid: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CenterNet targets on a ``grid × grid`` map from boxes in pixels of a ``side`` grid.
-
-    Returns ``heat (B, 1, G, G)`` (a Gaussian bump per box, sigma a sixth of its width and
-    height, 1 at its centre cell), ``reg (B, 4, G, G)`` (width, height as fractions of the image,
-    centre offset in the cell) and ``at (B, 1, G, G)`` (1 at the centre cells)."""
-    n, scale = len(boxes), grid / side
-    heat, reg, at = (
-        torch.zeros(n, 1, grid, grid),
-        torch.zeros(n, 4, grid, grid),
-        torch.zeros(n, 1, grid, grid),
-    )
-    yy, xx = torch.meshgrid(torch.arange(grid).float(), torch.arange(grid).float(), indexing="ij")
-    for i, image_boxes in enumerate(boxes):
-        for box in image_boxes.float().cpu():
-            x0, y0 = float(box[0]) * scale, float(box[1]) * scale
-            x1, y1 = (float(box[2]) + 1) * scale, (float(box[3]) + 1) * scale  # inclusive pixels
-            cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
-            sx, sy = max(w / 6, 0.8), max(h / 6, 0.8)
-            bump = torch.exp(-((xx - cx) ** 2) / (2 * sx**2) - (yy - cy) ** 2 / (2 * sy**2))
-            heat[i, 0] = torch.maximum(heat[i, 0], bump)
-            ix, iy = min(int(cx), grid - 1), min(int(cy), grid - 1)
-            heat[i, 0, iy, ix] = 1.0
-            reg[i, :, iy, ix] = torch.tensor([w / grid, h / grid, cx - ix, cy - iy])
-            at[i, 0, iy, ix] = 1.0
-    return heat, reg, at
-
-
-def centre_loss(
-    heat: torch.Tensor, reg: torch.Tensor, boxes: list[torch.Tensor], side: int
-) -> torch.Tensor:
-    """CenterNet's loss for a :class:`~colonseg.models.medsam.CentreHead`: penalty-reduced
-    focal loss (alpha 2, beta 4) on the centre heat map, normalised by the number of boxes, plus
-    L1 of size (×10, as sizes are fractions of the image) and offset at the true centres."""
-    target, target_reg, at = (
-        t.to(heat.device) for t in centre_targets(boxes, side, heat.shape[-1])
-    )
-    p = heat.float().sigmoid().clamp(1e-4, 1 - 1e-4)
-    pos = (target == 1).float()
-    focal = -(
-        torch.log(p) * (1 - p) ** 2 * pos + torch.log(1 - p) * p**2 * (1 - target) ** 4 * (1 - pos)
-    ).sum() / pos.sum().clamp_min(1.0)
-    if not bool(at.any()):
-        return focal
-    cells = at.expand(-1, 4, -1, -1).bool()
-    size = (reg.float()[:, :2] - target_reg[:, :2]).abs()[cells[:, :2]].mean()
-    offset = (reg.float()[:, 2:] - target_reg[:, 2:]).abs()[cells[:, 2:]].mean()
-    return focal + 10.0 * size + offset
-
-
 class BoxPriorLoss(nn.Module):
     """``w_empty * L_empty + w_tight * L_tightbox + w_size * L_size (+ w_prompt * L_box_prompt
-    + w_box * L_box + w_centre * L_centre)``; a term whose weight is 0 is not computed.
+    + w_box * L_box)``; a term whose weight is 0 is not computed.
 
     Args:
-        empty, tight, size, prompt, box, centre: the weights (defaults: the Automatic MedSAM
-            paper's 1, 1e-4, 1e-2; the box-prompt, box and centre terms off).
+        empty, tight, size, prompt, box: the weights (defaults: the Automatic MedSAM paper's 1,
+            1e-4, 1e-2; the box-prompt and box terms off).
         t: the log-barrier's starting ``t``; the trainer multiplies it by ``t_growth`` each epoch.
         band: the tightness band width ``d`` in pixels.
         size_margins: ``[a, b]``.
     """
-
-    MASK_TERMS = ("empty", "tight", "size", "prompt")  # the terms computed on mask logits
 
     def __init__(
         self,
@@ -251,56 +192,32 @@ class BoxPriorLoss(nn.Module):
         t: float = 5.0,
         band: int = 5,
         size_margins: tuple[float, float] = (0.5, 0.9),
-        centre: float = 0.0,
     ) -> None:
         super().__init__()
-        self.weights = {
-            "empty": empty,
-            "tight": tight,
-            "size": size,
-            "prompt": prompt,
-            "box": box,
-            "centre": centre,
-        }
+        self.weights = {"empty": empty, "tight": tight, "size": size, "prompt": prompt, "box": box}
         self.t, self.band, self.size_margins = float(t), int(band), tuple(size_margins)
-
-    @property
-    def needs_logits(self) -> bool:
-        """Whether any weighted term is computed on mask logits."""
-        return any(self.weights[k] > 0 for k in self.MASK_TERMS)
 
     def forward(
         self,
-        logits: torch.Tensor | None,
+        logits: torch.Tensor,
         boxes: list[torch.Tensor],
         prompt_target: torch.Tensor | None = None,
         pred_box: torch.Tensor | None = None,
-        centre: tuple[torch.Tensor, torch.Tensor] | None = None,
-        side: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``pred_box``: the prompt module's boxes ``(B, 4)`` in [0, 1]; ``centre``: a centre
-        head's ``(heat, reg)``; ``boxes`` in pixels of a ``side`` grid (default: the logits')."""
-        w = self.weights
-        if logits is None and self.needs_logits:
-            raise ValueError("the mask terms need the mask logits")
-        side = side or logits.shape[-1]
+        """``pred_box``: the prompt module's boxes ``(B, 4)`` in [0, 1] of the logits' grid."""
         terms = {
             "empty": lambda: emptiness_loss(logits, boxes),
             "tight": lambda: tightness_loss(logits, boxes, self.t, self.band),
             "size": lambda: size_loss(logits, boxes, self.t, self.size_margins),
         }
-        parts = {k: f() for k, f in terms.items() if w[k] > 0}
-        if w["prompt"] > 0:
+        parts = {k: f() for k, f in terms.items() if self.weights[k] > 0}
+        if self.weights["prompt"] > 0:
             if prompt_target is None:
                 raise ValueError("the box-prompt term needs the box-prompted masks")
             parts["prompt"] = box_prompt_loss(logits, prompt_target)
-        if w["box"] > 0:
+        if self.weights["box"] > 0:
             if pred_box is None:
                 raise ValueError("the box term needs the predicted boxes (sparse=box)")
-            parts["box"] = box_loss(pred_box, boxes, side)
-        if w["centre"] > 0:
-            if centre is None:
-                raise ValueError("the centre term needs a centre head's output (sparse=centre)")
-            parts["centre"] = centre_loss(*centre, boxes, side)
-        total = sum(w[k] * v for k, v in parts.items())
+            parts["box"] = box_loss(pred_box, boxes, logits.shape[-1])
+        total = sum(self.weights[k] * v for k, v in parts.items())
         return total, {k: v.detach() for k, v in parts.items()}

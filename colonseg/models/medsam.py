@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,59 +90,57 @@ def build_sam(backbone: str = "litemedsam", checkpoint: str | None = None, pretr
     return net
 
 
-SPARSE_MODES = ("tokens", "box", "centre")
+SPARSE_MODES = ("tokens", "box", "region")
 
 
-class CentreHead(nn.Module):
-    """Polyp boxes as centre peaks on the ``64×64`` embedding grid (CenterNet, Zhou et al. 2019).
+class RegionHead(nn.Module):
+    """A coarse polyp map on the ``64×64`` embedding grid: one 1×1 and three 3×3 convolutions
+    (dilations 1, 2, 4; GroupNorm, ReLU; channel dropout on the embedding) → one logit per cell.
 
-    A trunk of one 1×1 and three 3×3 convolutions (dilations 1, 2, 4; GroupNorm, ReLU) gives, per
-    cell, a centre score (logit) and four regressions: the box width and height as fractions of
-    the image and the centre's offset inside the cell (both through a sigmoid). Finding the box
-    by its centre cell, rather than regressing one box from pooled features, keeps the
-    position where the convolutions see it and lets an image hold several polyps.
-    """
+    Trained densely (every cell has a target: the mask SAM gives from the true box), it learns
+    where polyps are from far fewer images than a single regressed box does."""
 
-    def __init__(self, dim: int = 256, hidden: int = 128, dropout: float = 0.1) -> None:
+    def __init__(self, dim: int = 256, hidden: int = 64, dropout: float = 0.1) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Dropout2d(dropout), nn.Conv2d(dim, hidden, 1)]
         for dilation in (None, 1, 2, 4):
             if dilation is not None:
                 layers.append(nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation))
             layers += [nn.GroupNorm(8, hidden), nn.ReLU(inplace=True)]
-        self.trunk = nn.Sequential(*layers)
-        self.heat = nn.Conv2d(hidden, 1, 1)
-        self.reg = nn.Conv2d(hidden, 4, 1)
-        nn.init.constant_(self.heat.bias, -2.19)  # a prior score of 0.1 everywhere
+        self.trunk = nn.Sequential(*layers, nn.Conv2d(hidden, 1, 1))
 
-    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(heat logits (B, 1, G, G), regressions (B, 4, G, G) in [0, 1])``."""
-        f = self.trunk(embedding)
-        return self.heat(f), self.reg(f).float().sigmoid()
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 1, 64, 64)``."""
+        return self.trunk(embedding)
 
 
-def centre_boxes(
-    heat: torch.Tensor, reg: torch.Tensor, k: int = 3, min_score: float = 0.3
+def region_boxes(
+    logits: torch.Tensor, side: int = 256, k: int = 3, min_area: float = 0.01
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` highest local maxima of a :class:`CentreHead`'s output as boxes.
+    """Boxes around the connected regions of a coarse map (bilinearly upsampled to ``side``,
+    threshold 0.5), largest first.
 
     Returns:
         boxes ``(B, k, 4)`` ``x0, y0, x1, y1`` in [0, 1] of the image, and ``keep (B, k)``: the
-        peaks scoring at least ``min_score`` — the best peak of every image always (a model that
-        is asked to segment finds its best guess).
+        regions covering at least ``min_area`` of the image, and the largest always — a map
+        with nothing over 0.5 gives the box around its cells over half its maximum, so a model
+        asked to segment offers its best guess.
     """
-    b, _, g, _ = heat.shape
-    score = heat.float().sigmoid()
-    peaks = score * (F.max_pool2d(score, 3, 1, 1) == score)
-    top, index = peaks.flatten(1).topk(min(k, g * g), dim=1)
-    cells = reg.flatten(2).gather(2, index[:, None].expand(-1, 4, -1))  # (B, 4, k)
-    cx = ((index % g).float() + cells[:, 2]) / g
-    cy = (torch.div(index, g, rounding_mode="floor").float() + cells[:, 3]) / g
-    w, h = cells[:, 0], cells[:, 1]
-    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).clamp(0, 1)
-    keep = top >= min_score
-    keep[:, 0] = True
-    return boxes, keep
+    prob = F.interpolate(logits.float(), size=(side, side), mode="bilinear", align_corners=False)
+    prob = prob.detach().sigmoid()[:, 0].cpu().numpy()
+    boxes = torch.zeros(len(prob), k, 4)
+    keep = torch.zeros(len(prob), k, dtype=torch.bool)
+    for i, p in enumerate(prob):
+        fg = p > 0.5
+        if not fg.any():
+            fg = p >= p.max() / 2
+        n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+        order = np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:k] + 1
+        for j, r in enumerate(order):
+            x, y, w, h, area = stats[r]
+            boxes[i, j] = torch.tensor([x, y, x + w, y + h], dtype=torch.float32) / side
+            keep[i, j] = bool(j == 0 or area >= min_area * side * side)
+    return boxes.to(logits.device), keep.to(logits.device)
 
 
 class PromptModule(nn.Module):
@@ -155,9 +155,10 @@ class PromptModule(nn.Module):
       prompt encoder turns into its two box tokens — the box can then be supervised by the true
       box directly, and SAM decodes it as the box prompts it was trained on.
 
-    ``sparse="centre"`` replaces both branches by a :class:`CentreHead`: up to ``max_boxes``
-    boxes found by their centre peaks, each given to SAM exactly as a user's box would be (SAM's
-    own box tokens and its no-mask dense embedding), the masks united.
+    ``sparse="region"`` replaces both branches by a :class:`RegionHead`: a coarse polyp map
+    whose connected regions (up to ``max_boxes``, each at least ``min_area`` of the image but the
+    largest) give boxes, each handed to SAM exactly as a user's box would be (SAM's own box
+    tokens and its no-mask dense embedding); the masks are united.
     """
 
     def __init__(
@@ -169,7 +170,7 @@ class PromptModule(nn.Module):
         grid: int = 64,
         sparse: str = "tokens",
         max_boxes: int = 3,
-        min_score: float = 0.3,
+        min_area: float = 0.01,
     ) -> None:
         super().__init__()
         if sparse not in SPARSE_MODES:
@@ -177,9 +178,9 @@ class PromptModule(nn.Module):
                 f"Unknown sparse prompt '{sparse}'. Available: {', '.join(SPARSE_MODES)}."
             )
         self.mode, self.tokens, self.dim = sparse, num_points + 1, dim
-        self.max_boxes, self.min_score = max_boxes, min_score
-        if sparse == "centre":
-            self.centre = CentreHead(dim, hidden)
+        self.max_boxes, self.min_area = max_boxes, min_area
+        if sparse == "region":
+            self.region = RegionHead(dim)
             return
         self.dense = nn.Sequential(
             nn.Conv2d(dim, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 3, padding=1)
@@ -196,8 +197,8 @@ class PromptModule(nn.Module):
 
     def sparse(self, embedding: torch.Tensor) -> torch.Tensor:
         """``tokens``: ``(B, T, 256)`` tokens; ``box``: ``(B, 4)`` ``x0, y0, x1, y1`` in [0, 1]."""
-        if self.mode == "centre":
-            raise ColonsegError("a centre prompt module finds boxes: use find_boxes()")
+        if self.mode == "region":
+            raise ColonsegError("a region prompt module finds boxes: use find_boxes()")
         out = self.sparse_fc(self.pool(self.sparse_conv(embedding)).flatten(1))
         if self.mode == "tokens":
             return out.view(-1, self.tokens, self.dim)
@@ -206,10 +207,9 @@ class PromptModule(nn.Module):
 
     def find_boxes(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes ``(B, K, 4)`` in [0, 1] and which to use ``(B, K)`` (``box``: K = 1;
-        ``centre``: the ``max_boxes`` best peaks, those under ``min_score`` unused but the
-        best)."""
-        if self.mode == "centre":
-            return centre_boxes(*self.centre(embedding), self.max_boxes, self.min_score)
+        ``region``: see :func:`region_boxes`)."""
+        if self.mode == "region":
+            return region_boxes(self.region(embedding), 256, self.max_boxes, self.min_area)
         if self.mode == "box":
             box = self.sparse(embedding)[:, None]
             return box, torch.ones(box.shape[:2], dtype=torch.bool, device=box.device)
@@ -230,7 +230,7 @@ class AutoMedSAM(nn.Module):
         pretrained: bool = True,
         sparse: str = "tokens",
         max_boxes: int = 3,
-        min_score: float = 0.3,
+        min_area: float = 0.01,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -239,7 +239,7 @@ class AutoMedSAM(nn.Module):
         self.sam.requires_grad_(False)
         self.sam.eval()
         self.prompt = PromptModule(
-            num_points=num_points, sparse=sparse, max_boxes=max_boxes, min_score=min_score
+            num_points=num_points, sparse=sparse, max_boxes=max_boxes, min_area=min_area
         )
 
     def train(self, mode: bool = True) -> AutoMedSAM:
@@ -264,7 +264,7 @@ class AutoMedSAM(nn.Module):
         """
         if boxes is not None:
             sparse, dense = self._box_prompt(boxes)
-        elif self.prompt.mode == "centre":
+        elif self.prompt.mode == "region":
             return self._decode_found(embedding)
         else:
             sparse, dense = self.prompt(embedding)
@@ -283,7 +283,7 @@ class AutoMedSAM(nn.Module):
         return logits
 
     def _decode_found(self, embedding: torch.Tensor) -> torch.Tensor:
-        """SAM prompted with each box the centre head finds; the union of the masks."""
+        """SAM prompted with each box the region head finds; the union of the masks."""
         boxes, keep = self.prompt.find_boxes(embedding)
         b, k = keep.shape
         sparse, dense = self._box_prompt(boxes.flatten(0, 1) * self.input_size)
@@ -297,7 +297,7 @@ class AutoMedSAM(nn.Module):
         return self.sam.prompt_encoder(points=None, boxes=boxes[:, None, :].float(), masks=None)
 
     def predict_box(self, embedding: torch.Tensor) -> torch.Tensor:
-        """The best box the prompt module finds (``sparse="box"`` or ``"centre"``): ``(B, 4)``
+        """The best box the prompt module finds (``sparse="box"`` or ``"region"``): ``(B, 4)``
         in input pixels."""
         return self.prompt.find_boxes(embedding)[0][:, 0] * self.input_size
 
@@ -323,13 +323,11 @@ def automedsam(
     num_points: int = 1,
     sparse: str = "tokens",
     max_boxes: int = 3,
-    min_score: float = 0.3,
+    min_area: float = 0.01,
 ) -> AutoMedSAM:
     """Automatic MedSAM. ``encoder`` is not used (the SAM backbone brings its own encoder)."""
     if in_channels != 3 or classes != 1:
         raise ColonsegError(
             "automedsam segments one class from RGB images (classes=1, in_channels=3)"
         )
-    return AutoMedSAM(
-        backbone, sam_checkpoint, num_points, pretrained, sparse, max_boxes, min_score
-    )
+    return AutoMedSAM(backbone, sam_checkpoint, num_points, pretrained, sparse, max_boxes, min_area)

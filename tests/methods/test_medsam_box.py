@@ -168,48 +168,34 @@ def test_box_loss_zero_for_the_true_box():
     assert float(box_loss(exact.flip(0), boxes, 256)) > 0.5
 
 
-def test_centre_targets_and_loss_on_hand_made_boxes():
-    from colonseg.losses.box_prior import centre_loss, centre_targets
+def test_region_boxes_from_a_coarse_map():
+    from colonseg.models.medsam import region_boxes
 
-    boxes = [torch.tensor([[64.0, 32.0, 127.0, 95.0]]), torch.tensor([[0.0, 0.0, 39.0, 39.0]])]
-    heat, reg, at = centre_targets(boxes, 256, 64)
-    assert at.sum() == 2 and at[0, 0, 16, 24] == 1 and at[1, 0, 5, 5] == 1
-    assert torch.allclose(reg[0, :, 16, 24], torch.tensor([0.25, 0.25, 0.0, 0.0]))
-    assert torch.allclose(reg[1, :, 5, 5], torch.tensor([0.15625, 0.15625, 0.0, 0.0]))
-    assert heat.max() == 1 and 0 < float(heat[0, 0, 16, 20]) < 1 and heat[0, 0, 60, 5] < 1e-3
-    exact = torch.where(heat == 1, 20.0, -20.0)  # sure peaks at the centres, nothing elsewhere
-    right = centre_loss(exact, reg, boxes, 256)
-    assert float(right) < 0.05
-    assert float(centre_loss(exact.roll(8, dims=-1), reg, boxes, 256)) > 10 * float(right) + 1
-    assert float(centre_loss(exact, reg.roll(4, dims=-1), boxes, 256)) > float(right) + 1
-
-
-def test_centre_boxes_reads_peaks_and_drops_weak_ones():
-    from colonseg.models.medsam import centre_boxes
-
-    heat = torch.full((1, 1, 64, 64), -10.0)
-    heat[0, 0, 16, 24], heat[0, 0, 40, 40], heat[0, 0, 50, 10] = 4.0, 1.0, -3.0  # .98 .73 .05
-    reg = torch.zeros(1, 4, 64, 64)
-    reg[0, :, 16, 24] = torch.tensor([0.25, 0.125, 0.5, 0.5])
-    boxes, keep = centre_boxes(heat, reg, k=3, min_score=0.3)
-    assert keep.tolist() == [[True, True, False]]
-    x = (24.5 / 64 - 0.125, 16.5 / 64 - 0.0625, 24.5 / 64 + 0.125, 16.5 / 64 + 0.0625)
-    assert torch.allclose(boxes[0, 0], torch.tensor(x))
-    _, keep = centre_boxes(heat - 20, reg)  # nothing scores: the best peak is still used
-    assert keep.tolist() == [[True, False, False]]
+    logits = torch.full((2, 1, 64, 64), -8.0)
+    logits[0, 0, 8:24, 16:48] = 8.0  # a large region: 32×16 cells → 128×64 pixels
+    logits[0, 0, 40:44, 4:8] = 8.0  # 16×16 pixels: 0.4 % of the image, under min_area
+    logits[0, 0, 50:60, 50:60] = 8.0  # 40×40 pixels: 2.4 %
+    logits[1, 0, 30, 30] = -1.0  # nothing over 0.5: the best cells still give a box
+    boxes, keep = region_boxes(logits, 256, k=3, min_area=0.01)
+    assert keep.tolist() == [[True, True, False], [True, False, False]]
+    assert torch.allclose(boxes[0, 0] * 256, torch.tensor([64.0, 32.0, 192.0, 96.0]), atol=2.5)
+    assert torch.allclose(boxes[0, 1] * 256, torch.tensor([200.0, 200.0, 240.0, 240.0]), atol=2.5)
+    x0, y0, x1, y1 = (boxes[1, 0] * 256).tolist()
+    assert x0 <= 122 <= x1 and y0 <= 122 <= y1 and x1 - x0 < 20
 
 
-def test_centre_prompt_module_unites_the_masks_of_its_boxes():
-    from colonseg.models.medsam import centre_boxes
+def test_region_prompt_module_unites_the_masks_of_its_boxes():
+    from colonseg.models.medsam import region_boxes
 
-    net = create_model("automedsam", pretrained=False, sparse="centre", min_score=0.0).eval()
+    net = create_model("automedsam", pretrained=False, sparse="region", min_area=0.0).eval()
     emb = torch.randn(2, 256, 64, 64)
     with torch.no_grad():
         logits = net.decode(emb)
-        boxes, keep = centre_boxes(*net.prompt.centre(emb), 3, 0.0)
+        boxes, keep = region_boxes(net.prompt.region(emb), 256, 3, 0.0)
         each = [net.decode(emb, boxes=boxes[:, i] * net.input_size) for i in range(3)]
-    assert keep.all() and logits.shape == (2, 1, 256, 256)
-    assert torch.allclose(logits, torch.stack(each).amax(0), atol=1e-5)
+    assert logits.shape == (2, 1, 256, 256)
+    united = torch.stack(each).masked_fill(~keep.T[..., None, None, None], -1e9).amax(0)
+    assert torch.allclose(logits, united, atol=1e-5)
     assert net.predict_box(emb).shape == (2, 4)
     with pytest.raises(ColonsegError, match="find_boxes"):
         net.prompt.sparse(emb)

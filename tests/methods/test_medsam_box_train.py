@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from colonseg.engine.checkpoint import load_pretrained
@@ -11,11 +12,18 @@ from colonseg.methods.medsam_box.train import (
 from colonseg.models.medsam import build_sam
 
 
-def test_two_step_training_on_synthetic_data(tmp_path):
+@pytest.mark.parametrize(
+    "prompt",
+    [["model.sparse=box", "loss.box=1"],
+     ["model.sparse=region", "loss.box=0", "data.flip=true", "optim.schedule=onecycle"]],
+    ids=["box", "region"],
+)  # fmt: skip
+def test_two_step_training_on_synthetic_data(tmp_path, prompt):
     cfg = load_medsam_box_config(
         "medsam_box/polyp",
         [f"out_dir={tmp_path}", "name=run", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-         "trainer.checkpoint_every=1", "trainer.accelerator=cpu", "trainer.precision=32-true"],
+         "trainer.checkpoint_every=1", "trainer.accelerator=cpu", "trainer.precision=32-true",
+         *prompt],
     )  # fmt: skip
     cfg = synthetic_config(cfg, tmp_path / "data", n=4)
     cfg.data.batch_size = 1

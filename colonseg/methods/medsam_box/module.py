@@ -12,6 +12,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from colonseg.data.cache import resize_labels
@@ -116,8 +117,10 @@ class MedsamBoxModule(L.LightningModule):
     """Trains ``net.prompt`` (the frozen SAM stays as it is) on :class:`BoxEmbeddings` batches.
 
     ``t_growth`` multiplies the log-barrier's ``t`` after each epoch; the learning rate drops
-    ×0.1 at ``lr_drop`` of the epochs (the paper: 100 epochs, drop at 50). With
+    ×0.1 at ``lr_drop`` of the epochs (the paper: 100 epochs, drop at 50), or with
+    ``schedule="onecycle"`` follows a one-cycle schedule under AdamW. With
     ``fixed_boxes`` (no jitter) the box-prompted masks are computed once per image and kept.
+    ``flip``: random flips of the cached embeddings (region prompt modules).
     """
 
     def __init__(
@@ -129,6 +132,8 @@ class MedsamBoxModule(L.LightningModule):
         t_growth: float = 1.1,
         lr_drop: float = 0.5,
         fixed_boxes: bool = True,
+        flip: bool = False,
+        schedule: str = "step",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss"])
@@ -150,21 +155,41 @@ class MedsamBoxModule(L.LightningModule):
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.net.decode(embedding)
 
-    def _step(
-        self, batch: dict, decode: bool = True
-    ) -> tuple[torch.Tensor | None, torch.Tensor, dict]:
-        """Logits (unless neither ``decode`` nor a loss term asks for them), loss, loss parts."""
-        emb = batch["embedding"].float()
-        prompt, w = self.net.prompt, self.loss.weights
-        logits = self(emb).float() if decode or self.loss.needs_logits else None
+    def _flip(self, emb: torch.Tensor, boxes: list, target: torch.Tensor | None):
+        """Random horizontal and vertical flips of embeddings, boxes and targets (``flip``;
+        region prompt modules only: SAM never decodes a flipped embedding there)."""
+        emb, boxes = emb.clone(), [b.clone() for b in boxes]
+        target = None if target is None else target.clone()
+        for i in range(len(boxes)):
+            for dim, cols in ((-1, [0, 2]), (-2, [1, 3])):
+                if torch.rand(()) < 0.5:
+                    emb[i] = emb[i].flip(dim)
+                    boxes[i][:, cols] = GRID - 1 - boxes[i][:, cols[::-1]]
+                    if target is not None:
+                        target[i] = target[i].flip(dim)
+        return emb, boxes, target
+
+    def _step(self, batch: dict, train: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Logits, loss and loss parts. A region prompt module is trained on its own coarse map
+        (upsampled to the grid), as its boxes are not differentiable; the logits returned are
+        then still SAM's, for the validation scores."""
+        emb, boxes = batch["embedding"].float(), batch["boxes"]
+        w, region = self.loss.weights, self.net.prompt.mode == "region"
         target = self._prompt_targets(emb, batch) if w["prompt"] > 0 else None
-        pred_box = prompt.sparse(emb) if w["box"] > 0 else None
-        centre = prompt.centre(emb) if w["centre"] > 0 else None
-        total, parts = self.loss(logits, batch["boxes"], target, pred_box, centre, side=GRID)
+        if region and train and self.hparams.flip:
+            emb, boxes, target = self._flip(emb, boxes, target)
+        logits = self(emb).float() if not (region and train) else None
+        if region:
+            coarse = self.net.prompt.region(emb).float()
+            trained = F.interpolate(coarse, size=(GRID, GRID), mode="bilinear", align_corners=False)
+        else:
+            trained = logits
+        pred_box = self.net.prompt.sparse(emb) if w["box"] > 0 else None
+        total, parts = self.loss(trained, boxes, target, pred_box)
         return logits, total, parts
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        _, total, parts = self._step(batch, decode=False)
+        _, total, parts = self._step(batch, train=True)
         n = len(batch["boxes"])
         self.log("train/loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
         for k, v in parts.items():
@@ -196,8 +221,15 @@ class MedsamBoxModule(L.LightningModule):
         self.loss.t *= self.hparams.t_growth
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.Adam(self.net.prompt.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        hp, params = self.hparams, self.net.prompt.parameters()
         epochs = max(1, int(self.trainer.max_epochs or 1))
+        if hp.schedule == "onecycle":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            steps = int(self.trainer.estimated_stepping_batches)
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, hp.lr, total_steps=steps, pct_start=0.1
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, round(epochs * hp.lr_drop))], 0.1)
         return {"optimizer": opt, "lr_scheduler": sched}

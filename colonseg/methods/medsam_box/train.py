@@ -70,9 +70,9 @@ class ModelSection:
     backbone: str = "litemedsam"  # or medsam_vit_b (give sam_checkpoint)
     sam_checkpoint: str | None = None
     num_points: int = 1
-    sparse: str = "tokens"  # tokens (the paper), box (one regressed box) or centre (centre peaks)
-    max_boxes: int = 3  # sparse=centre: the most boxes (peaks) per image
-    min_score: float = 0.3  # sparse=centre: peaks under this score are not used (but the best)
+    sparse: str = "tokens"  # tokens (the paper), box (one regressed box), region (coarse map)
+    max_boxes: int = 3  # sparse=region: the most boxes (regions) per image
+    min_area: float = 0.01  # sparse=region: smaller regions get no box (but the largest)
 
 
 @dataclass
@@ -86,6 +86,7 @@ class DataSection:
     val_fraction: float = 0.1  # held out of train for model selection when val is empty
     batch_size: int = 8
     num_workers: int = 0
+    flip: bool = False  # random flips of the cached embeddings (model.sparse=region only)
 
 
 @dataclass
@@ -95,7 +96,6 @@ class LossSection:
     size: float = 1e-2
     prompt: float = 0.0  # BCE + Dice towards SAM's mask from the true box (TBME 2025)
     box: float = 0.0  # L1 + GIoU of the predicted box (model.sparse=box)
-    centre: float = 0.0  # CenterNet focal + size + offset loss (model.sparse=centre)
     t: float = 5.0
     t_growth: float = 1.1
     band: int = 5
@@ -106,7 +106,8 @@ class LossSection:
 class OptimSection:
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    lr_drop: float = 0.5
+    lr_drop: float = 0.5  # schedule=step: ×0.1 after this share of the epochs
+    schedule: str = "step"  # step (Adam) or onecycle (AdamW, 10 % warm-up, cosine decay)
 
 
 @dataclass
@@ -336,7 +337,7 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
         "num_points": m.num_points,
         "sparse": m.sparse,
         "max_boxes": m.max_boxes,
-        "min_score": m.min_score,
+        "min_area": m.min_area,
     }
     net = AutoMedSAM(**init_kwargs)
     cache = EmbeddingCache(cfg.data.cache_dir or default_cache_dir() / "medsam", net)
@@ -382,7 +383,6 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
         lc.t,
         lc.band,
         tuple(lc.size_margins),
-        lc.centre,
     )
     module = MedsamBoxModule(
         net,
@@ -392,6 +392,8 @@ def run_medsam_box(cfg: DictConfig, command: str | None = None) -> dict:
         lc.t_growth,
         cfg.optim.lr_drop,
         fixed_boxes=cfg.data.jitter == 0,
+        flip=cfg.data.flip,
+        schedule=cfg.optim.schedule,
     )
     d, t = cfg.data, cfg.trainer
     train_set = BoxEmbeddings(train, cache, jitter=d.jitter, seed=t.seed)
