@@ -199,3 +199,23 @@ def test_region_prompt_module_unites_the_masks_of_its_boxes():
     assert net.predict_box(emb).shape == (2, 4)
     with pytest.raises(ColonsegError, match="find_boxes"):
         net.prompt.sparse(emb)
+
+
+def test_flips_move_embeddings_boxes_and_targets_together():
+    from colonseg.losses.box_prior import BoxPriorLoss, box_region
+    from colonseg.methods.medsam_box.module import MedsamBoxModule
+
+    module = MedsamBoxModule(
+        create_model("automedsam", pretrained=False, sparse="region"), BoxPriorLoss(), flip=True
+    )
+    boxes = [torch.tensor([[8.0, 40.0, 71.0, 135.0]])]  # on the 256 grid, 4-pixel aligned
+    target = box_region(boxes, 256, 256)
+    emb = torch.nn.functional.avg_pool2d(target, 4).expand(1, 256, 64, 64)
+    seen = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        e, b, t = module._flip(emb, boxes, target)
+        assert torch.equal(box_region(b, 256, 256), t)  # the box follows the target
+        assert torch.equal(torch.nn.functional.avg_pool2d(t, 4)[0, 0], e[0, 0])  # and the map
+        seen.add(tuple(b[0][0].tolist()))
+    assert len(seen) == 4  # all four flips happen

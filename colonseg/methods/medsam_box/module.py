@@ -31,13 +31,18 @@ __all__ = ["GRID", "BoxEmbeddings", "MedsamBoxModule", "collate", "to_grid"]
 GRID = 256  # SAM's low-resolution mask grid
 
 
-def to_grid(boxes: np.ndarray, shape: tuple[int, int], side: int = GRID) -> np.ndarray:
-    """Boxes in image pixels (inclusive) → the pixels they cover on a ``side × side`` grid that
-    stretches the image (a box over the whole image covers the whole grid)."""
+def to_grid(boxes, shape: tuple[int, int], side: int = GRID):
+    """Boxes in image pixels (inclusive; a numpy array or tensor) → the pixels they cover on a
+    ``side × side`` grid that stretches the image (a box over the whole image covers the whole
+    grid)."""
     h, w = shape
-    scale = np.array([side / w, side / h] * 2, np.float32)
-    out = (boxes + np.array([0, 0, 1, 1], np.float32)) * scale - np.array([0, 0, 1, 1], np.float32)
-    return out.clip(0, side - 1).astype(np.float32)
+    lib = torch if isinstance(boxes, torch.Tensor) else np
+    scale = lib.asarray([side / w, side / h] * 2, dtype=lib.float32)
+    one = lib.asarray([0, 0, 1, 1], dtype=lib.float32)
+    if lib is torch:
+        scale, one = scale.to(boxes.device), one.to(boxes.device)
+    out = (boxes + one) * scale - one
+    return out.clip(0, side - 1).astype(np.float32) if lib is np else out.clamp(0, side - 1)
 
 
 class BoxEmbeddings(Dataset):
@@ -171,19 +176,21 @@ class MedsamBoxModule(L.LightningModule):
 
     def _step(self, batch: dict, train: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Logits, loss and loss parts. A region prompt module is trained on its own coarse map
-        (upsampled to the grid), as its boxes are not differentiable; the logits returned are
-        then still SAM's, for the validation scores."""
+        (its boxes are not differentiable): the losses see the ``64×64`` map, the boxes on that
+        grid and the box-prompted masks pooled to it (soft, the share of each cell covered); the
+        logits returned are still SAM's, for the validation scores."""
         emb, boxes = batch["embedding"].float(), batch["boxes"]
         w, region = self.loss.weights, self.net.prompt.mode == "region"
         target = self._prompt_targets(emb, batch) if w["prompt"] > 0 else None
         if region and train and self.hparams.flip:
             emb, boxes, target = self._flip(emb, boxes, target)
         logits = self(emb).float() if not (region and train) else None
+        trained = logits
         if region:
-            coarse = self.net.prompt.region(emb).float()
-            trained = F.interpolate(coarse, size=(GRID, GRID), mode="bilinear", align_corners=False)
-        else:
-            trained = logits
+            trained = self.net.prompt.region(emb).float()
+            side = trained.shape[-1]
+            boxes = [to_grid(b, (GRID, GRID), side) for b in boxes]
+            target = None if target is None else F.adaptive_avg_pool2d(target, side)
         pred_box = self.net.prompt.sparse(emb) if w["box"] > 0 else None
         total, parts = self.loss(trained, boxes, target, pred_box)
         return logits, total, parts
