@@ -134,7 +134,7 @@ def region_boxes(
         fg = p > 0.5
         if not fg.any():
             fg = p >= p.max() / 2
-        n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
         order = np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:k] + 1
         for j, r in enumerate(order):
             x, y, w, h, area = stats[r]

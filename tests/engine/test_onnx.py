@@ -52,3 +52,16 @@ def test_bad_onnx_inputs_fail_in_one_line(checkpoint, tmp_path):
         export_onnx(checkpoint, tmp_path / "m.onx")
     with pytest.raises(ColonsegError, match="Unknown backend 'tensorrt'"):
         Predictor.from_pretrained(checkpoint, backend="tensorrt")
+
+
+def test_automedsam_export_is_refused_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from colonseg.cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["export", "--model", "polyp_automedsam", "--out", str(tmp_path / "a.onnx")]
+    )
+    assert result.exit_code != 0
+    assert "automedsam cannot be exported to ONNX" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "a.onnx").exists()
