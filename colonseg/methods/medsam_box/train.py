@@ -149,7 +149,7 @@ def load_medsam_box_config(config: str | Path, overrides: list[str] = ()) -> Dic
 
 def synthetic_config(cfg: DictConfig, root: Path, n: int = 16) -> DictConfig:
     """``cfg`` with generated data (``n`` train images of bright discs, 1/8 of them held out for
-    validation; ``n / 4`` test images) and at most 2 epochs."""
+    validation; ``n / 4`` test images) and at most 12 epochs (a few seconds each)."""
     from colonseg.data.synthetic import write_folder_dataset
 
     train = write_folder_dataset(root / "train", n=n, size=128, seed=0)
@@ -161,7 +161,7 @@ def synthetic_config(cfg: DictConfig, root: Path, n: int = 16) -> DictConfig:
     cfg.data.test = [DataSource(str(held))]
     cfg.data.cache_dir = str(root / "cache")
     cfg.data.batch_size = 4
-    cfg.trainer.max_epochs = min(cfg.trainer.max_epochs, 2)
+    cfg.trainer.max_epochs = min(cfg.trainer.max_epochs, 12)
     return cfg
 
 
