@@ -33,17 +33,12 @@ META_KEY = "colonseg_config"
 OPSET = 17
 
 
-NOT_EXPORTABLE = {  # arch → why a traced graph would be wrong
-    "automedsam": "LiteMedSAM's TinyViT fixes batch and size when traced, and the region prompt "
-    "module finds its boxes with OpenCV; run it with the torch backend",
-}
-
-
 def _export(net: nn.Module, meta: ModelMeta, path: Path) -> Path:
     import onnx
 
-    if meta.arch in NOT_EXPORTABLE:
-        raise ColonsegError(f"{meta.arch} cannot be exported to ONNX: {NOT_EXPORTABLE[meta.arch]}")
+    reason = getattr(net, "onnx_unsupported", None)  # a model whose traced graph would be wrong
+    if reason:
+        raise ColonsegError(f"{meta.arch} cannot be exported to ONNX: {reason}")
     h, w = meta.size
     dynamic = {0: "batch", 2: "height", 3: "width"}
 

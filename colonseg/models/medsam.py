@@ -222,6 +222,11 @@ class PromptModule(nn.Module):
 class AutoMedSAM(nn.Module):
     """Frozen SAM (``self.sam``) + trainable :class:`PromptModule` (``self.prompt``)."""
 
+    onnx_unsupported = (  # read by ONNX export, which refuses with this reason
+        "LiteMedSAM's TinyViT fixes batch and size when traced, and the region prompt module "
+        "finds its boxes with OpenCV; run it with the torch backend"
+    )
+
     def __init__(
         self,
         backbone: str = "litemedsam",
@@ -283,14 +288,18 @@ class AutoMedSAM(nn.Module):
         return logits
 
     def _decode_found(self, embedding: torch.Tensor) -> torch.Tensor:
-        """SAM prompted with each box the region head finds; the union of the masks."""
+        """SAM prompted with each box the region head keeps; the union of the masks."""
         boxes, keep = self.prompt.find_boxes(embedding)
-        b, k = keep.shape
-        sparse, dense = self._box_prompt(boxes.flatten(0, 1) * self.input_size)
-        logits = self._decode(embedding.repeat_interleave(k, 0), sparse, dense)
-        logits = logits.view(b, k, *logits.shape[-2:]).float()
-        floor = torch.finfo(logits.dtype).min
-        return logits.masked_fill(~keep[..., None, None], floor).amax(1, keepdim=True)
+        kept = [b[k] * self.input_size for b, k in zip(boxes, keep, strict=True)]
+        return self.decode_union(embedding, kept)
+
+    def decode_union(self, embedding: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """SAM prompted with each of an image's boxes (``(K, 4)`` in input pixels, K >= 1), the
+        union (maximum) of their mask logits: ``(B, 1, 256, 256)``."""
+        index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)])
+        index = index.to(embedding.device)
+        logits = self.decode(embedding[index], boxes=torch.cat(boxes).to(embedding.device))
+        return torch.stack([logits[index == i].amax(0) for i in range(len(boxes))])
 
     def _box_prompt(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM's own prompt embeddings (sparse, dense) of ``boxes`` in input pixels."""

@@ -99,11 +99,7 @@ def box_prompted_logits(
     net: AutoMedSAM, embedding: torch.Tensor, boxes: list[torch.Tensor]
 ) -> torch.Tensor:
     """SAM prompted with each true box (grid coordinates), the union over an image's boxes."""
-    index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)])
-    flat = torch.cat(boxes).to(embedding.device) * (net.input_size / GRID)
-    logits = net.decode(embedding[index.to(embedding.device)], boxes=flat)
-    index = index.to(embedding.device)
-    return torch.stack([logits[index == i].amax(0) for i in range(len(boxes))])
+    return net.decode_union(embedding, [b * (net.input_size / GRID) for b in boxes])
 
 
 def region_box_iou(pred: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
