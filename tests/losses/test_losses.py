@@ -42,7 +42,7 @@ def test_ce_dice_multiclass():
 def test_unknown_loss():
     with pytest.raises(ValueError, match="Did you mean 'bce_dice'"):
         create_loss("bce_dic")
-    assert LOSSES.names() == ["bce", "bce_dice", "ce_dice", "dice", "structure"]
+    assert LOSSES.names() == ["bce", "bce_dice", "bce_dice_image", "ce_dice", "dice", "structure"]
 
 
 def test_structure_loss_weights_the_boundary():
@@ -68,3 +68,18 @@ def test_deep_supervision_sums_weighted_outputs():
     assert ds([a, b], gt).item() == pytest.approx((base(a, gt) + 0.5 * base(b, gt)).item())
     with pytest.raises(ColonsegError, match="has 1 values; the model has 2 outputs"):
         DeepSupervisionLoss(base, [1.0])([a, b], gt)
+
+
+def test_image_dice_weighs_a_missed_small_object_like_a_large_one():
+    # image 0: a large object found exactly; image 1: a 1-pixel object missed entirely
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, :, :, :4] = 1
+    target[1, :, 0, 0] = 1
+    pred = torch.where(target > 0, BIG, -BIG)
+    pred[1, :, 0, 0] = -BIG
+    per_image = create_loss("bce_dice_image")(pred, target) - create_loss("bce")(pred, target)
+    pooled = create_loss("dice")(pred, target)
+    assert per_image.item() == pytest.approx((0 + (1 - 1 / 2)) / 2, abs=1e-3)  # smooth = 1
+    assert pooled.item() == pytest.approx(1 - 2 * 32 / 65, abs=1e-3)  # the miss nearly vanishes
+    empty = torch.zeros(1, 1, 4, 4)
+    assert create_loss("bce_dice_image")(torch.full_like(empty, -BIG), empty).item() < 1e-3
