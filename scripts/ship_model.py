@@ -3,7 +3,8 @@
 Run: .venv/bin/python scripts/ship_model.py runs/<run>/model <name> --summary eval/summary.json
 The zoo copy keeps the run's config.json, replaces its metrics by the `colonseg evaluate` summary
 (dice, iou, mdice_256, s_measure per dataset; dice_neo/dice_non for 3-class models), optionally
-sets its default post-processing (--postprocess SPEC, as measured by benchmarks/postprocess.py),
+sets its default post-processing (--postprocess SPEC, as measured by benchmarks/postprocess.py)
+and horizontal-flip TTA (--tta; evaluate the summary with --tta too),
 and stores the weights in fp16 (half the size). It then checks that the fp16 copy predicts what
 the fp32 original predicts on the bundled samples (the NeoPolyp ones for 3-class models) and
 refuses to ship when their mean Dice differs by more than --max-dice-drop. Unless the zoo
@@ -165,6 +166,8 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
         if meta.postprocess
         else ("no post-processing by default")
     )
+    if meta.tta:
+        post += " and horizontal-flip TTA by default (two passes; `--no-tta` switches it off)"
     packaged = (
         f"; not stored, restored from the installed packages: {', '.join(meta.packaged)}"
         if meta.packaged
@@ -216,10 +219,10 @@ def _task(meta: ModelMeta) -> str:
     return meta.arch if meta.arch in ("mapseg", "automedsam") else meta.labels
 
 
-def sample_dice(model: Path) -> float:
+def sample_dice(model: Path, tta: bool) -> float:
     """Mean Dice on the bundled samples, in fp32 whatever the CPU, without post-processing."""
     predictor = Predictor(
-        *load_pretrained(model), device="cpu", precision="fp32", postprocess="none"
+        *load_pretrained(model), device="cpu", precision="fp32", postprocess="none", tta=tta
     )
     with tempfile.TemporaryDirectory() as tmp:
         sources = [EvalSource(str(samples_for(predictor.meta)), name="s")]
@@ -242,10 +245,11 @@ def ship(args: argparse.Namespace) -> None:
     meta.provenance["evaluation"] = {"summary": str(args.summary), "datasets": list(summary)}
     if args.postprocess is not None:
         meta.postprocess = PostProcess.parse(args.postprocess).spec()
+    meta.tta = args.tta
     ZOO_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ZOO_DIR) as tmp:  # nothing lands unless it passes
         staged = save_pretrained(net, meta, Path(tmp) / args.name, half=True)
-        full, half = sample_dice(args.model), sample_dice(staged)
+        full, half = sample_dice(args.model, args.tta), sample_dice(staged, args.tta)
         print(f"bundled samples mean Dice: fp32 {full:.4f}, fp16 copy {half:.4f}")
         if full - half > args.max_dice_drop:
             raise ColonsegError(f"fp16 costs {full - half:.4f} Dice (> {args.max_dice_drop})")
@@ -268,6 +272,9 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, required=True, help="evaluate's summary.json")
     parser.add_argument("--max-dice-drop", type=float, default=0.002)
     parser.add_argument("--postprocess", help="default post-processing spec ('none': none)")
+    parser.add_argument(
+        "--tta", action="store_true", help="average in the horizontal flip by default"
+    )
     args = parser.parse_args()
     try:
         ship(args)

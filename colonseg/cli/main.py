@@ -62,7 +62,14 @@ BackendOpt = Annotated[
     str, typer.Option(help="torch, or onnx (onnxruntime on the CPU; exported once, cached).")
 ]
 WeightsOpt = Annotated[Path | None, typer.Option(help="Other weights (.safetensors/.pth/.ckpt).")]
-TTAOpt = Annotated[bool, typer.Option("--tta", help="Average in the horizontal-flip prediction.")]
+TTAOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta",
+        help="Average in the horizontal-flip prediction (default: the model's own setting).",
+        show_default=False,
+    ),
+]
 SizeOpt = Annotated[int | None, typer.Option(help="Override the model's input size.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
 ThresholdOpt = Annotated[float | None, typer.Option(help="Override the model's threshold.")]
@@ -165,7 +172,7 @@ def evaluate(
         str, typer.Option(help="Layout name for every --data (default: detect).")
     ] = "auto",
     weights: WeightsOpt = None,
-    tta: TTAOpt = False,
+    tta: TTAOpt = None,
     size: SizeOpt = None,
     device: DeviceOpt = "auto",
     threshold: ThresholdOpt = None,
@@ -197,7 +204,7 @@ def predict(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     model: ModelOpt = "default",
     weights: WeightsOpt = None,
-    tta: TTAOpt = False,
+    tta: TTAOpt = None,
     size: SizeOpt = None,
     device: DeviceOpt = "auto",
     threshold: ThresholdOpt = None,

@@ -8,10 +8,12 @@
      "arch": "unet", "init_kwargs": {"encoder": "...", "classes": 1, ...},
      "preprocessing": {"size": [256, 256], "mean": [...], "std": [...]},
      "class_names": ["polyp"], "labels": "binary", "threshold": 0.5, "postprocess": "",
+     "tta": false,
      "provenance": {...}, "metrics": {...}}
 
 ``labels`` names the label scheme (``binary`` or ``neopolyp``, see :mod:`colonseg.data.labels`);
 ``postprocess`` the Predictor's default post-processing (see :mod:`colonseg.postprocess`);
+``tta`` whether the Predictor averages in the horizontal-flip prediction by default;
 ``packaged`` the submodules whose weights are not stored because they are frozen ImageNet weights
 that the installed packages provide (MAPSeg's encoder): loading builds the model with
 ``pretrained=True`` and takes them from there.
@@ -62,6 +64,7 @@ class ModelMeta:
     labels: str = "binary"  # label scheme (colonseg.data.labels): binary or neopolyp
     threshold: float = 0.5
     postprocess: str = ""  # post-processing steps the Predictor applies by default
+    tta: bool = False  # the Predictor averages in the horizontal flip by default
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     packaged: list[str] = field(default_factory=list)  # submodules not stored (see above)
@@ -88,6 +91,7 @@ class ModelMeta:
             labels=str(d.get("labels", "binary")),
             threshold=float(d.get("threshold", 0.5)),
             postprocess=str(d.get("postprocess", "")),
+            tta=bool(d.get("tta", False)),
             provenance=dict(d.get("provenance", {})),
             metrics=dict(d.get("metrics", {})),
             packaged=list(d.get("packaged", [])),

@@ -78,7 +78,7 @@ class Predictor:
         model: a network returning logits ``(B, C, H, W)`` (C = 1: sigmoid, else softmax).
         meta: its checkpoint metadata (input size, mean/std, threshold).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        tta: average the horizontal-flip prediction in.
+        tta: average the horizontal-flip prediction in; None uses the checkpoint's default.
         threshold: overrides the checkpoint's threshold.
         size: overrides the checkpoint's input size (square side in pixels).
         precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 where the hardware runs
@@ -96,7 +96,7 @@ class Predictor:
         model: nn.Module,
         meta: ModelMeta,
         device: str = "auto",
-        tta: bool = False,
+        tta: bool | None = None,
         threshold: float | None = None,
         size: int | None = None,
         precision: str = "auto",
@@ -117,7 +117,7 @@ class Predictor:
         if precision == "auto":
             precision = "bf16" if native_bf16(self.device) else "fp32"
         self.meta = meta
-        self.tta = tta
+        self.tta = meta.tta if tta is None else bool(tta)
         self.threshold = meta.threshold if threshold is None else float(threshold)
         self.size = (size, size) if size else tuple(meta.size)
         self.precision = precision

@@ -32,6 +32,21 @@ def test_predictor_returns_original_size(predictor):
     assert tta.prob.shape == (37, 51)
 
 
+def test_tta_averages_the_flip_and_follows_the_checkpoint_default(predictor):
+    from dataclasses import replace
+
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)
+    x = predictor.preprocess([image])
+    plain = predictor.predict_torch(x)
+    flipped = predictor.predict_torch(x.flip(-1)).flip(-1)
+    meta = ModelMeta.from_json(replace(predictor.meta, tta=True).to_json(), Path("config.json"))
+    assert meta.tta and not predictor.meta.tta
+    on = Predictor(predictor.model, meta, device="cpu", precision=predictor.precision)
+    assert on.tta
+    np.testing.assert_allclose(on.predict_torch(x), (plain + flipped) / 2, atol=1e-5)
+    assert not Predictor(predictor.model, meta, device="cpu", tta=False).tta
+
+
 def test_precision_auto_follows_the_hardware_and_bf16_stays_close(predictor):
     import torch
 
