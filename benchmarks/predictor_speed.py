@@ -1,8 +1,8 @@
 """Predictor throughput on CPU: batch 1, 352x352 RGB frames, shipped default model.
 
-Run: .venv/bin/python benchmarks/predictor_speed.py [--model default] [--n 100]
+Run: .venv/bin/python benchmarks/predictor_speed.py [--model default] [--n 100] [--no-tta]
 Reports images/s at the model's own input size and at 352² (once if they are the same), in fp32
-and bf16.
+and bf16, with the model's own TTA setting (``--no-tta``: one pass).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="default")
     parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--no-tta", action="store_true", help="one pass, whatever the model says")
     args = parser.parse_args()
     frames = random_frames(args.n)
     results = {
@@ -45,7 +46,14 @@ def main() -> None:
     }
     for size in (None, 352):
         for precision in ("fp32", "bf16"):
-            p = Predictor.from_pretrained(args.model, device="cpu", size=size, precision=precision)
+            p = Predictor.from_pretrained(
+                args.model,
+                device="cpu",
+                size=size,
+                precision=precision,
+                tta=False if args.no_tta else None,
+            )
+            results["tta"] = p.tta
             key = f"input{p.size[0]}_{precision}"
             if key in results:
                 continue
