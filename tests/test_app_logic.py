@@ -130,3 +130,17 @@ def test_app_refuses_images_over_its_pixel_limit_before_decoding(monkeypatch):
 
 def _png(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
+
+
+def test_page_settings_reach_the_predictor_and_tta_changes_the_probabilities():
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    predictor = Predictor(
+        net, ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64)), device="cpu"
+    )
+    image = np.random.default_rng(2).integers(0, 256, (48, 40, 3), np.uint8)
+    plain = logic.predict_probs(logic.configure(predictor, 0.3, "fill_holes", False), image)
+    assert predictor.threshold == 0.3 and predictor.post.spec() == "fill_holes"
+    flipped = logic.predict_probs(logic.configure(predictor, 0.3, "none", True), image)
+    assert predictor.tta and not np.allclose(plain, flipped)
+    out = logic.finish(predictor, flipped, image, 0.9, "none", True)
+    assert out.mask.shape == (48, 40) and predictor.threshold == 0.9

@@ -128,18 +128,25 @@ def selected_box(event) -> tuple[float, float, float, float] | None:
     return min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)
 
 
-def configure(predictor: Predictor, threshold: float, post: str) -> Predictor:
-    """Give the Predictor the page's threshold and post-processing spec."""
+def configure(predictor: Predictor, threshold: float, post: str, tta: bool) -> Predictor:
+    """Give the Predictor the page's threshold, post-processing spec and flip TTA choice."""
     predictor.threshold = float(threshold)
     predictor.post = PostProcess.parse(post)
+    predictor.tta = bool(tta)
     return predictor
 
 
 def finish(
-    predictor: Predictor, probs: np.ndarray, image: np.ndarray, threshold: float, post: str
+    predictor: Predictor,
+    probs: np.ndarray,
+    image: np.ndarray,
+    threshold: float,
+    post: str,
+    tta: bool,
 ) -> Prediction:
-    """Threshold and post-process cached probabilities with the page's current settings."""
-    return configure(predictor, threshold, post).finish(probs, image)
+    """Threshold and post-process cached probabilities with the page's current settings
+    (``tta`` only has to match the setting the probabilities were computed with)."""
+    return configure(predictor, threshold, post, tta).finish(probs, image)
 
 
 def regions_summary(out: Prediction, class_names: list[str], min_percent: float = 0.1) -> dict:

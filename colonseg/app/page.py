@@ -25,8 +25,10 @@ def load_predictor(model: str) -> Predictor:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def cached_probs(model: str, digest: str, _image):
-    return logic.predict_probs(load_predictor(model), _image)
+def cached_probs(model: str, digest: str, tta: bool, _image):
+    predictor = load_predictor(model)
+    predictor.tta = tta
+    return logic.predict_probs(predictor, _image)
 
 
 def choose_model() -> str | None:
@@ -73,7 +75,7 @@ def show_image(predictor: Predictor, model: str, name: str, data: bytes, setting
     st.subheader(name)
     box = draw_box(name, image) if predictor.takes_box else None
     if box is None:
-        probs = cached_probs(model, digest, image)
+        probs = cached_probs(model, digest, settings[2], image)
     else:
         probs = cached_box_probs(model, digest, tuple(round(v, 1) for v in box), image)
     out = logic.finish(predictor, probs, image, *settings)
@@ -160,7 +162,13 @@ def main() -> None:
     default_steps = predictor.meta.postprocess or "fill_holes,min_area=0.001"
     use_post = st.sidebar.toggle("Post-processing", value=bool(predictor.meta.postprocess))
     steps = st.sidebar.text_input("Steps", default_steps, disabled=not use_post)
-    settings = (threshold, steps if use_post else "none")
+    tta = st.sidebar.toggle(
+        "Flip TTA (two passes)",
+        value=predictor.meta.tta,
+        help="Average in the prediction of the mirrored frame; on by default for models "
+        "shipped with it.",
+    )
+    settings = (threshold, steps if use_post else "none", tta)
     uploads = st.file_uploader(
         f"Colonoscopy frames (PNG, JPEG, TIFF, BMP) or videos ({', '.join(VIDEO_EXTENSIONS)}); "
         f"up to {logic.MAX_UPLOAD_MB} MB each",
