@@ -1,0 +1,71 @@
+"""Per-image comparison of two `colonseg evaluate` runs on the same images: mean Dice difference
+with a paired bootstrap 95 % interval, and how many images got better / worse by more than 0.01.
+
+Run: .venv/bin/python benchmarks/paired_dice.py eval/A eval/B [eval/C ...]
+Each later run is compared with the first (B − A, C − A, ...), per dataset, on the images both
+hold (their ``per_case.csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def read_dice(run: Path) -> dict[str, dict[str, float]]:
+    """``{dataset: {image id: dice}}`` from a run's ``per_case.csv``."""
+    table = run / "per_case.csv"
+    if not table.is_file():
+        raise SystemExit(f"error: {table}: not found (run `colonseg evaluate --out {run}` first)")
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    with table.open() as f:
+        for row in csv.DictReader(f):
+            out[row["dataset"]][row["id"]] = float(row["dice"])
+    return out
+
+
+def paired(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of ``b - a`` with a percentile bootstrap 95 % interval over images."""
+    diff = b - a
+    rng = np.random.default_rng(seed)
+    boots = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {
+        "mean": float(diff.mean()),
+        "lo": float(lo),
+        "hi": float(hi),
+        "better": int((diff > 0.01).sum()),
+        "worse": int((diff < -0.01).sum()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runs", type=Path, nargs="+", help="evaluate output folders")
+    args = parser.parse_args()
+    if len(args.runs) < 2:
+        raise SystemExit("error: give at least two evaluate output folders")
+    base = read_dice(args.runs[0])
+    print("| run | dataset | n | mean dice | Δ vs first | 95 % CI | better / worse (> 0.01) |")
+    print("|---|---|---:|---:|---:|---|---|")
+    for run in args.runs[1:]:
+        other = read_dice(run)
+        for dataset, scores in base.items():
+            ids = sorted(set(scores) & set(other.get(dataset, {})))
+            if not ids:
+                continue
+            a = np.array([scores[i] for i in ids])
+            b = np.array([other[dataset][i] for i in ids])
+            s = paired(a, b)
+            print(
+                f"| {run} | {dataset} | {len(ids)} | {b.mean():.4f} | {s['mean']:+.4f} | "
+                f"{s['lo']:+.4f} … {s['hi']:+.4f} | {s['better']} / {s['worse']} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
