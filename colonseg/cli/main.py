@@ -192,7 +192,9 @@ def evaluate(
     predictor = _predictor(
         model, weights, backend, tta, size, device, threshold, precision, postprocess
     )
-    run_evaluate(predictor, sources, out, title=f"colonseg evaluate: {model}")
+    settings = f"{model}: {predictor.settings()}"
+    run_evaluate(predictor, sources, out, title=f"colonseg evaluate — {settings}")
+    typer.echo(settings)
     typer.echo((out / "table.md").read_text())
     typer.echo(f"report: {out / 'report.html'}")
 

@@ -155,6 +155,13 @@ class Predictor:
             return cls(OnnxModel(cached_onnx(net, meta)), meta, **kwargs)
         return cls(net, meta, **kwargs)
 
+    def settings(self) -> str:
+        """What this Predictor does, in one line (evaluate's report and console say it)."""
+        h, w = self.size
+        post = f"post-processing {self.post.spec()}" if self.post else "no post-processing"
+        tta = "flip TTA" if self.tta else "no TTA"
+        return f"{h}×{w}, {self.precision}, {tta}, threshold {self.threshold:g}, {post}"
+
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images of any sizes → normalised ``(B, 3, S, S)`` tensor."""
         return prepare_images(images, self.size, self.meta.mean, self.meta.std)

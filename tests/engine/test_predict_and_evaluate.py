@@ -42,7 +42,7 @@ def test_tta_averages_the_flip_and_follows_the_checkpoint_default(predictor):
     meta = ModelMeta.from_json(replace(predictor.meta, tta=True).to_json(), Path("config.json"))
     assert meta.tta and not predictor.meta.tta
     on = Predictor(predictor.model, meta, device="cpu", precision=predictor.precision)
-    assert on.tta
+    assert on.tta and "flip TTA" in on.settings() and "no TTA" in predictor.settings()
     np.testing.assert_allclose(on.predict_torch(x), (plain + flipped) / 2, atol=1e-5)
     assert not Predictor(predictor.model, meta, device="cpu", tta=False).tta
 
