@@ -111,9 +111,12 @@ def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:
     return target
 
 
-def predict_probs(predictor: Predictor, image: np.ndarray) -> np.ndarray:
+def predict_probs(predictor: Predictor, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
     """Model-resolution class probabilities ``(C, S, S)`` — the expensive step, cached by the
-    page; thresholds and post-processing are applied afterwards by :meth:`Predictor.finish`."""
+    page; thresholds and post-processing are applied afterwards by :meth:`Predictor.finish`.
+    ``tta`` sets the Predictor's flip TTA first (None keeps it)."""
+    if tta is not None:
+        predictor.tta = bool(tta)
     return predictor.predict_torch(predictor.preprocess([image]))[0].cpu().numpy()
 
 

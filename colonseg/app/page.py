@@ -26,9 +26,7 @@ def load_predictor(model: str) -> Predictor:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_probs(model: str, digest: str, tta: bool, _image):
-    predictor = load_predictor(model)
-    predictor.tta = tta
-    return logic.predict_probs(predictor, _image)
+    return logic.predict_probs(load_predictor(model), _image, tta)
 
 
 def choose_model() -> str | None:
