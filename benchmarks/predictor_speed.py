@@ -1,8 +1,8 @@
 """Predictor throughput on CPU: batch 1, 352x352 RGB frames, shipped default model.
 
-Run: .venv/bin/python benchmarks/predictor_speed.py [--model default] [--n 100] [--no-tta]
+Run: .venv/bin/python benchmarks/predictor_speed.py [--model default] [--n 100] [--tta none]
 Reports images/s at the model's own input size and at 352² (once if they are the same), in fp32
-and bf16, with the model's own TTA setting (``--no-tta``: one pass).
+and bf16, with the model's own TTA setting (``--tta none``: one pass).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="default")
     parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--no-tta", action="store_true", help="one pass, whatever the model says")
+    parser.add_argument("--tta", default=None, help="none, flip or d4 (default: the model's)")
     args = parser.parse_args()
     frames = random_frames(args.n)
     results = {
@@ -51,7 +51,7 @@ def main() -> None:
                 device="cpu",
                 size=size,
                 precision=precision,
-                tta=False if args.no_tta else None,
+                tta=args.tta,
             )
             results["tta"] = p.tta
             key = f"input{p.size[0]}_{precision}"

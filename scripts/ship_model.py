@@ -4,7 +4,7 @@ Run: .venv/bin/python scripts/ship_model.py runs/<run>/model <name> --summary ev
 The zoo copy keeps the run's config.json, replaces its metrics by the `colonseg evaluate` summary
 (dice, iou, mdice_256, s_measure per dataset; dice_neo/dice_non for 3-class models), optionally
 sets its default post-processing (--postprocess SPEC, as measured by benchmarks/postprocess.py)
-and horizontal-flip TTA (--tta; evaluate the summary with --tta too),
+and a default TTA (--tta flip|d4; evaluate the summary with the same --tta),
 and stores the weights in fp16 (half the size). It then checks that the fp16 copy predicts what
 the fp32 original predicts on the bundled samples (the NeoPolyp ones for 3-class models) and
 refuses to ship when their mean Dice differs by more than --max-dice-drop. Unless the zoo
@@ -26,6 +26,7 @@ from colonseg.engine.checkpoint import ZOO_DIR, ModelMeta, load_pretrained, save
 from colonseg.engine.demo import samples_for
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
+from colonseg.engine.tta import TTA_LABELS, TTA_MODES
 from colonseg.errors import ColonsegError
 from colonseg.models.cost import count_gflops, count_params_m
 from colonseg.postprocess import PostProcess
@@ -166,8 +167,8 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
         if meta.postprocess
         else ("no post-processing by default")
     )
-    if meta.tta:
-        post += " and horizontal-flip TTA by default (two passes; `--no-tta` switches it off)"
+    if meta.tta != "none":
+        post += f" and {TTA_LABELS[meta.tta]} by default (`--tta none` switches it off)"
     packaged = (
         f"; not stored, restored from the installed packages: {', '.join(meta.packaged)}"
         if meta.packaged
@@ -219,7 +220,7 @@ def _task(meta: ModelMeta) -> str:
     return meta.arch if meta.arch in ("mapseg", "automedsam") else meta.labels
 
 
-def sample_dice(model: Path, tta: bool) -> float:
+def sample_dice(model: Path, tta: str) -> float:
     """Mean Dice on the bundled samples, in fp32 whatever the CPU, without post-processing."""
     predictor = Predictor(
         *load_pretrained(model), device="cpu", precision="fp32", postprocess="none", tta=tta
@@ -273,7 +274,10 @@ def main() -> None:
     parser.add_argument("--max-dice-drop", type=float, default=0.002)
     parser.add_argument("--postprocess", help="default post-processing spec ('none': none)")
     parser.add_argument(
-        "--tta", action="store_true", help="average in the horizontal flip by default"
+        "--tta",
+        default="none",
+        choices=TTA_MODES,
+        help="the model's default test-time augmentation",
     )
     args = parser.parse_args()
     try:

@@ -138,9 +138,11 @@ def test_page_settings_reach_the_predictor_and_tta_changes_the_probabilities():
         net, ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64)), device="cpu"
     )
     image = np.random.default_rng(2).integers(0, 256, (48, 40, 3), np.uint8)
-    plain = logic.predict_probs(logic.configure(predictor, 0.3, "fill_holes", False), image)
+    plain = logic.predict_probs(logic.configure(predictor, 0.3, "fill_holes", "none"), image)
     assert predictor.threshold == 0.3 and predictor.post.spec() == "fill_holes"
-    flipped = logic.predict_probs(logic.configure(predictor, 0.3, "none", True), image)
-    assert predictor.tta and not np.allclose(plain, flipped)
-    out = logic.finish(predictor, flipped, image, 0.9, "none", True)
+    flipped = logic.predict_probs(logic.configure(predictor, 0.3, "none", "flip"), image)
+    assert predictor.tta == "flip" and not np.allclose(plain, flipped)
+    turned = logic.predict_probs(predictor, image, "d4")
+    assert predictor.tta == "d4" and not np.allclose(turned, flipped)
+    out = logic.finish(predictor, flipped, image, 0.9, "none", "flip")
     assert out.mask.shape == (48, 40) and predictor.threshold == 0.9

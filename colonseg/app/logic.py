@@ -111,12 +111,12 @@ def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:
     return target
 
 
-def predict_probs(predictor: Predictor, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
+def predict_probs(predictor: Predictor, image: np.ndarray, tta: str | None = None) -> np.ndarray:
     """Model-resolution class probabilities ``(C, S, S)`` — the expensive step, cached by the
     page; thresholds and post-processing are applied afterwards by :meth:`Predictor.finish`.
-    ``tta`` sets the Predictor's flip TTA first (None keeps it)."""
+    ``tta`` sets the Predictor's TTA mode first (None keeps it)."""
     if tta is not None:
-        predictor.tta = bool(tta)
+        predictor.tta = tta
     return predictor.predict_torch(predictor.preprocess([image]))[0].cpu().numpy()
 
 
@@ -131,11 +131,11 @@ def selected_box(event) -> tuple[float, float, float, float] | None:
     return min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)
 
 
-def configure(predictor: Predictor, threshold: float, post: str, tta: bool) -> Predictor:
-    """Give the Predictor the page's threshold, post-processing spec and flip TTA choice."""
+def configure(predictor: Predictor, threshold: float, post: str, tta: str) -> Predictor:
+    """Give the Predictor the page's threshold, post-processing spec and TTA mode."""
     predictor.threshold = float(threshold)
     predictor.post = PostProcess.parse(post)
-    predictor.tta = bool(tta)
+    predictor.tta = tta
     return predictor
 
 
@@ -145,7 +145,7 @@ def finish(
     image: np.ndarray,
     threshold: float,
     post: str,
-    tta: bool,
+    tta: str,
 ) -> Prediction:
     """Threshold and post-process cached probabilities with the page's current settings
     (``tta`` only has to match the setting the probabilities were computed with)."""

@@ -14,6 +14,7 @@ from colonseg.data.io import IMAGE_EXTENSIONS
 from colonseg.engine.checkpoint import list_zoo
 from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
+from colonseg.engine.tta import TTA_LABELS, TTA_MODES
 from colonseg.errors import ColonsegError
 
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "colonseg-app"
@@ -25,7 +26,7 @@ def load_predictor(model: str) -> Predictor:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def cached_probs(model: str, digest: str, tta: bool, _image):
+def cached_probs(model: str, digest: str, tta: str, _image):
     return logic.predict_probs(load_predictor(model), _image, tta)
 
 
@@ -160,11 +161,13 @@ def main() -> None:
     default_steps = predictor.meta.postprocess or "fill_holes,min_area=0.001"
     use_post = st.sidebar.toggle("Post-processing", value=bool(predictor.meta.postprocess))
     steps = st.sidebar.text_input("Steps", default_steps, disabled=not use_post)
-    tta = st.sidebar.toggle(
-        "Flip TTA (two passes)",
-        value=predictor.meta.tta,
-        help="Average in the prediction of the mirrored frame; on by default for models "
-        "shipped with it.",
+    tta = st.sidebar.selectbox(
+        "Test-time augmentation",
+        TTA_MODES,
+        index=TTA_MODES.index(predictor.meta.tta),
+        format_func=TTA_LABELS.get,
+        help="Average the predictions of mirrored and turned copies of the frame; each model "
+        "starts with the setting it was shipped with.",
     )
     settings = (threshold, steps if use_post else "none", tta)
     uploads = st.file_uploader(

@@ -63,10 +63,11 @@ BackendOpt = Annotated[
 ]
 WeightsOpt = Annotated[Path | None, typer.Option(help="Other weights (.safetensors/.pth/.ckpt).")]
 TTAOpt = Annotated[
-    bool | None,
+    str | None,
     typer.Option(
-        "--tta/--no-tta",
-        help="Average in the horizontal-flip prediction (default: the model's own setting).",
+        "--tta",
+        help="Test-time augmentation: none, flip (2 passes) or d4 (8 views: flips and quarter "
+        "turns). Default: the model's own setting.",
         show_default=False,
     ),
 ]

@@ -8,12 +8,13 @@
      "arch": "unet", "init_kwargs": {"encoder": "...", "classes": 1, ...},
      "preprocessing": {"size": [256, 256], "mean": [...], "std": [...]},
      "class_names": ["polyp"], "labels": "binary", "threshold": 0.5, "postprocess": "",
-     "tta": false,
+     "tta": "none",
      "provenance": {...}, "metrics": {...}}
 
 ``labels`` names the label scheme (``binary`` or ``neopolyp``, see :mod:`colonseg.data.labels`);
 ``postprocess`` the Predictor's default post-processing (see :mod:`colonseg.postprocess`);
-``tta`` whether the Predictor averages in the horizontal-flip prediction by default;
+``tta`` the Predictor's default test-time augmentation (``none``, ``flip`` or ``d4``, see
+:mod:`colonseg.engine.tta`; older checkpoints say ``true``/``false``: flip / none);
 ``packaged`` the submodules whose weights are not stored because they are frozen ImageNet weights
 that the installed packages provide (MAPSeg's encoder): loading builds the model with
 ``pretrained=True`` and takes them from there.
@@ -35,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from colonseg.data.io import write_atomic
+from colonseg.engine.tta import tta_mode
 from colonseg.errors import ColonsegError
 
 __all__ = [
@@ -64,7 +66,7 @@ class ModelMeta:
     labels: str = "binary"  # label scheme (colonseg.data.labels): binary or neopolyp
     threshold: float = 0.5
     postprocess: str = ""  # post-processing steps the Predictor applies by default
-    tta: bool = False  # the Predictor averages in the horizontal flip by default
+    tta: str = "none"  # the Predictor's default test-time augmentation: none, flip or d4
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     packaged: list[str] = field(default_factory=list)  # submodules not stored (see above)
@@ -81,6 +83,10 @@ class ModelMeta:
                 f"{source}: not a colonseg config.json (needs format, arch, init_kwargs)"
             )
         pre = d.get("preprocessing", {})
+        try:
+            tta = tta_mode(d.get("tta"))
+        except ColonsegError as exc:
+            raise ColonsegError(f"{source}: {exc}") from None
         return cls(
             arch=d["arch"],
             init_kwargs=dict(d["init_kwargs"]),
@@ -91,7 +97,7 @@ class ModelMeta:
             labels=str(d.get("labels", "binary")),
             threshold=float(d.get("threshold", 0.5)),
             postprocess=str(d.get("postprocess", "")),
-            tta=bool(d.get("tta", False)),
+            tta=tta,
             provenance=dict(d.get("provenance", {})),
             metrics=dict(d.get("metrics", {})),
             packaged=list(d.get("packaged", [])),

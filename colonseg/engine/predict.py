@@ -26,6 +26,7 @@ from torch import nn
 from colonseg.data.datamodule import normalize
 from colonseg.data.labels import decide, get_scheme
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained
+from colonseg.engine.tta import TTA_LABELS, average_views, tta_mode
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
 
@@ -71,14 +72,15 @@ def native_bf16(device: torch.device) -> bool:
 
 
 class Predictor:
-    """Resize → normalise → model → sigmoid/softmax (→ flip TTA) → resize back → threshold →
+    """Resize → normalise → model → sigmoid/softmax (→ TTA) → resize back → threshold →
     post-processing.
 
     Args:
         model: a network returning logits ``(B, C, H, W)`` (C = 1: sigmoid, else softmax).
         meta: its checkpoint metadata (input size, mean/std, threshold).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        tta: average the horizontal-flip prediction in; None uses the checkpoint's default.
+        tta: test-time augmentation, ``"none"``, ``"flip"`` or ``"d4"`` (see
+            :mod:`colonseg.engine.tta`; ``True`` means flip); None uses the checkpoint's default.
         threshold: overrides the checkpoint's threshold.
         size: overrides the checkpoint's input size (square side in pixels).
         precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 where the hardware runs
@@ -96,7 +98,7 @@ class Predictor:
         model: nn.Module,
         meta: ModelMeta,
         device: str = "auto",
-        tta: bool | None = None,
+        tta: bool | str | None = None,
         threshold: float | None = None,
         size: int | None = None,
         precision: str = "auto",
@@ -117,7 +119,7 @@ class Predictor:
         if precision == "auto":
             precision = "bf16" if native_bf16(self.device) else "fp32"
         self.meta = meta
-        self.tta = meta.tta if tta is None else bool(tta)
+        self.tta = meta.tta if tta is None else tta
         self.threshold = meta.threshold if threshold is None else float(threshold)
         self.size = (size, size) if size else tuple(meta.size)
         self.precision = precision
@@ -127,6 +129,15 @@ class Predictor:
         self.post = (
             postprocess if isinstance(postprocess, PostProcess) else PostProcess.parse(postprocess)
         )
+
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation mode: ``none``, ``flip`` or ``d4``."""
+        return self._tta
+
+    @tta.setter
+    def tta(self, value: bool | str | None) -> None:
+        self._tta = tta_mode(value)
 
     @classmethod
     def from_pretrained(
@@ -159,7 +170,7 @@ class Predictor:
         """What this Predictor does, in one line (evaluate's report and console say it)."""
         h, w = self.size
         post = f"post-processing {self.post.spec()}" if self.post else "no post-processing"
-        tta = "flip TTA" if self.tta else "no TTA"
+        tta = TTA_LABELS[self.tta]
         return f"{h}×{w}, {self.precision}, {tta}, threshold {self.threshold:g}, {post}"
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -175,10 +186,7 @@ class Predictor:
         """Normalised ``(B, 3, S, S)`` → probabilities ``(B, C, S, S)`` at model resolution."""
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            prob = self._activate(self.model(x))
-            if self.tta:
-                prob = 0.5 * (prob + self._activate(self.model(x.flip(-1))).flip(-1))
-        return prob
+            return average_views(lambda v: self._activate(self.model(v)), x, self.tta)
 
     def finish(self, probs: np.ndarray, image: np.ndarray) -> Prediction:
         """Model-resolution probabilities ``(C, S, S)`` of ``image`` → :class:`Prediction` at the

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from colonseg.data.io import read_mask, write_png
 from colonseg.engine.checkpoint import ModelMeta
 from colonseg.engine.evaluate import SUMMARY_KEYS, EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_files import run_predict
+from colonseg.errors import ColonsegError
 from colonseg.models import create_model
 
 
@@ -28,8 +30,9 @@ def test_predictor_returns_original_size(predictor):
     assert out.prob.shape == (37, 51) and out.mask.shape == (37, 51)
     assert out.prob.dtype == np.float32 and 0 <= out.prob.min() <= out.prob.max() <= 1
     np.testing.assert_array_equal(out.mask, out.prob >= predictor.threshold)
-    tta = Predictor(predictor.model, predictor.meta, device="cpu", tta=True).predict(image)
-    assert tta.prob.shape == (37, 51)
+    for mode in ("flip", "d4"):
+        tta = Predictor(predictor.model, predictor.meta, device="cpu", tta=mode).predict(image)
+        assert tta.prob.shape == (37, 51)
 
 
 def test_tta_averages_the_flip_and_follows_the_checkpoint_default(predictor):
@@ -39,12 +42,46 @@ def test_tta_averages_the_flip_and_follows_the_checkpoint_default(predictor):
     x = predictor.preprocess([image])
     plain = predictor.predict_torch(x)
     flipped = predictor.predict_torch(x.flip(-1)).flip(-1)
-    meta = ModelMeta.from_json(replace(predictor.meta, tta=True).to_json(), Path("config.json"))
-    assert meta.tta and not predictor.meta.tta
+    meta = ModelMeta.from_json(replace(predictor.meta, tta="flip").to_json(), Path("config.json"))
+    assert meta.tta == "flip" and predictor.meta.tta == "none"
     on = Predictor(predictor.model, meta, device="cpu", precision=predictor.precision)
-    assert on.tta and "flip TTA" in on.settings() and "no TTA" in predictor.settings()
+    assert on.tta == "flip" and "flip TTA" in on.settings() and "no TTA" in predictor.settings()
     np.testing.assert_allclose(on.predict_torch(x), (plain + flipped) / 2, atol=1e-5)
-    assert not Predictor(predictor.model, meta, device="cpu", tta=False).tta
+    assert Predictor(predictor.model, meta, device="cpu", tta="none").tta == "none"
+    # checkpoints written before the modes said true / false
+    legacy = {**predictor.meta.to_json(), "tta": True}
+    assert ModelMeta.from_json(legacy, Path("config.json")).tta == "flip"
+    with pytest.raises(ColonsegError, match="config.json: Unknown TTA 'sideways'"):
+        ModelMeta.from_json({**legacy, "tta": "sideways"}, Path("config.json"))
+
+
+def test_d4_tta_averages_eight_views_and_makes_any_model_equivariant(predictor):
+    image = np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8)
+    x = predictor.preprocess([image])
+    d4 = Predictor(predictor.model, predictor.meta, device="cpu", tta="d4", precision="fp32")
+    plain = Predictor(predictor.model, predictor.meta, device="cpu", precision="fp32")
+    views = []
+    for k in range(4):
+        for mirror in (False, True):
+            v = torch.rot90(x.flip(-1) if mirror else x, k, (-2, -1))
+            p = torch.rot90(plain.predict_torch(v), -k, (-2, -1))
+            views.append(p.flip(-1) if mirror else p)
+    out = d4.predict_torch(x)
+    np.testing.assert_allclose(out, torch.stack(views).mean(0), atol=1e-5)
+    # the model alone is not rotation-equivariant; averaged over the eight views it is
+    turned = torch.rot90(x, 1, (-2, -1))
+    assert not torch.allclose(
+        plain.predict_torch(turned), torch.rot90(plain.predict_torch(x), 1, (-2, -1)), atol=1e-3
+    )
+    np.testing.assert_allclose(d4.predict_torch(turned), torch.rot90(out, 1, (-2, -1)), atol=1e-5)
+    assert "D4 TTA (8 views)" in d4.settings()
+
+
+def test_d4_tta_refuses_a_non_square_input(predictor):
+    d4 = Predictor(predictor.model, predictor.meta, device="cpu", tta="d4", size=None)
+    d4.size = (64, 96)
+    with pytest.raises(ColonsegError, match="needs a square input size, not 64×96"):
+        d4.predict(np.zeros((40, 60, 3), np.uint8))
 
 
 def test_precision_auto_follows_the_hardware_and_bf16_stays_close(predictor):
