@@ -57,6 +57,7 @@ def test_two_step_training_run_then_test_only(data_dir):
     assert config["arch"] == "mapseg"
     assert config["postprocess"] == "fov,otsu=0,close=5,fill_holes,keep_largest"
     assert config["init_kwargs"]["memory"] is True
+    assert config["tta"] == "d4"  # the config's TEST.tta travels with the checkpoint
     summary = result["summary"]["polyps"]
     assert 0 <= summary["dice"] <= 1 and "pixel_auroc" in summary
     assert 0 <= summary["image_auroc"] <= 1
@@ -69,6 +70,10 @@ def test_two_step_training_run_then_test_only(data_dir):
         assert f.get_tensor("memory.level0").abs().sum() > 0
     again = run_mapseg(_cfg(data_dir, "TEST.only=True", f"TEST.checkpoint={result['model_dir']}"))
     assert again["summary"]["polyps"]["dice"] == pytest.approx(summary["dice"])
+    one_pass = run_mapseg(
+        _cfg(data_dir, "TEST.only=True", f"TEST.checkpoint={result['model_dir']}", "TEST.tta=none")
+    )["summary"]["polyps"]
+    assert one_pass["pixel_auroc"] != pytest.approx(summary["pixel_auroc"], abs=1e-9)
 
 
 def test_ablation_without_memory_and_bad_overrides(data_dir):
@@ -77,6 +82,9 @@ def test_ablation_without_memory_and_bad_overrides(data_dir):
     assert config["init_kwargs"]["memory"] is False
     with pytest.raises(ColonsegError, match="invalid MAPSeg config"):
         _cfg(data_dir, "TRAIN.epoch=3")
+    with pytest.raises(ColonsegError, match="Unknown TTA 'd8'"):  # before any training
+        run_mapseg(_cfg(data_dir, "TEST.tta=d8", "EXP_NAME=bad_tta"))
+    assert not (data_dir / "runs" / "bad_tta").exists()
 
 
 def test_mvtec_style_target_trains_and_tests_on_its_own_folders(data_dir):

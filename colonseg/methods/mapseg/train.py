@@ -34,6 +34,7 @@ from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import trainer_precision
+from colonseg.engine.tta import tta_mode
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.data import NormalFrames, normal_frame_files
 from colonseg.methods.mapseg.module import MapsegModule
@@ -106,6 +107,7 @@ class TrainSection:
 @dataclass
 class TestSection:
     only: bool = False
+    tta: str = "d4"  # the checkpoint's default test-time augmentation: none, flip or d4
     checkpoint: str | None = None
     datasets: list[dict] = field(default_factory=list)
 
@@ -192,7 +194,7 @@ def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
     sources = [s for s in _sources(cfg) if Path(s.path).is_dir()]
     if not sources:
         return {}
-    predictor = Predictor.from_pretrained(model_dir)
+    predictor = Predictor.from_pretrained(model_dir, tta=cfg.TEST.tta)
     summary = run_evaluate(predictor, sources, out, progress=False, title=f"MAPSeg: {model_dir}")
     held_out = _held_out_normal(cfg)
     if not held_out:
@@ -217,6 +219,7 @@ def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
 def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
     """Train (or with ``TEST.only`` evaluate) MAPSeg; return ``{"run_dir", "model_dir", ...}``."""
     run_dir = Path(cfg.RESULT_DIR) / cfg.EXP_NAME
+    tta_mode(cfg.TEST.tta)  # a misspelt mode fails now, not after training
     if cfg.TEST.only:
         model_dir = Path(cfg.TEST.checkpoint or run_dir / "model")
         return {"model_dir": model_dir, "summary": _evaluate(cfg, model_dir, run_dir / "test")}
@@ -290,6 +293,7 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
         mean=mean,
         std=std,
         postprocess=DEMO_POSTPROCESS,
+        tta=tta_mode(cfg.TEST.tta),
         # the frozen offline ImageNet encoder comes from its package, not from the file
         packaged=["encoder"] if cfg.MODEL.pretrained and not cfg.MODEL.encoder_weights else [],
         provenance={
