@@ -31,13 +31,16 @@ def epoch_table(metrics_csv: str | Path) -> dict[int, dict[str, float]]:
 def plot_curves(
     metrics_csv: str | Path, out_png: str | Path, panels: tuple[str, ...] = _PANELS
 ) -> Path:
-    """Draw one panel per metric (train and val) against the epoch and write a PNG."""
+    """Draw one panel per metric (train and val) against the epoch and write a PNG; metrics the
+    run never logged get no panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     table = epoch_table(metrics_csv)
+    logged = {key.split("/", 1)[-1] for row in table.values() for key in row}
+    panels = tuple(m for m in panels if m in logged) or panels[:1]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], panels, strict=True):
         for stage, style in (("train", "-o"), ("val", "-s")):

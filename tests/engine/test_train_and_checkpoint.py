@@ -194,3 +194,17 @@ def test_init_from_copies_a_trained_checkpoint(tmp_path):
         _init_from(
             create_model("pranet", pretrained=False, **kwargs), str(tmp_path / "m"), "pranet"
         )
+
+
+def test_learning_curves_draw_only_the_metrics_a_run_logged(tmp_path):
+    from PIL import Image
+
+    from colonseg.viz.curves import plot_curves
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text(
+        "epoch,step,train/loss_epoch,val/dice\n0,9,0.5,\n0,9,,0.7\n1,19,0.3,\n1,19,,0.8\n"
+    )
+    one_panel = Image.open(plot_curves(csv, tmp_path / "loss.png", ("loss",))).size[0]
+    # loss and dice logged: accuracy and f1 get no empty panel
+    assert Image.open(plot_curves(csv, tmp_path / "all.png")).size[0] == 2 * one_panel
