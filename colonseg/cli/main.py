@@ -193,9 +193,8 @@ def evaluate(
     predictor = _predictor(
         model, weights, backend, tta, size, device, threshold, precision, postprocess
     )
-    settings = f"{model}: {predictor.settings()}"
-    run_evaluate(predictor, sources, out, title=f"colonseg evaluate — {settings}")
-    typer.echo(settings)
+    run_evaluate(predictor, sources, out, title=f"colonseg evaluate — {model}")
+    typer.echo(f"{model}: {predictor.settings()}")
     typer.echo((out / "table.md").read_text())
     typer.echo(f"report: {out / 'report.html'}")
 

@@ -161,6 +161,8 @@ def run_evaluate(
     title: str = "colonseg evaluation",
 ) -> dict[str, dict]:
     """Evaluate ``predictor`` on every source; write the four result files into ``out_dir``.
+    The report's heading is ``title`` followed by what the Predictor does (size, precision, TTA,
+    threshold, post-processing), so every report says how its numbers were made.
 
     Returns:
         The summary dict (also written to ``summary.json``).
@@ -187,5 +189,6 @@ def run_evaluate(
     write_atomic(out_dir / "summary.json", lambda tmp: tmp.write_text(text))
     table = _table_md(summary)
     write_atomic(out_dir / "table.md", lambda tmp: tmp.write_text(table))
-    write_report(out_dir / "report.html", title, summary, cases, pictures)
+    heading = f"{title}: {predictor.settings()}"
+    write_report(out_dir / "report.html", heading, summary, cases, pictures)
     return summary

@@ -124,6 +124,7 @@ def test_evaluate_writes_the_four_files(predictor, tiny_dataset_dir, tmp_path):
     assert len(lines) == 9 and lines[0].startswith("dataset,id,dice")
     html = (tmp_path / "ev" / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 3 and "Worst cases" in html
+    assert predictor.settings() in html  # every report says how its numbers were made
     assert f"<td>{stats['hd95_missing']}</td>" in html  # a count, not a float
     assert "| tiny | 8 |" in (tmp_path / "ev" / "table.md").read_text()
 
