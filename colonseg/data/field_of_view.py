@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["valid_area"]
+__all__ = ["text_lines", "valid_area"]
 
 
 def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
@@ -20,8 +20,8 @@ def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
 
     The largest connected non-dark region is kept (side panels and corner boxes separated from
     it by black fall away), its holes are filled, then near-white, unsaturated overlay
-    components that touch the dark border (text) and saturated blue/green rectangles (status
-    boxes) are cut out.
+    components that touch the dark border (text), lines of text burnt into the mucosa itself
+    (:func:`text_lines`) and saturated blue/green rectangles (status boxes) are cut out.
     """
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
     lit = (hsv[..., 2] > 25).astype(np.uint8)
@@ -37,6 +37,7 @@ def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
     _, labels = cv2.connectedComponents(overlay, connectivity=8)
     touching = np.unique(labels[(border > 0) & (overlay > 0)])
     area[np.isin(labels, touching[touching > 0])] = 0
+    area[text_lines(image) > 0] = 0
     # coloured boxes (status bars, menus): saturated non-mucosa hues filling their bounding box
     boxes = ((hsv[..., 0] > 35) & (hsv[..., 0] < 150) & (hsv[..., 1] > 80)).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(boxes, connectivity=8)
@@ -46,3 +47,54 @@ def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
             area[max(0, y - 4) : y + h + 4, max(0, x - 4) : x + w + 4] = 0
     k = max(1, round(margin * min(image.shape[:2])))
     return cv2.erode(area, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+
+
+def text_lines(image: np.ndarray) -> np.ndarray:
+    """Lines of bright text and marks burnt into a frame ``(H, W) uint8`` {0, 1}: date, time
+    and patient fields over the mucosa, the row of white squares above Kvasir-SEG's corner box.
+
+    Small bright components (white top-hat of the luminance) of character size are grouped
+    into rows; three or more of similar height standing on one baseline, in a row at least
+    three times as wide as tall, make a line, and shorter rows of two or more next to such
+    lines join them; their boxes, padded, are returned. Specular glints vary in size and
+    rarely line up.
+    """
+    h, w = image.shape[:2]
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    k = max(7, round(0.03 * max(h, w)) | 1)
+    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    hat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, ellipse)
+    bright = ((hat > 30) & (gray > 100)).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    x, y, cw, ch = (stats[1:, j] for j in range(4))
+    keep = (ch >= max(4, 0.01 * h)) & (ch <= 0.05 * h) & (cw <= 1.5 * ch)
+    x, y, cw, ch = x[keep], y[keep], cw[keep], ch[keep]
+    chars = np.zeros((h, w), np.uint8)
+    for i in range(len(x)):
+        chars[y[i] : y[i] + ch[i], x[i] : x[i] + cw[i]] = 1
+    rows = cv2.dilate(chars, np.ones((1, max(3, round(0.02 * w))), np.uint8))
+    n, _, lines, _ = cv2.connectedComponentsWithStats(rows, connectivity=8)
+    cx, cy = x + cw / 2, y + ch / 2
+    pad = max(2, k // 4)
+    strong, weak = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+    for lx, ly, lw, lh, _ in lines[1:]:
+        members = (cx >= lx) & (cx < lx + lw) & (cy >= ly) & (cy < ly + lh)
+        heights, bottoms = ch[members], (y + ch)[members]
+        if len(heights) < 2 or heights.max() > 2 * np.median(heights):
+            continue
+        # characters stand on one baseline; glints scatter up and down
+        on_line = np.abs(bottoms - np.median(bottoms)) <= max(1.0, 0.15 * np.median(heights))
+        if on_line.mean() < 0.75:
+            continue
+        box = (slice(max(0, ly - pad), ly + lh + pad), slice(max(0, lx - pad), lx + lw + pad))
+        if on_line.sum() >= 3 and lw >= 3 * lh:
+            strong[box] = 1
+        else:  # a short line ("Q:N"): text only when it sits in a block of longer lines
+            weak[box] = 1
+    if strong.any() and weak.any():
+        line = int(np.median(ch))
+        near = cv2.dilate(strong, np.ones((4 * line + 1, 2 * line + 1), np.uint8))
+        n, labels = cv2.connectedComponents(weak)
+        hits = np.unique(labels[(near > 0) & (weak > 0)])
+        strong[np.isin(labels, hits[hits > 0])] = 1
+    return strong

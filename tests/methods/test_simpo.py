@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from colonseg.data.field_of_view import valid_area
+from colonseg.data.field_of_view import text_lines, valid_area
 from colonseg.data.io import write_png
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures, shape_mask
@@ -35,6 +35,26 @@ def test_valid_area_is_the_view_without_border_text_or_boxes():
     assert area[0:20, 0:40].sum() == 0  # black corner with the text overlay
     assert area[100:110, 30:90].sum() == 0  # the blue status box
     assert 0.3 < area.mean() < 0.55  # the octagon (~0.5 of the frame) less box and margin
+
+
+def test_text_burnt_into_the_mucosa_is_cut_out_but_glints_are_not():
+    rng = np.random.default_rng(3)
+    size = 300
+    image = np.clip(rng.normal((170, 90, 70), 12, (size, size, 3)), 0, 255).astype(np.uint8)
+    for i, line in enumerate(["05/10/2015", "11:11:18", "CVP:8"]):  # a Kvasir-like block
+        cv2.putText(image, line, (12, 60 + 14 * i), cv2.FONT_HERSHEY_PLAIN, 0.9, (235,) * 3, 1)
+    for j in range(5):  # the row of white squares above Kvasir's corner box
+        image[200:207, 12 + 10 * j : 19 + 10 * j] = 240
+    glints = np.zeros((size, size), np.uint8)
+    for _ in range(25):  # specular glints of varied size over the right half
+        x, y = rng.integers(160, 290), rng.integers(20, 290)
+        cv2.circle(glints, (int(x), int(y)), int(rng.integers(1, 6)), 1, -1)
+    image[glints > 0] = 250
+    text = text_lines(image)
+    assert text[50:90, 12:90].mean() > 0.6  # the three lines
+    assert text[200:207, 12:60].mean() > 0.9  # the squares
+    assert text[:, 150:].sum() == 0  # no glint taken for text
+    assert valid_area(image, margin=0.0)[52:60, 15:100].sum() == 0  # the date line
 
 
 def test_shape_masks_are_single_smooth_blobs():
