@@ -158,6 +158,14 @@ class PostProcess:
         best = probs[1:].argmax(0).astype(np.uint8) + 1
         return mask, np.where(mask > 0, best, 0).astype(np.uint8)
 
+    def heat_top(self, prob: np.ndarray) -> float:
+        """The probability a heat map of ``prob`` should show at full colour: 1, or with
+        ``otsu`` (the mask is cut relative to the map, as for anomaly maps whose values stay
+        small) the map's own maximum, never below the Otsu floor."""
+        if self.otsu is None:
+            return 1.0
+        return max(float(prob.max()), self.otsu, 1e-6)
+
 
 def _otsu(prob: np.ndarray) -> float:
     if float(prob.max()) - float(prob.min()) < 1e-6:

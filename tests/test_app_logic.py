@@ -13,6 +13,7 @@ from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
 from colonseg.models import create_model
+from colonseg.postprocess import PostProcess
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -75,6 +76,23 @@ def test_summary_counts_regions_above_a_speck_and_zip_holds_every_file():
     data = logic.zip_results({"a.jpg": panels, "b.png": panels})
     names = sorted(zipfile.ZipFile(io.BytesIO(data)).namelist())
     assert names == ["masks/a.png", "masks/b.png", "overlays/a.png", "overlays/b.png"]
+
+
+def test_heat_map_of_an_anomaly_map_is_scaled_to_its_peak_when_the_mask_is_relative():
+    prob = np.zeros((40, 40), np.float32)
+    prob[10:20, 10:20] = 0.04  # MAPSeg-like: a clear spot at a small absolute value
+    out = Prediction(prob, (prob > 0.02).astype(np.uint8))
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    predictor = Predictor(net, ModelMeta("unet", {"encoder": "test_efficientnet"}), device="cpu")
+    image = np.full((40, 40, 3), 128, np.uint8)
+    fixed = logic.panels(predictor, image, out)
+    assert fixed.heat_top == 1.0 and fixed.probability.max() == 10  # 0.04 of 255
+    predictor.post = PostProcess.parse("otsu=0")
+    relative = logic.panels(predictor, image, out)
+    assert relative.heat_top == pytest.approx(0.04) and relative.probability.max() == 255
+    red = relative.heatmap[15, 15].astype(int)
+    assert red[0] > red[2] + 40, "the spot is drawn hot, not the blue of the background"
+    assert fixed.heatmap[15, 15].astype(int)[2] > fixed.heatmap[15, 15].astype(int)[0]
 
 
 def test_selected_box_reads_a_plotly_box_selection():

@@ -179,17 +179,20 @@ class Panels:
     probability: np.ndarray
     contours: np.ndarray
     mask: np.ndarray  # what "download mask" saves: 0/255, or RGB class colours
+    heat_top: float = 1.0  # the probability shown as full colour in heatmap and probability
 
 
 def panels(predictor: Predictor, image: np.ndarray, out: Prediction) -> Panels:
     scheme = predictor.scheme
+    top = predictor.post.heat_top(out.prob)
     return Panels(
         original=image,
         overlay=overlay_prediction(image, out.classes, scheme),
-        heatmap=heatmap(image, out.prob),
-        probability=np.round(out.prob * 255).astype(np.uint8),
+        heatmap=heatmap(image, out.prob, top=top),
+        probability=np.round(np.clip(out.prob / top, 0, 1) * 255).astype(np.uint8),
         contours=contours(image, out.mask),
         mask=scheme.mask_image(out.classes),
+        heat_top=top,
     )
 
 

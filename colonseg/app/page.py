@@ -88,7 +88,8 @@ def show_image(predictor: Predictor, model: str, name: str, data: bytes, setting
     for cls, percent in summary.get("classes", {}).items():
         line += f" · {cls}: {percent} %"
     st.markdown(line)
-    captions = ["Original", "Overlay", "Heat map", "Probability", "Contours"]
+    scale = "" if panels.heat_top == 1.0 else f" (red = {panels.heat_top:.3g}, this frame's peak)"
+    captions = ["Original", "Overlay", f"Heat map{scale}", f"Probability{scale}", "Contours"]
     pictures = [
         panels.original,
         panels.overlay,

@@ -103,7 +103,8 @@ def run_predict(
                 write_png(out_dir / "probs" / f"{stem}.png", prob)
             if save_overlays:
                 tinted = overlay_prediction(image, out.classes, scheme)
-                pair = np.concatenate([tinted, heatmap(image, out.prob)], axis=1)
+                heat = heatmap(image, out.prob, top=predictor.post.heat_top(out.prob))
+                pair = np.concatenate([tinted, heat], axis=1)
                 write_png(out_dir / "overlays" / f"{stem}.png", pair)
             if save_attention:
                 maps = predictor.attention_maps(image)

@@ -53,9 +53,12 @@ def overlay_prediction(image: np.ndarray, classes: np.ndarray, scheme) -> np.nda
     return overlay(image, classes > 0)
 
 
-def heatmap(image: np.ndarray, prob: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a JET-coloured probability map over the image."""
-    colored = cv2.applyColorMap((np.clip(prob, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+def heatmap(
+    image: np.ndarray, prob: np.ndarray, alpha: float = 0.45, top: float = 1.0
+) -> np.ndarray:
+    """Blend a JET-coloured probability map over the image; ``top`` is shown as full red."""
+    scaled = np.clip(prob / top, 0, 1)
+    colored = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
     colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(image, 1 - alpha, colored, alpha, 0)
 
