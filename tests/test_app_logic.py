@@ -150,17 +150,21 @@ def _png(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
-def test_page_settings_reach_the_predictor_and_tta_changes_the_probabilities():
+def test_page_settings_reach_a_copy_of_the_cached_predictor_and_tta_changes_the_probabilities():
     net = create_model("unet", encoder="test_efficientnet", pretrained=False)
     predictor = Predictor(
         net, ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64)), device="cpu"
     )
     image = np.random.default_rng(2).integers(0, 256, (48, 40, 3), np.uint8)
-    plain = logic.predict_probs(logic.configure(predictor, 0.3, "fill_holes", "none"), image)
-    assert predictor.threshold == 0.3 and predictor.post.spec() == "fill_holes"
+    mine = logic.configure(predictor, 0.3, "fill_holes", "none")
+    assert mine.threshold == 0.3 and mine.post.spec() == "fill_holes" and mine.model is net
+    # the cached Predictor other browser sessions share keeps its own settings
+    assert predictor.threshold == 0.5 and not predictor.post and predictor.tta == "none"
+    plain = logic.predict_probs(mine, image)
     flipped = logic.predict_probs(logic.configure(predictor, 0.3, "none", "flip"), image)
-    assert predictor.tta == "flip" and not np.allclose(plain, flipped)
+    assert not np.allclose(plain, flipped)
     turned = logic.predict_probs(predictor, image, "d4")
-    assert predictor.tta == "d4" and not np.allclose(turned, flipped)
-    out = logic.finish(predictor, flipped, image, 0.9, "none", "flip")
-    assert out.mask.shape == (48, 40) and predictor.threshold == 0.9
+    assert predictor.tta == "none" and not np.allclose(turned, flipped)
+    np.testing.assert_allclose(logic.predict_probs(predictor, image), plain)
+    out = logic.configure(predictor, 0.9, "none", "flip").finish(flipped, image)
+    assert out.mask.shape == (48, 40) and predictor.threshold == 0.5

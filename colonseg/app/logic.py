@@ -6,6 +6,7 @@ Streamlit page (:mod:`colonseg.app.page`) only lays the results out.
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 import tempfile
@@ -34,7 +35,6 @@ __all__ = [
     "check_upload",
     "configure",
     "decode_upload",
-    "finish",
     "load_uploaded_checkpoint",
     "panels",
     "png_bytes",
@@ -114,8 +114,9 @@ def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:
 def predict_probs(predictor: Predictor, image: np.ndarray, tta: str | None = None) -> np.ndarray:
     """Model-resolution class probabilities ``(C, S, S)`` — the expensive step, cached by the
     page; thresholds and post-processing are applied afterwards by :meth:`Predictor.finish`.
-    ``tta`` sets the Predictor's TTA mode first (None keeps it)."""
+    ``tta`` overrides the Predictor's TTA mode for this call (None keeps it)."""
     if tta is not None:
+        predictor = copy.copy(predictor)
         predictor.tta = tta
     return predictor.predict_torch(predictor.preprocess([image]))[0].cpu().numpy()
 
@@ -132,24 +133,16 @@ def selected_box(event) -> tuple[float, float, float, float] | None:
 
 
 def configure(predictor: Predictor, threshold: float, post: str, tta: str) -> Predictor:
-    """Give the Predictor the page's threshold, post-processing spec and TTA mode."""
+    """A copy of the Predictor with the page's threshold, post-processing spec and TTA mode.
+
+    The page caches one Predictor per model for every browser session; each session's
+    settings go on its own shallow copy (the network is shared), never on the cached one.
+    """
+    predictor = copy.copy(predictor)
     predictor.threshold = float(threshold)
     predictor.post = PostProcess.parse(post)
     predictor.tta = tta
     return predictor
-
-
-def finish(
-    predictor: Predictor,
-    probs: np.ndarray,
-    image: np.ndarray,
-    threshold: float,
-    post: str,
-    tta: str,
-) -> Prediction:
-    """Threshold and post-process cached probabilities with the page's current settings
-    (``tta`` only has to match the setting the probabilities were computed with)."""
-    return configure(predictor, threshold, post, tta).finish(probs, image)
 
 
 def regions_summary(out: Prediction, class_names: list[str], min_percent: float = 0.1) -> dict:

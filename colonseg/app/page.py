@@ -77,8 +77,9 @@ def show_image(predictor: Predictor, model: str, name: str, data: bytes, setting
         probs = cached_probs(model, digest, settings[2], image)
     else:
         probs = cached_box_probs(model, digest, tuple(round(v, 1) for v in box), image)
-    out = logic.finish(predictor, probs, image, *settings)
-    panels = logic.panels(predictor, image, out)
+    mine = logic.configure(predictor, *settings)  # this session's settings, on its own copy
+    out = mine.finish(probs, image)
+    panels = logic.panels(mine, image, out)
     summary = logic.regions_summary(out, predictor.meta.class_names)
     line = "Prompted with your box: " if box is not None else ""
     line += (
