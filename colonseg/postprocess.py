@@ -5,7 +5,8 @@ Steps, applied in this order when enabled:
 ``fov``            outside the endoscope's field of view (the black border, burnt-in text and
                    status boxes; :func:`colonseg.data.field_of_view.valid_area`) every pixel
                    becomes background with certainty, before thresholding
-                   (:meth:`PostProcess.restrict`, which needs the image).
+                   (:meth:`PostProcess.restrict`, which needs the image); the Predictor also
+                   paints text over the mucosa out of the frame before the model sees it.
 ``otsu``           threshold the probability map at Otsu's threshold (as MAPSeg's demo does)
                    instead of the model's fixed threshold; never below ``OTSU_FLOOR`` (0.2), so
                    a frame with no polyp does not turn its background noise into a mask.

@@ -7,6 +7,7 @@ Streamlit page (:mod:`colonseg.app.page`) only lays the results out.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import re
 import tempfile
@@ -111,13 +112,18 @@ def load_uploaded_checkpoint(name: str, data: bytes, folder: Path) -> Path:
     return target
 
 
-def predict_probs(predictor: Predictor, image: np.ndarray, tta: str | None = None) -> np.ndarray:
+def predict_probs(
+    predictor: Predictor, image: np.ndarray, tta: str | None = None, fov: bool | None = None
+) -> np.ndarray:
     """Model-resolution class probabilities ``(C, S, S)`` — the expensive step, cached by the
     page; thresholds and post-processing are applied afterwards by :meth:`Predictor.finish`.
-    ``tta`` overrides the Predictor's TTA mode for this call (None keeps it)."""
-    if tta is not None:
+    ``tta`` overrides the Predictor's TTA mode for this call and ``fov`` whether burnt-in text
+    is erased from the frame first (None keeps the Predictor's)."""
+    if tta is not None or fov is not None:
         predictor = copy.copy(predictor)
-        predictor.tta = tta
+        predictor.tta = predictor.tta if tta is None else tta
+        if fov is not None:
+            predictor.post = dataclasses.replace(predictor.post, fov=fov)
     return predictor.predict_torch(predictor.preprocess([image]))[0].cpu().numpy()
 
 

@@ -16,6 +16,7 @@ from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
 from colonseg.engine.tta import TTA_LABELS, TTA_MODES
 from colonseg.errors import ColonsegError
+from colonseg.postprocess import PostProcess
 
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "colonseg-app"
 
@@ -26,8 +27,8 @@ def load_predictor(model: str) -> Predictor:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def cached_probs(model: str, digest: str, tta: str, _image):
-    return logic.predict_probs(load_predictor(model), _image, tta)
+def cached_probs(model: str, digest: str, tta: str, fov: bool, _image):
+    return logic.predict_probs(load_predictor(model), _image, tta, fov)
 
 
 def choose_model() -> str | None:
@@ -74,7 +75,8 @@ def show_image(predictor: Predictor, model: str, name: str, data: bytes, setting
     st.subheader(name)
     box = draw_box(name, image) if predictor.takes_box else None
     if box is None:
-        probs = cached_probs(model, digest, settings[2], image)
+        fov = PostProcess.parse(settings[1]).fov
+        probs = cached_probs(model, digest, settings[2], fov, image)
     else:
         probs = cached_box_probs(model, digest, tuple(round(v, 1) for v in box), image)
     mine = logic.configure(predictor, *settings)  # this session's settings, on its own copy

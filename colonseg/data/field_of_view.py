@@ -1,8 +1,9 @@
 """The endoscopic field of view of a colonoscopy frame: where the mucosa is, without the black
 border, the text and graphics burnt into it, or the coloured status boxes some processors add.
 
-Used by SIMPO (lesions are placed inside it) and by the ``fov`` post-processing step (nothing
-is predicted outside it).
+Used by SIMPO (lesions are placed inside it) and by the ``fov`` post-processing step (text over
+the mucosa is painted over before the model sees the frame, and nothing is predicted outside the
+view).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["text_lines", "valid_area"]
+__all__ = ["erase_text", "text_lines", "valid_area"]
 
 
 def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
@@ -72,7 +73,10 @@ def text_lines(image: np.ndarray) -> np.ndarray:
     chars = np.zeros((h, w), np.uint8)
     for i in range(len(x)):
         chars[y[i] : y[i] + ch[i], x[i] : x[i] + cw[i]] = 1
-    rows = cv2.dilate(chars, np.ones((1, max(3, round(0.02 * w))), np.uint8))
+    if not len(ch):
+        return chars
+    line = int(np.median(ch))  # character height: spacing and line gaps scale with it
+    rows = cv2.dilate(chars, np.ones((1, round(1.5 * line) | 1), np.uint8))
     n, _, lines, _ = cv2.connectedComponentsWithStats(rows, connectivity=8)
     cx, cy = x + cw / 2, y + ch / 2
     pad = max(2, k // 4)
@@ -92,9 +96,18 @@ def text_lines(image: np.ndarray) -> np.ndarray:
         else:  # a short line ("Q:N"): text only when it sits in a block of longer lines
             weak[box] = 1
     if strong.any() and weak.any():
-        line = int(np.median(ch))
         near = cv2.dilate(strong, np.ones((4 * line + 1, 2 * line + 1), np.uint8))
         n, labels = cv2.connectedComponents(weak)
         hits = np.unique(labels[(near > 0) & (weak > 0)])
         strong[np.isin(labels, hits[hits > 0])] = 1
     return strong
+
+
+def erase_text(image: np.ndarray) -> np.ndarray:
+    """``image`` with the lines found by :func:`text_lines` painted over from their surroundings
+    (Telea inpainting), so that a model never reacts to them; ``image`` itself when it has none.
+    """
+    text = text_lines(image)
+    if not text.any():
+        return image
+    return cv2.inpaint(image, text, max(3, round(0.01 * max(image.shape[:2]))), cv2.INPAINT_TELEA)

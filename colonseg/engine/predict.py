@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from colonseg.data.datamodule import normalize
+from colonseg.data.field_of_view import erase_text
 from colonseg.data.labels import decide, get_scheme
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained
 from colonseg.engine.tta import TTA_LABELS, average_views, tta_mode
@@ -174,7 +175,10 @@ class Predictor:
         return f"{h}×{w}, {self.precision}, {tta}, threshold {self.threshold:g}, {post}"
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 images of any sizes → normalised ``(B, 3, S, S)`` tensor."""
+        """RGB uint8 images of any sizes → normalised ``(B, 3, S, S)`` tensor (with ``fov``
+        post-processing, text burnt into the mucosa painted over first)."""
+        if self.post.fov:
+            images = [erase_text(image) for image in images]
         return prepare_images(images, self.size, self.meta.mean, self.meta.std)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:

@@ -188,3 +188,21 @@ def test_checkpoint_post_processing_is_the_default_and_can_be_switched_off():
     assert out.mask[51, 51] == 0 and out.mask[20, 20] == 1  # keep_largest applied
     raw = Predictor(net, meta, device="cpu", postprocess="none").finish(speckled[None], frame)
     assert raw.mask[51, 51] == 1
+
+
+def test_with_fov_the_model_never_sees_text_burnt_into_the_mucosa():
+    import cv2
+
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    meta = ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64))
+    frame = np.clip(np.random.default_rng(0).normal((170, 90, 70), 10, (240, 240, 3)), 0, 255)
+    frame = frame.astype(np.uint8)
+    plain = frame.copy()
+    for i, line in enumerate(["05/10/2015", "11:11:18", "CVP:8"]):
+        cv2.putText(frame, line, (10, 40 + 14 * i), cv2.FONT_HERSHEY_PLAIN, 0.9, (235,) * 3, 1)
+    blind = Predictor(net, meta, device="cpu", postprocess="none").preprocess([frame])
+    fov = Predictor(net, meta, device="cpu", postprocess="fov").preprocess([frame])
+    clean = Predictor(net, meta, device="cpu", postprocess="fov").preprocess([plain])
+    # the text is gone from what the model sees: its brightness no longer there
+    brighter = (blind - clean).mean().item()
+    assert brighter > 0.002 and abs((fov - clean).mean().item()) < 0.2 * brighter

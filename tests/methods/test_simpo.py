@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from colonseg.data.field_of_view import text_lines, valid_area
+from colonseg.data.field_of_view import erase_text, text_lines, valid_area
 from colonseg.data.io import write_png
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures, shape_mask
@@ -55,6 +55,11 @@ def test_text_burnt_into_the_mucosa_is_cut_out_but_glints_are_not():
     assert text[200:207, 12:60].mean() > 0.9  # the squares
     assert text[:, 150:].sum() == 0  # no glint taken for text
     assert valid_area(image, margin=0.0)[52:60, 15:100].sum() == 0  # the date line
+    erased = erase_text(image)
+    assert erased[52:60, 15:100].max() < 215, "the date is painted over with mucosa"
+    np.testing.assert_array_equal(erased[text == 0], image[text == 0])
+    plain = np.full((100, 100, 3), 170, np.uint8)
+    assert erase_text(plain) is plain  # nothing to erase: the frame itself
 
 
 def test_shape_masks_are_single_smooth_blobs():
