@@ -91,8 +91,15 @@ def show_image(predictor: Predictor, model: str, name: str, data: bytes, setting
     for cls, percent in summary.get("classes", {}).items():
         line += f" · {cls}: {percent} %"
     st.markdown(line)
-    scale = "" if panels.heat_top == 1.0 else f" (red = {panels.heat_top:.3g}, this frame's peak)"
-    captions = ["Original", "Overlay", f"Heat map{scale}", f"Probability{scale}", "Contours"]
+    peak = f"{panels.heat_top:.3g}, this frame's peak)"
+    relative = panels.heat_top != 1.0
+    captions = [
+        "Original",
+        "Overlay",
+        f"Heat map (red = {peak}" if relative else "Heat map",
+        f"Probability (white = {peak}" if relative else "Probability",
+        "Contours",
+    ]
     pictures = [
         panels.original,
         panels.overlay,
