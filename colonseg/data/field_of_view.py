@@ -40,7 +40,7 @@ def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
     area[np.isin(labels, touching[touching > 0])] = 0
     area[text_lines(image) > 0] = 0
     # coloured boxes (status bars, menus): saturated non-mucosa hues filling their bounding box
-    boxes = ((hsv[..., 0] > 35) & (hsv[..., 0] < 150) & (hsv[..., 1] > 80)).astype(np.uint8)
+    boxes = _box_colour(hsv).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(boxes, connectivity=8)
     for i in range(1, n):
         x, y, w, h, count = stats[i]
@@ -104,10 +104,25 @@ def text_lines(image: np.ndarray) -> np.ndarray:
 
 
 def erase_text(image: np.ndarray) -> np.ndarray:
-    """``image`` with the lines found by :func:`text_lines` painted over from their surroundings
-    (Telea inpainting), so that a model never reacts to them; ``image`` itself when it has none.
-    """
+    """``image`` with the lines found by :func:`text_lines` that lie over the mucosa painted
+    over from their surroundings (Telea inpainting), so that a model never reacts to them;
+    ``image`` itself when there are none. Text on the black border or inside a status box is
+    left alone: models train on frames that have it there."""
     text = text_lines(image)
     if not text.any():
         return image
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    off_mucosa = (hsv[..., 2] < 40) | _box_colour(hsv)
+    n, labels = cv2.connectedComponents(text)
+    for i in range(1, n):
+        line = labels == i
+        if off_mucosa[line].mean() > 0.3:
+            text[line] = 0
+    if not text.any():
+        return image
     return cv2.inpaint(image, text, max(3, round(0.01 * max(image.shape[:2]))), cv2.INPAINT_TELEA)
+
+
+def _box_colour(hsv: np.ndarray) -> np.ndarray:
+    """Saturated blue/green, the colours of status boxes and menus, never of mucosa."""
+    return (hsv[..., 0] > 35) & (hsv[..., 0] < 150) & (hsv[..., 1] > 80)
