@@ -14,6 +14,8 @@ from scipy import ndimage
 
 __all__ = ["erase_text", "text_lines", "valid_area"]
 
+WORK_SIDE = 2048  # text is searched for at most at this size (long side, pixels): 4K video
+
 
 def valid_area(image: np.ndarray, margin: float = 0.02) -> np.ndarray:
     """The endoscopic field of view ``(H, W) uint8`` {0, 1}: not the black border, not the
@@ -58,9 +60,15 @@ def text_lines(image: np.ndarray) -> np.ndarray:
     into rows; three or more of similar height standing on one baseline, in a row at least
     three times as wide as tall, make a line, and shorter rows of two or more next to such
     lines join them; their boxes, padded, are returned. Specular glints vary in size and
-    rarely line up.
+    rarely line up. Frames larger than ``WORK_SIDE`` are searched at that size.
     """
     h, w = image.shape[:2]
+    scale = WORK_SIDE / max(h, w)
+    if scale < 1:
+        small = cv2.resize(
+            image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+        )
+        return cv2.resize(text_lines(small), (w, h), interpolation=cv2.INTER_NEAREST)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     k = max(7, round(0.03 * max(h, w)) | 1)
     ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))

@@ -55,6 +55,9 @@ def test_text_burnt_into_the_mucosa_is_cut_out_but_glints_are_not():
     assert text[200:207, 12:60].mean() > 0.9  # the squares
     assert text[:, 150:].sum() == 0  # no glint taken for text
     assert valid_area(image, margin=0.0)[52:60, 15:100].sum() == 0  # the date line
+    big = cv2.resize(image, None, fx=9, fy=9, interpolation=cv2.INTER_NEAREST)  # 2700 px
+    found = text_lines(big)  # searched at WORK_SIDE, answered at full size
+    assert found.shape == big.shape[:2] and found[9 * 52 : 9 * 60, 9 * 15 : 9 * 90].mean() > 0.9
     erased = erase_text(image)
     assert erased[52:60, 15:100].max() < 215, "the date is painted over with mucosa"
     np.testing.assert_array_equal(erased[text == 0], image[text == 0])
