@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -191,8 +192,6 @@ def test_checkpoint_post_processing_is_the_default_and_can_be_switched_off():
 
 
 def test_with_fov_the_model_never_sees_text_burnt_into_the_mucosa():
-    import cv2
-
     net = create_model("unet", encoder="test_efficientnet", pretrained=False)
     meta = ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64))
     frame = np.clip(np.random.default_rng(0).normal((170, 90, 70), 10, (240, 240, 3)), 0, 255)
