@@ -74,18 +74,18 @@ def text_lines(image: np.ndarray) -> np.ndarray:
     ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     hat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, ellipse)
     bright = ((hat > 30) & (gray > 100)).astype(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    stats = cv2.connectedComponentsWithStats(bright, connectivity=8)[2]
     x, y, cw, ch = (stats[1:, j] for j in range(4))
     keep = (ch >= max(4, 0.01 * h)) & (ch <= 0.05 * h) & (cw <= 1.5 * ch)
     x, y, cw, ch = x[keep], y[keep], cw[keep], ch[keep]
     chars = np.zeros((h, w), np.uint8)
-    for i in range(len(x)):
-        chars[y[i] : y[i] + ch[i], x[i] : x[i] + cw[i]] = 1
     if not len(ch):
         return chars
+    for i in range(len(x)):
+        chars[y[i] : y[i] + ch[i], x[i] : x[i] + cw[i]] = 1
     line = int(np.median(ch))  # character height: spacing and line gaps scale with it
     rows = cv2.dilate(chars, np.ones((1, round(1.5 * line) | 1), np.uint8))
-    n, _, lines, _ = cv2.connectedComponentsWithStats(rows, connectivity=8)
+    lines = cv2.connectedComponentsWithStats(rows, connectivity=8)[2]
     cx, cy = x + cw / 2, y + ch / 2
     pad = max(2, k // 4)
     strong, weak = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
@@ -105,7 +105,7 @@ def text_lines(image: np.ndarray) -> np.ndarray:
             weak[box] = 1
     if strong.any() and weak.any():
         near = cv2.dilate(strong, np.ones((4 * line + 1, 2 * line + 1), np.uint8))
-        n, labels = cv2.connectedComponents(weak)
+        labels = cv2.connectedComponents(weak)[1]
         hits = np.unique(labels[(near > 0) & (weak > 0)])
         strong[np.isin(labels, hits[hits > 0])] = 1
     return strong
