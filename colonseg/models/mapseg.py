@@ -34,13 +34,24 @@ __all__ = ["CoordinateAttention", "MemSegNet", "MemoryBank"]
 class MemoryBank(nn.Module):
     """Multi-level features of ``size`` normal frames, kept as buffers (saved with the weights).
 
-    ``forward(features)`` returns, per level, the squared difference to the nearest item and the
-    index of that item for every input.
+    ``forward(features)`` returns, per level, the squared difference to the matched memory
+    features, and the matches. ``match="frame"`` is MemSeg's lookup: the one memory frame nearest
+    to the whole input (summed squared L2 over the levels), compared position by position — it
+    assumes inputs and memory frames are aligned, as MVTec's objects are. ``match="patch"`` drops
+    that assumption (an endoscope frame has no fixed layout): every position of the coarsest
+    level finds its nearest feature among all positions of all memory frames, and the finer
+    levels compare with the same region of that frame (the matched coarse cell's sub-grid). The
+    matches are ``(B,)`` frame indices, or ``(B, h, w)`` flat indices into the coarsest level's
+    ``frames × positions``.
     """
 
-    def __init__(self, size: int, shapes: list[tuple[int, int, int]]) -> None:
+    MATCHES = ("frame", "patch")
+
+    def __init__(self, size: int, shapes: list[tuple[int, int, int]], match: str = "frame") -> None:
         super().__init__()
-        self.levels = len(shapes)
+        if match not in self.MATCHES:
+            raise ColonsegError(f"memory match must be one of {self.MATCHES}, got {match!r}")
+        self.levels, self.match = len(shapes), match
         for i, (c, h, w) in enumerate(shapes):
             self.register_buffer(f"level{i}", torch.zeros(size, c, h, w))
         self.register_buffer("filled", torch.zeros((), dtype=torch.bool))
@@ -57,15 +68,45 @@ class MemoryBank(nn.Module):
         self.filled.fill_(True)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        # inputs at another resolution than the memory's compare with resized memory items
-        items = [resize_to(m, f) for m, f in zip(self.items(), features, strict=True)]
-        dist = sum(
-            torch.cdist(f.flatten(1).float(), m.flatten(1).float()).pow(2)
-            for f, m in zip(features, items, strict=True)
-        )  # (B, N): summed squared L2 distance over the levels
-        nearest = dist.argmin(1)
-        diffs = [(f - m[nearest].to(f.dtype)).pow(2) for f, m in zip(features, items, strict=True)]
+        if self.match == "patch":
+            matched, nearest = self._patch_matches(features)
+        else:
+            # inputs at another resolution than the memory's compare with resized memory items
+            items = [resize_to(m, f) for m, f in zip(self.items(), features, strict=True)]
+            dist = sum(
+                torch.cdist(f.flatten(1).float(), m.flatten(1).float()).pow(2)
+                for f, m in zip(features, items, strict=True)
+            )  # (B, N): summed squared L2 distance over the levels
+            nearest = dist.argmin(1)
+            matched = [m[nearest] for m in items]
+        diffs = [(f - m.to(f.dtype)).pow(2) for f, m in zip(features, matched, strict=True)]
         return diffs, nearest
+
+    @torch.no_grad()
+    def _patch_matches(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        items = self.items()
+        coarse, bank = features[-1], items[-1]
+        n, c, h, w = bank.shape
+        keys = bank.permute(0, 2, 3, 1).reshape(-1, c).float()
+        queries = coarse.permute(0, 2, 3, 1).reshape(-1, c).float()
+        # nearest key per query: |k|^2 - 2 q.k (|q|^2 is the same for every key)
+        nearest = torch.cat([
+            ((keys * keys).sum(1) - 2 * block @ keys.T).argmin(1) for block in queries.split(4096)
+        ]).view(coarse.shape[0], *coarse.shape[-2:])  # fmt: skip
+        frame, y, x = nearest // (h * w), nearest // w % h, nearest % w
+        matched = []
+        for f, m in zip(features, items, strict=True):
+            hq, wq = f.shape[-2:]
+            s = max(1, m.shape[-1] // w)  # this level's cells per coarse cell
+            rows = torch.arange(hq, device=f.device)
+            cols = torch.arange(wq, device=f.device)
+            cell_r = (rows // s).clamp(max=coarse.shape[-2] - 1)
+            cell_c = (cols // s).clamp(max=coarse.shape[-1] - 1)
+            my = (y[:, cell_r][:, :, cell_c] * s + (rows % s)[:, None]).clamp(max=m.shape[-2] - 1)
+            mx = (x[:, cell_r][:, :, cell_c] * s + (cols % s)[None, :]).clamp(max=m.shape[-1] - 1)
+            picked = m[frame[:, cell_r][:, :, cell_c], :, my, mx]  # (B, hq, wq, C)
+            matched.append(picked.permute(0, 3, 1, 2))
+        return matched, nearest
 
 
 class CoordinateAttention(nn.Module):
@@ -111,6 +152,7 @@ class MemSegNet(nn.Module):
         size: int = 256,
         memory_size: int = 30,
         memory: bool = True,
+        memory_match: str = "frame",
         pretrained: bool = True,
         encoder_weights: str | None = None,
         width: int = 64,
@@ -121,7 +163,9 @@ class MemSegNet(nn.Module):
         with torch.no_grad():
             probe = self.encoder(torch.zeros(1, 3, size, size))[1:]
         self.memory = (
-            MemoryBank(memory_size, [tuple(f.shape[1:]) for f in probe]) if memory else None
+            MemoryBank(memory_size, [tuple(f.shape[1:]) for f in probe], memory_match)
+            if memory
+            else None
         )
         factor = 2 if memory else 1
         chans = self.encoder.channels

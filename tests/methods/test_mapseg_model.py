@@ -40,3 +40,28 @@ def test_network_shapes_frozen_encoder_and_memory_saved_with_the_weights():
     plain = MemSegNet("test_efficientnet", size=64, memory=False, pretrained=False, width=16)
     assert plain(x).shape == (2, 1, 64, 64) and plain.memory is None
     assert net(torch.rand(1, 3, 96, 96)).shape == (1, 1, 96, 96)  # memory resized to the input
+    patch = MemSegNet("test_efficientnet", size=64, memory_size=4, memory_match="patch",
+                      pretrained=False, width=16)  # fmt: skip
+    patch.fill_memory(torch.rand(4, 3, 64, 64))
+    assert patch(torch.rand(1, 3, 96, 80)).shape == (1, 1, 96, 80)
+
+
+def test_patch_memory_matches_each_region_anywhere_in_any_memory_frame():
+    torch.manual_seed(0)
+    fine, coarse = torch.rand(2, 3, 4, 4), torch.rand(2, 5, 2, 2)  # 2 frames, fine = 2 × coarse
+    bank = MemoryBank(2, [(3, 4, 4), (5, 2, 2)], match="patch")
+    bank.fill([fine, coarse])
+    # the input is memory frame 1 turned half a turn: frame-wise it matches nothing; patch-wise
+    # every coarse cell finds its own cell of frame 1, and the fine level the same sub-grid
+    query = [fine[1:].flip(-1, -2), coarse[1:].flip(-1, -2)]
+    query[0][..., 0:2, 0:2] = fine[1][..., 2:4, 2:4]  # fine cells of the top-left coarse cell
+    diffs, nearest = bank(query)
+    assert nearest.shape == (1, 2, 2)
+    assert (nearest // 4 == 1).all()  # every region found in frame 1
+    assert nearest[0, 0, 0] == 4 + 3  # top-left cell <- frame 1's bottom-right cell (index 3)
+    assert diffs[1].abs().max() == 0
+    torch.testing.assert_close(diffs[0][..., 0:2, 0:2], torch.zeros(1, 3, 2, 2))
+    assert diffs[0][..., 2:4, 2:4].abs().sum() > 0  # flipped within the cell: not the same
+    frame = MemoryBank(2, [(3, 4, 4), (5, 2, 2)])
+    frame.fill([fine, coarse])
+    assert frame(query)[0][1].abs().sum() > 0  # MemSeg's frame-wise lookup cannot align them

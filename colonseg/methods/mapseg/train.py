@@ -75,6 +75,7 @@ class SimpoSection:
 class MemorySection:
     enabled: bool = True
     nb_memory_sample: int = 30
+    match: str = "frame"  # frame: MemSeg's nearest frame, position by position; patch: any region
 
 
 @dataclass
@@ -245,6 +246,7 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
         "size": size,
         "memory_size": cfg.MEMORY.nb_memory_sample,
         "memory": memory,
+        "memory_match": cfg.MEMORY.match,
         "width": cfg.MODEL.width,
     }
     net = MemSegNet(
