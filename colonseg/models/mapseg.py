@@ -4,12 +4,14 @@ Following MemSeg (Yang et al., CVPR 2023) as MAPSeg uses it: the memory holds th
 features of ``N`` normal frames at three levels (strides 4, 8, 16). For an input, the memory item
 with the smallest summed squared L2 distance over the levels is picked, and the *memory
 information* — the element-wise squared difference between the input's and that item's features —
-is concatenated to the input features (channels × 2). Each level then passes a multi-scale
-feature-fusion block with coordinate attention, the coarser levels are gated by a spatial
-attention map, and a U-Net-style decoder (with the stride-2 feature as its last skip) predicts
-lesion logits at input size (``classes=1``: sigmoid; ``classes=2``: MemSeg's normal/lesion
-softmax). ``memory=False`` builds the ablation without the memory: the features go to the fusion
-block alone. Registered as the model ``mapseg``.
+is concatenated to the input features (channels × 2). ``memory_match="patch"`` compares each
+region with its nearest region in any memory frame instead (endoscope frames are not aligned;
+see :class:`MemoryBank`). Each level then passes a multi-scale feature-fusion block with
+coordinate attention, the coarser levels are gated by a spatial attention map, and a U-Net-style
+decoder (with the stride-2 feature as its last skip) predicts lesion logits at input size
+(``classes=1``: sigmoid; ``classes=2``: MemSeg's normal/lesion softmax). ``memory=False`` builds
+the ablation without the memory: the features go to the fusion block alone. Registered as the
+model ``mapseg``.
 
 Example:
     >>> net = MemSegNet(size=256, memory_size=30)
@@ -83,7 +85,9 @@ class MemoryBank(nn.Module):
         return diffs, nearest
 
     @torch.no_grad()
-    def _patch_matches(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _patch_matches(
+        self, features: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         items = self.items()
         coarse, bank = features[-1], items[-1]
         n, c, h, w = bank.shape

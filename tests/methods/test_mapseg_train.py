@@ -82,6 +82,8 @@ def test_ablation_without_memory_and_bad_overrides(data_dir):
     assert config["init_kwargs"]["memory"] is False
     with pytest.raises(ColonsegError, match="invalid MAPSeg config"):
         _cfg(data_dir, "TRAIN.epoch=3")
+    with pytest.raises(ColonsegError, match="memory match must be one of"):
+        run_mapseg(_cfg(data_dir, "MEMORY.match=pixel", "EXP_NAME=bad_match"))
     with pytest.raises(ColonsegError, match="Unknown TTA 'd8'"):  # before any training
         run_mapseg(_cfg(data_dir, "TEST.tta=d8", "EXP_NAME=bad_tta"))
     assert not (data_dir / "runs" / "bad_tta").exists()
@@ -101,8 +103,11 @@ def test_mvtec_style_target_trains_and_tests_on_its_own_folders(data_dir):
         cv2.circle(mask, (30, 40), 12, 255, -1)
         write_png(root / "test" / "anomaly" / f"{i:03d}.png", frame)
         write_png(root / "ground_truth" / "anomaly" / f"{i:03d}_mask.png", mask)
-    result = run_mapseg(_cfg(data_dir, "DATASET.target=polypmv", "TEST.datasets=[]"))
+    result = run_mapseg(
+        _cfg(data_dir, "DATASET.target=polypmv", "TEST.datasets=[]", "MEMORY.match=patch")
+    )
     config = json.loads((result["model_dir"] / "config.json").read_text())
+    assert config["init_kwargs"]["memory_match"] == "patch"
     assert config["provenance"]["train"]["normal_frames"] == 6  # 8 train/good, 2 held for val
     summary = result["summary"]
     assert set(summary) == {"polypmv", "normal:held-out"}
