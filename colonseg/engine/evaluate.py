@@ -61,7 +61,7 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 _CASE_KEYS = (
     "dice", "iou", "mdice_256", "precision", "recall", "f1", "accuracy", "specificity",
-    "s_measure", "e_measure_mean", "wfm", "mae", "hd95",
+    "s_measure", "e_measure_mean", "wfm", "mae", "hd95", "peak",
 )  # fmt: skip
 
 
@@ -101,6 +101,7 @@ def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
         row = {"id": pair.id, **binary_metrics(out.mask, target)}
         row["mdice_256"] = mean_dice_256(out.prob, target)
         row["hd95"] = hd95(out.mask, target)
+        row["peak"] = float(out.prob.max())  # the frame's image-level (anomaly) score
         row.update(sod.update(out.prob, target))
         pooled.update(out.mask > 0, target)
         if glands is not None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import cv2
 import numpy as np
 import pytest
 
-from colonseg.data.io import write_png
+from colonseg.data.io import read_image, write_png
 from colonseg.data.synthetic import write_folder_dataset
+from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.train import load_mapseg_config, run_mapseg
 
@@ -61,6 +63,14 @@ def test_two_step_training_run_then_test_only(data_dir):
     summary = result["summary"]["polyps"]
     assert 0 <= summary["dice"] <= 1 and "pixel_auroc" in summary
     assert 0 <= summary["image_auroc"] <= 1
+    # image scores come from evaluate's per-case peaks: the same predictions, not a second pass
+    predictor = Predictor.from_pretrained(result["model_dir"])
+    with open(data_dir / "runs" / "mapseg_polyp" / "test" / "per_case.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row in rows:
+        frame = read_image(data_dir / "polyps" / "images" / f"{row['id']}.png")
+        assert float(row["peak"]) == pytest.approx(predictor.predict(frame).prob.max(), abs=1e-5)
     normal = result["summary"]["normal:held-out"]
     assert 0 <= normal["fp_area_screen"] <= normal["fp_area"] <= 1  # the floor only removes
     from safetensors import safe_open

@@ -14,6 +14,7 @@ never below 0.2), whose false-positive area on normal frames is reported as ``fp
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from colonseg.config import merge_config, save_config
 from colonseg.data.io import read_image, write_atomic
-from colonseg.data.layouts import find_pairs, hold_out
+from colonseg.data.layouts import hold_out
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
@@ -163,22 +164,21 @@ def _held_out_normal(cfg: DictConfig) -> list[Path]:
 
 
 def _frame_scores(
-    predictor: Predictor, files: list[Path], screen: PostProcess | None = None
+    predictor: Predictor, files: list[Path], screen: PostProcess
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per frame, from one prediction: the image-level anomaly score (highest lesion
-    probability), the predicted area fraction after the default post-processing, and after
-    ``screen`` (another post-processing; the default again when None)."""
+    probability, as ``evaluate``'s per-case ``peak``), the predicted area fraction after the
+    default post-processing, and after ``screen`` (another post-processing)."""
     scores, areas, screened = [], [], []
     for f in files:
         image = read_image(f)
         out = predictor.predict(image)
         scores.append(float(out.prob.max()))
         areas.append(float(out.mask.mean()))
-        if screen is not None:
-            prob = screen.restrict(out.prob[None], image)[0]
-            raw = (prob >= predictor.threshold).astype(np.uint8)
-            screened.append(float(screen(prob, raw)[0].mean()))
-    return np.array(scores), np.array(areas), np.array(screened or areas)
+        prob = screen.restrict(out.prob[None], image)[0]
+        raw = (prob >= predictor.threshold).astype(np.uint8)
+        screened.append(float(screen(prob, raw)[0].mean()))
+    return np.array(scores), np.array(areas), np.array(screened)
 
 
 def _image_auroc(polyp: np.ndarray, normal: np.ndarray) -> float:
@@ -202,9 +202,10 @@ def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
         return summary
     screen = PostProcess.parse(SCREEN_POSTPROCESS)
     normal, areas, screened = _frame_scores(predictor, held_out, screen)
-    for source, name in zip(sources, summary, strict=True):
-        pairs = find_pairs(source.path, source.layout, source.split)
-        polyp, _, _ = _frame_scores(predictor, [p.image for p in pairs])
+    with open(out / "per_case.csv", newline="") as f:
+        peaks = [(row["dataset"], float(row["peak"])) for row in csv.DictReader(f)]
+    for name in summary:
+        polyp = np.array([peak for dataset, peak in peaks if dataset == name])
         summary[name]["image_auroc"] = _image_auroc(polyp, normal)
     summary["normal:held-out"] = {
         "n": len(held_out),
