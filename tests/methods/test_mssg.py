@@ -15,6 +15,7 @@ from colonseg.data.synthetic import create_gland_image, write_glas_dataset
 from colonseg.losses.grouping import omission_refine, push_loss, variation_loss
 from colonseg.methods.mssg.propose import read_proposal, run_propose
 from colonseg.methods.mssg.spm import (
+    MSSG_HOLE_MAX,
     SpmSettings,
     cluster_features,
     proposal_from_border,
@@ -69,15 +70,18 @@ def test_select_border_takes_the_darkest_large_cluster():
     assert select_border(gray, labels, min_area=0.0).sum() == 1
 
 
-def test_proposal_fills_small_enclosed_interiors_only():
+def test_proposal_fills_enclosed_interiors_up_to_the_cap():
     border = np.zeros((200, 200), np.uint8)
-    cv2.circle(border, (50, 50), 15, 1, 4)  # encloses ~1 % of the image: a lumen
-    cv2.circle(border, (130, 130), 60, 1, 4)  # encloses ~25 %: not a gland interior
+    cv2.circle(border, (50, 50), 15, 1, 4)  # encloses ~1 % of the image: a small lumen
+    cv2.circle(border, (130, 130), 60, 1, 4)  # encloses ~25 %: a large gland
+    border[:, 190:] = 1  # a band open to the image's edge encloses nothing
     proposal = proposal_from_border(border.astype(bool))
-    assert proposal[50, 50] == 2
+    assert proposal[50, 50] == 2 and proposal[130, 130] == 2
     assert proposal[50, 65] == 1
-    assert proposal[130, 130] == 0
+    assert proposal[5, 100] == 0 and proposal[10, 184] == 0  # outside every ring
     assert set(np.unique(proposal)) == {0, 1, 2}
+    mssg = proposal_from_border(border.astype(bool), MSSG_HOLE_MAX)  # MSSG's 15,000 px cap
+    assert mssg[50, 50] == 2 and mssg[130, 130] == 0
 
 
 def test_grouping_losses_zero_when_satisfied_positive_when_violated():

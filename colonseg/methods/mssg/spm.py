@@ -36,7 +36,7 @@ __all__ = ["ClusterNet", "SpmResult", "SpmSettings", "cluster_features", "propos
 # MSSG's thresholds in pixels of a full 775×522 GlaS image, as fractions of the image area.
 _GLAS_AREA = 775 * 522
 BORDER_MIN_AREA = 10_000 / _GLAS_AREA
-HOLE_MAX_AREA = 15_000 / _GLAS_AREA
+MSSG_HOLE_MAX = 15_000 / _GLAS_AREA  # MSSG fills only holes below 3.7 % of the image
 # (border area above this fraction of the image, erode first, smallest object kept in pixels)
 _CLEANUP = ((0.70, True, 1000), (0.45, True, 600), (0.25, False, 400), (0.20, False, 100),
             (0.10, False, 50))  # fmt: skip
@@ -56,6 +56,9 @@ class SpmSettings:
     tol: float = 0.0  # stop early when the loss changed by less than tol over 5 iterations
     clusters: int = 5
     seed: int = 9
+    # enclosed holes up to this fraction of the image become interior; 1: every hole the border
+    # closes (a GlaS lumen is often larger than MSSG's cap, MSSG_HOLE_MAX)
+    hole_max: float = 1.0
 
 
 class ClusterNet(nn.Module):
@@ -131,12 +134,12 @@ def _remove_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
     return keep[comp]
 
 
-def proposal_from_border(border: np.ndarray) -> np.ndarray:
+def proposal_from_border(border: np.ndarray, hole_max: float = 1.0) -> np.ndarray:
     """MSSG's cleanup of a border mask → proposal map (0 background, 1 border, 2 interior).
 
     Size-dependent erosion and small-object removal (the larger the border cluster, the more
     noise it carries), a 5×5 dilation for sparse borders, then holes smaller than
-    ``HOLE_MAX_AREA`` filled: they are the interiors the border encloses."""
+    ``hole_max`` of the image filled: they are the interiors the border encloses."""
     area = border.size
     scale = area / _GLAS_AREA  # pixel thresholds in MSSG are for full-size GlaS images
     mask = border.astype(np.uint8)
@@ -153,7 +156,7 @@ def proposal_from_border(border: np.ndarray) -> np.ndarray:
     holes = ndimage.binary_fill_holes(filled) & ~filled
     count, comp, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
     small = np.zeros(count, bool)
-    small[1:] = stats[1:, cv2.CC_STAT_AREA] < HOLE_MAX_AREA * area
+    small[1:] = stats[1:, cv2.CC_STAT_AREA] <= hole_max * area
     interior = small[comp]
     out = np.zeros(border.shape, np.uint8)
     out[filled] = 1
@@ -189,7 +192,7 @@ def propose(image: np.ndarray, settings: SpmSettings, device: str = "cpu") -> Sp
     border = select_border(gray, clusters)
     border_id = int(np.bincount(clusters[border]).argmax())
     return SpmResult(
-        proposal=proposal_from_border(border),
+        proposal=proposal_from_border(border, settings.hole_max),
         clusters=clusters,
         argmax=_to_full(argmax, image.shape[:2]),
         border_cluster=border_id,

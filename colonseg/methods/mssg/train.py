@@ -173,11 +173,11 @@ def _binary_scores(pairs: list[Pair], masks: dict[str, np.ndarray]) -> dict[str,
             **objects.compute()}  # fmt: skip
 
 
-def _argmax_glands(folder: Path, pair: Pair) -> np.ndarray:
+def _argmax_glands(folder: Path, pair: Pair, hole_max: float) -> np.ndarray:
     """Kim & Kanezaki's argmax segmentation turned into glands by SPM's own border cue."""
     labels = cv2.imread(str(folder / "argmax" / f"{pair.id}.png"), cv2.IMREAD_UNCHANGED)
     gray = cv2.cvtColor(read_image(pair.image), cv2.COLOR_RGB2GRAY)
-    return proposal_from_border(select_border(gray, labels)) > 0
+    return proposal_from_border(select_border(gray, labels), hole_max) > 0
 
 
 def _baselines(cfg: DictConfig, folder: Path) -> dict:
@@ -190,7 +190,8 @@ def _baselines(cfg: DictConfig, folder: Path) -> dict:
         pairs = find_pairs(d.path, d.layout, split)
         proposals = {p.id: read_proposal(folder, p.id) > 0 for p in pairs}
         out[name] = {"spm_proposals": _binary_scores(pairs, proposals)}
-        argmax = {p.id: _argmax_glands(folder, p) for p in pairs}
+        hole_max = spm_settings(cfg).hole_max
+        argmax = {p.id: _argmax_glands(folder, p, hole_max) for p in pairs}
         out[name]["kim_kanezaki_argmax"] = _binary_scores(pairs, argmax)
     return out
 
