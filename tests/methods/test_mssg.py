@@ -75,13 +75,14 @@ def test_proposal_fills_enclosed_interiors_up_to_the_cap():
     cv2.circle(border, (50, 50), 15, 1, 4)  # encloses ~1 % of the image: a small lumen
     cv2.circle(border, (130, 130), 60, 1, 4)  # encloses ~25 %: a large gland
     border[:, 190:] = 1  # a band open to the image's edge encloses nothing
-    proposal = proposal_from_border(border.astype(bool))
+    proposal = proposal_from_border(border.astype(bool), hole_max=1.0)
     assert proposal[50, 50] == 2 and proposal[130, 130] == 2
     assert proposal[50, 65] == 1
     assert proposal[5, 100] == 0 and proposal[10, 184] == 0  # outside every ring
     assert set(np.unique(proposal)) == {0, 1, 2}
-    mssg = proposal_from_border(border.astype(bool), MSSG_HOLE_MAX)  # MSSG's 15,000 px cap
+    mssg = proposal_from_border(border.astype(bool))  # MSSG's cap: 15,000 px of a GlaS image
     assert mssg[50, 50] == 2 and mssg[130, 130] == 0
+    assert MSSG_HOLE_MAX == pytest.approx(15_000 / (775 * 522))
 
 
 def test_grouping_losses_zero_when_satisfied_positive_when_violated():

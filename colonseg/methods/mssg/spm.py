@@ -36,7 +36,7 @@ __all__ = ["ClusterNet", "SpmResult", "SpmSettings", "cluster_features", "propos
 # MSSG's thresholds in pixels of a full 775×522 GlaS image, as fractions of the image area.
 _GLAS_AREA = 775 * 522
 BORDER_MIN_AREA = 10_000 / _GLAS_AREA
-MSSG_HOLE_MAX = 15_000 / _GLAS_AREA  # MSSG fills only holes below 3.7 % of the image
+MSSG_HOLE_MAX = 15_000 / _GLAS_AREA
 # (border area above this fraction of the image, erode first, smallest object kept in pixels)
 _CLEANUP = ((0.70, True, 1000), (0.45, True, 600), (0.25, False, 400), (0.20, False, 100),
             (0.10, False, 50))  # fmt: skip
@@ -56,9 +56,9 @@ class SpmSettings:
     tol: float = 0.0  # stop early when the loss changed by less than tol over 5 iterations
     clusters: int = 5
     seed: int = 9
-    # enclosed holes up to this fraction of the image become interior; 1: every hole the border
-    # closes (a GlaS lumen is often larger than MSSG's cap, MSSG_HOLE_MAX)
-    hole_max: float = 1.0
+    # enclosed holes up to this fraction of the image become interior (MSSG: 15,000 px of a
+    # 775×522 image); 1 fills every hole the border closes (docs/benchmarks.md: no gain)
+    hole_max: float = MSSG_HOLE_MAX
 
 
 class ClusterNet(nn.Module):
@@ -134,7 +134,7 @@ def _remove_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
     return keep[comp]
 
 
-def proposal_from_border(border: np.ndarray, hole_max: float = 1.0) -> np.ndarray:
+def proposal_from_border(border: np.ndarray, hole_max: float = MSSG_HOLE_MAX) -> np.ndarray:
     """MSSG's cleanup of a border mask → proposal map (0 background, 1 border, 2 interior).
 
     Size-dependent erosion and small-object removal (the larger the border cluster, the more
