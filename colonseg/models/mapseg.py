@@ -93,15 +93,18 @@ class MemoryBank(nn.Module):
         n, c, h, w = bank.shape
         keys = bank.permute(0, 2, 3, 1).reshape(-1, c).float()
         queries = coarse.permute(0, 2, 3, 1).reshape(-1, c).float()
-        # nearest key per query: |k|^2 - 2 q.k (|q|^2 is the same for every key)
-        nearest = torch.cat([
-            ((keys * keys).sum(1) - 2 * block @ keys.T).argmin(1) for block in queries.split(4096)
-        ]).view(coarse.shape[0], *coarse.shape[-2:])  # fmt: skip
+        # nearest key per query: |k|^2 - 2 q.k (|q|^2 is the same for every key); in fp32 even
+        # under autocast, where bf16 would lose the small differences between large norms
+        with torch.autocast(coarse.device.type, enabled=False):
+            nearest = torch.cat([
+                ((keys * keys).sum(1) - 2 * block @ keys.T).argmin(1)
+                for block in queries.split(4096)
+            ]).view(coarse.shape[0], *coarse.shape[-2:])  # fmt: skip
         frame, y, x = nearest // (h * w), nearest // w % h, nearest % w
         matched = []
         for f, m in zip(features, items, strict=True):
             hq, wq = f.shape[-2:]
-            s = max(1, m.shape[-1] // w)  # this level's cells per coarse cell
+            s = max(1, round(m.shape[-1] / w))  # this level's cells per coarse cell
             rows = torch.arange(hq, device=f.device)
             cols = torch.arange(wq, device=f.device)
             cell_r = (rows // s).clamp(max=coarse.shape[-2] - 1)
@@ -171,6 +174,8 @@ class MemSegNet(nn.Module):
             if memory
             else None
         )
+        if memory and memory_match == "patch":  # read by ONNX export, which refuses with it
+            self.onnx_unsupported = "the patch-wise memory lookup does not trace to ONNX"
         factor = 2 if memory else 1
         chans = self.encoder.channels
         self.fusion = nn.ModuleList(

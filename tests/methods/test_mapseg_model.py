@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from colonseg.models.mapseg import MemoryBank, MemSegNet
@@ -65,3 +66,26 @@ def test_patch_memory_matches_each_region_anywhere_in_any_memory_frame():
     frame = MemoryBank(2, [(3, 4, 4), (5, 2, 2)])
     frame.fill([fine, coarse])
     assert frame(query)[0][1].abs().sum() > 0  # MemSeg's frame-wise lookup cannot align them
+
+
+def test_patch_memory_matches_in_fp32_under_autocast_and_at_any_size(tmp_path):
+    torch.manual_seed(0)
+    # features with large norms: bf16 would blur |k|^2 - 2 q.k and pick wrong neighbours
+    fine, coarse = torch.rand(3, 4, 76, 76) + 5, torch.rand(3, 8, 19, 19) + 5  # 304 px / 4, / 16
+    bank = MemoryBank(3, [(4, 76, 76), (8, 19, 19)], match="patch")
+    bank.fill([fine, coarse])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        diffs, _ = bank([fine[1:2], coarse[1:2]])  # a memory frame finds itself everywhere
+    assert all(d.abs().max() == 0 for d in diffs)
+    net = MemSegNet("test_efficientnet", size=64, memory_size=2, memory_match="patch",
+                    pretrained=False, width=16)  # fmt: skip
+    from colonseg.engine.checkpoint import ModelMeta, save_pretrained
+    from colonseg.engine.onnx_backend import export_onnx
+    from colonseg.errors import ColonsegError
+
+    init = {"encoder": "test_efficientnet", "size": 64, "memory_size": 2, "memory_match": "patch",
+            "pretrained": False, "width": 16}  # fmt: skip
+    model = save_pretrained(net, ModelMeta("mapseg", init, size=(64, 64)), tmp_path / "m")
+    with pytest.raises(ColonsegError, match="patch-wise memory lookup does not trace"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -202,6 +202,7 @@ def _evaluate(cfg: DictConfig, model_dir: Path, out: Path) -> dict:
         return summary
     screen = PostProcess.parse(SCREEN_POSTPROCESS)
     normal, areas, screened = _frame_scores(predictor, held_out, screen)
+    normal = normal.round(6)  # as the test frames' peaks in per_case.csv: no false ties/order
     with open(out / "per_case.csv", newline="") as f:
         peaks = [(row["dataset"], float(row["peak"])) for row in csv.DictReader(f)]
     for name in summary:

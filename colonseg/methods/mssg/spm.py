@@ -156,7 +156,7 @@ def proposal_from_border(border: np.ndarray, hole_max: float = MSSG_HOLE_MAX) ->
     holes = ndimage.binary_fill_holes(filled) & ~filled
     count, comp, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
     small = np.zeros(count, bool)
-    small[1:] = stats[1:, cv2.CC_STAT_AREA] <= hole_max * area
+    small[1:] = stats[1:, cv2.CC_STAT_AREA] < hole_max * area
     interior = small[comp]
     out = np.zeros(border.shape, np.uint8)
     out[filled] = 1
