@@ -49,14 +49,18 @@ def app_url(tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
+        # a deadline, not a count of tries: on a loaded 2-core machine imports alone take a minute
+        deadline = time.monotonic() + 240
+        while True:
             try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
                     break
             except OSError:
                 time.sleep(0.5)
-        else:
-            pytest.fail(f"the app did not start: {(tmp_path / 'app.log').read_text()[-500:]}")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                status = "exited" if proc.poll() is not None else "did not answer in 240 s"
+                log.flush()
+                pytest.fail(f"the app {status}: {(tmp_path / 'app.log').read_text()[-500:]}")
         yield url
     finally:
         proc.terminate()
