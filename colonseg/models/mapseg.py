@@ -90,29 +90,28 @@ class MemoryBank(nn.Module):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         items = self.items()
         coarse, bank = features[-1], items[-1]
-        n, c, h, w = bank.shape
+        _, c, h, w = bank.shape
         keys = bank.permute(0, 2, 3, 1).reshape(-1, c).float()
+        key_norms = (keys * keys).sum(1)
         queries = coarse.permute(0, 2, 3, 1).reshape(-1, c).float()
         # nearest key per query: |k|^2 - 2 q.k (|q|^2 is the same for every key); in fp32 even
         # under autocast, where bf16 would lose the small differences between large norms
         with torch.autocast(coarse.device.type, enabled=False):
             nearest = torch.cat([
-                ((keys * keys).sum(1) - 2 * block @ keys.T).argmin(1)
-                for block in queries.split(4096)
+                (key_norms - 2 * block @ keys.T).argmin(1) for block in queries.split(4096)
             ]).view(coarse.shape[0], *coarse.shape[-2:])  # fmt: skip
-        frame, y, x = nearest // (h * w), nearest // w % h, nearest % w
         matched = []
         for f, m in zip(features, items, strict=True):
-            hq, wq = f.shape[-2:]
             s = max(1, round(m.shape[-1] / w))  # this level's cells per coarse cell
-            rows = torch.arange(hq, device=f.device)
-            cols = torch.arange(wq, device=f.device)
+            rows = torch.arange(f.shape[-2], device=f.device)
+            cols = torch.arange(f.shape[-1], device=f.device)
             cell_r = (rows // s).clamp(max=coarse.shape[-2] - 1)
             cell_c = (cols // s).clamp(max=coarse.shape[-1] - 1)
-            my = (y[:, cell_r][:, :, cell_c] * s + (rows % s)[:, None]).clamp(max=m.shape[-2] - 1)
-            mx = (x[:, cell_r][:, :, cell_c] * s + (cols % s)[None, :]).clamp(max=m.shape[-1] - 1)
-            picked = m[frame[:, cell_r][:, :, cell_c], :, my, mx]  # (B, hq, wq, C)
-            matched.append(picked.permute(0, 3, 1, 2))
+            cell = nearest[:, cell_r][:, :, cell_c]  # each position's matched coarse cell
+            frame, y, x = cell // (h * w), cell // w % h, cell % w
+            my = (y * s + (rows % s)[:, None]).clamp(max=m.shape[-2] - 1)
+            mx = (x * s + (cols % s)[None, :]).clamp(max=m.shape[-1] - 1)
+            matched.append(m[frame, :, my, mx].permute(0, 3, 1, 2))  # (B, hq, wq, C) → NCHW
         return matched, nearest
 
 

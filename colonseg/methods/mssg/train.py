@@ -182,6 +182,7 @@ def _argmax_glands(folder: Path, pair: Pair, hole_max: float) -> np.ndarray:
 
 def _baselines(cfg: DictConfig, folder: Path) -> dict:
     d, out = cfg.data, {}
+    hole_max = spm_settings(cfg).hole_max
     groups = [(f"{Path(d.path).resolve().name}:{s}", s) for s in d.test_splits]
     if d.train_split:
         groups.append((f"{Path(d.path).resolve().name}:{d.train_split} (pseudo-masks)",
@@ -190,7 +191,6 @@ def _baselines(cfg: DictConfig, folder: Path) -> dict:
         pairs = find_pairs(d.path, d.layout, split)
         proposals = {p.id: read_proposal(folder, p.id) > 0 for p in pairs}
         out[name] = {"spm_proposals": _binary_scores(pairs, proposals)}
-        hole_max = spm_settings(cfg).hole_max
         argmax = {p.id: _argmax_glands(folder, p, hole_max) for p in pairs}
         out[name]["kim_kanezaki_argmax"] = _binary_scores(pairs, argmax)
     return out
