@@ -2,6 +2,10 @@
 
 Steps, applied in this order when enabled:
 
+``smooth=S``       Gaussian smoothing of the probability maps at the model's input resolution,
+                   σ = ``S`` pixels (``smooth`` alone: 4, the anomaly-map smoothing of
+                   PatchCore, PaDiM and RD4AD), before anything else
+                   (:meth:`PostProcess.smooth_probs`).
 ``fov``            outside the endoscope's field of view (the black border, burnt-in text and
                    status boxes; :func:`colonseg.data.field_of_view.valid_area`) every pixel
                    becomes background with certainty, before thresholding
@@ -47,6 +51,7 @@ __all__ = ["OTSU_FLOOR", "PostProcess"]
 
 OTSU_FLOOR = 0.2
 _VALUED = {  # step -> (value when written bare, valid values, what to write)
+    "smooth": (4.0, lambda v: 0 <= v <= 64, "a Gaussian sigma in pixels such as smooth=4"),
     "otsu": (OTSU_FLOOR, lambda v: 0 <= v < 1, "a floor in [0, 1) such as otsu=0.1"),
     "close": (5, lambda v: v >= 2, "a kernel size in pixels such as close=5"),
     "min_area": (0.001, lambda v: 0 <= v < 1, "a fraction of the image such as min_area=0.001"),
@@ -57,6 +62,7 @@ _VALUED = {  # step -> (value when written bare, valid values, what to write)
 class PostProcess:
     """The enabled steps (see the module docstring); all off by default."""
 
+    smooth: float = 0.0  # sigma in model-input pixels; 0: off
     fov: bool = False
     otsu: float | None = None  # the floor; None: off
     close: int = 0
@@ -112,6 +118,15 @@ class PostProcess:
 
     def __bool__(self) -> bool:
         return bool(self.spec())
+
+    def smooth_probs(self, probs: np.ndarray) -> np.ndarray:
+        """With ``smooth``: model-resolution probabilities ``(C, S, S)`` blurred channel by
+        channel (a linear filter: class probabilities still sum to one)."""
+        if not self.smooth:
+            return probs
+        return np.stack(
+            [cv2.GaussianBlur(p, (0, 0), self.smooth, borderType=cv2.BORDER_REFLECT) for p in probs]
+        )
 
     def restrict(self, probs: np.ndarray, image: np.ndarray) -> np.ndarray:
         """With ``fov``: probabilities ``(C, H, W)`` (``C = 1``: the polyp probability; else

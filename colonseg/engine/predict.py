@@ -194,8 +194,9 @@ class Predictor:
 
     def finish(self, probs: np.ndarray, image: np.ndarray) -> Prediction:
         """Model-resolution probabilities ``(C, S, S)`` of ``image`` → :class:`Prediction` at the
-        image's size: resize, threshold, post-process."""
+        image's size: (smooth,) resize, threshold, post-process."""
         shape = image.shape[:2]
+        probs = self.post.smooth_probs(probs.astype(np.float32, copy=False))
         full = cv2.resize(probs.transpose(1, 2, 0), (shape[1], shape[0]), cv2.INTER_LINEAR)
         full = np.clip(full.reshape(shape[0], shape[1], -1), 0.0, 1.0).astype(np.float32)
         full = self.post.restrict(np.ascontiguousarray(full.transpose(2, 0, 1)), image)
