@@ -24,7 +24,7 @@ from colonseg.data.io import read_image
 from colonseg.data.layouts import hold_out
 from colonseg.methods.mapseg.data import normal_frame_files
 from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures
-from colonseg.methods.mapseg.train import load_mapseg_config
+from colonseg.methods.mapseg.train import _split_seed, load_mapseg_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "colonseg" / "configs" / "mapseg" / "polyp.yaml"
 
@@ -36,8 +36,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY.sub=value")
     args = parser.parse_args()
     cfg = load_mapseg_config(args.config, args.overrides)
-    d, seed, size = cfg.DATASET, cfg.TRAIN.seed, cfg.DATASET.resize
-    files = hold_out(normal_frame_files(d.data_dir, d.target, d.normal), d.val_fraction, seed)[1]
+    d, seed, size = cfg.DATASET, _split_seed(cfg), cfg.DATASET.resize
+    files = normal_frame_files(d.data_dir, d.target, d.normal)
+    files = hold_out(files, d.val_fraction, seed)[1]
     simpo = Simpo(
         textures=load_textures(Path(d.data_dir) / d.textures) if d.textures else [],
         shapes=load_shapes(Path(d.data_dir) / d.shapes) if d.shapes else [],
@@ -49,7 +50,7 @@ def main() -> None:
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     (args.out / "masks").mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(files):
-        # as NormalFrames(force=True, seed=seed) builds validation sample i
+        # as the training's validation set, NormalFrames(force=True, seed=seed), builds sample i
         frame = cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA)
         rng = np.random.default_rng([seed, i])
         image, mask = simpo(frame, rng, force=True, area=valid_area(frame))

@@ -119,3 +119,21 @@ def test_fov_makes_the_black_border_and_burnt_in_text_background():
     three = np.stack([np.full((80, 80), 0.2), np.full((80, 80), 0.5), np.full((80, 80), 0.3)])
     out = PostProcess.parse("fov").restrict(three, image)
     assert out[:, 1, 1].tolist() == [1.0, 0.0, 0.0] and out[:, 40, 40].tolist() == [0.2, 0.5, 0.3]
+
+
+def test_smooth_blurs_each_map_at_model_resolution_and_keeps_class_sums():
+    pp = PostProcess.parse("smooth")
+    assert pp.smooth == 4 and pp.spec() == "smooth=4"
+    assert PostProcess.parse("smooth=2.5,fov").spec() == "smooth=2.5,fov"
+    with pytest.raises(ColonsegError, match="smooth takes a Gaussian sigma"):
+        PostProcess.parse("smooth=wide")
+    spike = np.zeros((1, 33, 33), np.float32)
+    spike[0, 16, 16] = 1.0
+    out = pp.smooth_probs(spike)
+    assert out.shape == spike.shape and out.sum() == pytest.approx(1.0, abs=1e-3)
+    assert out[0, 16, 16] == pytest.approx(1 / (2 * np.pi * 16), rel=0.05)  # a σ = 4 Gaussian
+    assert out[0, 16, 20] < out[0, 16, 18] < out[0, 16, 16]
+    assert PostProcess().smooth_probs(spike) is spike  # off: untouched
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), (24, 24)).transpose(2, 0, 1).astype(np.float32)
+    np.testing.assert_allclose(pp.smooth_probs(probs).sum(0), 1.0, atol=1e-5)

@@ -82,8 +82,8 @@ PostOpt = Annotated[
     typer.Option(
         "--postprocess",
         help="Post-processing steps, e.g. 'fill_holes,min_area=0.001,class_vote'; 'none' for "
-        "none; default: the checkpoint's. Steps: fov, otsu[=floor], close=K, morphology, "
-        "fill_holes, min_area=F, keep_largest, class_vote.",
+        "none; default: the checkpoint's. Steps: smooth[=sigma], fov, otsu[=floor], close=K, "
+        "morphology, fill_holes, min_area=F, keep_largest, class_vote.",
     ),
 ]
 
@@ -297,6 +297,23 @@ def export(
     typer.echo(
         f"{model} → {path} ({path.stat().st_size / 2**20:.1f} MiB); run it with "
         f"`colonseg predict IMAGES --model {path} --out DIR`"
+    )
+
+
+@app.command()
+@_friendly
+def ensemble(
+    models: Annotated[list[str], typer.Argument(help="Two or more zoo names or checkpoints.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint folder.")],
+    half: Annotated[bool, typer.Option(help="Store the weights in fp16.")] = False,
+) -> None:
+    """Combine checkpoints of one task into one model that averages their probabilities."""
+    from colonseg.models.ensemble import combine_checkpoints
+
+    path = combine_checkpoints(models, out, half=half)
+    typer.echo(
+        f"{len(models)} models → {path}; evaluate it with "
+        f"`colonseg evaluate --model {path} --data DATASET --out DIR`"
     )
 
 

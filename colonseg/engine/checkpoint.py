@@ -104,6 +104,12 @@ class ModelMeta:
         )
 
 
+def _is_packaged(key: str, packaged: list[str]) -> bool:
+    """Whether state-dict ``key`` lies in one of the ``packaged`` submodules (dotted paths such
+    as ``encoder`` or an ensemble member's ``members.0.encoder``)."""
+    return any(key == p or key.startswith(p + ".") for p in packaged)
+
+
 def save_pretrained(
     model: nn.Module, meta: ModelMeta, folder: str | Path, half: bool = False
 ) -> Path:
@@ -113,7 +119,7 @@ def save_pretrained(
     state = {
         k: v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
-        if k.split(".")[0] not in meta.packaged
+        if not _is_packaged(k, meta.packaged)
     }
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -199,7 +205,7 @@ def load_pretrained(
         raise ColonsegError(f"{wpath}: weight file not found")
     state = read_state_dict(wpath)
     reference = net.state_dict()
-    packaged = {k: v for k, v in reference.items() if k.split(".")[0] in meta.packaged}
+    packaged = {k: v for k, v in reference.items() if _is_packaged(k, meta.packaged)}
     state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
     state = {**packaged, **state}
     try:

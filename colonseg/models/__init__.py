@@ -5,6 +5,7 @@ from __future__ import annotations
 from colonseg.models import (  # noqa: F401  (importing registers the architectures)
     attention_unet,
     emcad,
+    ensemble,
     mapseg,
     medsam,
     pranet,

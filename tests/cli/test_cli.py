@@ -88,3 +88,13 @@ def test_mssg_propose_writes_proposals_and_overlays(tmp_path):
     assert "2 cached" in runner.invoke(app, [*args, "--device", "cpu"]).output
     missing = runner.invoke(app, ["mssg", "propose", str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 2 and "folder not found" in missing.output
+
+
+def test_ensemble_combines_zoo_models_and_refuses_mismatches(tmp_path):
+    out = tmp_path / "both"
+    result = runner.invoke(app, ["ensemble", "default", "default", "--out", str(out), "--half"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["arch"] == "ensemble" and len(config["init_kwargs"]["members"]) == 2
+    result = runner.invoke(app, ["ensemble", "default", "polyp_unet_lite0_448", "--out", str(out)])
+    assert result.exit_code == 2 and "polyp_unet_lite0_448: its size" in result.output

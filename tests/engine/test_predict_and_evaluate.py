@@ -56,6 +56,20 @@ def test_tta_averages_the_flip_and_follows_the_checkpoint_default(predictor):
         ModelMeta.from_json({**legacy, "tta": "sideways"}, Path("config.json"))
 
 
+def test_smooth_blurs_the_model_resolution_map_before_it_is_resized(predictor):
+    image = np.random.default_rng(2).integers(0, 256, (96, 128, 3), np.uint8)
+    model_res = predictor.predict_torch(predictor.preprocess([image]))[0, 0].numpy()
+    model = predictor.model
+    smooth = Predictor(model, predictor.meta, device="cpu", postprocess="smooth=3")
+    expected = cv2.resize(
+        cv2.GaussianBlur(model_res, (0, 0), 3, borderType=cv2.BORDER_REFLECT), (128, 96)
+    )
+    out = smooth.predict(image)
+    np.testing.assert_allclose(out.prob, np.clip(expected, 0, 1), atol=1e-5)
+    assert out.prob.std() < predictor.predict(image).prob.std()
+    assert "post-processing smooth=3" in smooth.settings()
+
+
 def test_d4_tta_averages_eight_views_and_makes_any_model_equivariant(predictor):
     image = np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8)
     x = predictor.preprocess([image])

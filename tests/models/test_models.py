@@ -83,6 +83,7 @@ def test_list_and_did_you_mean():
         "automedsam",
         "deeplabv3plus",
         "emcad",
+        "ensemble",
         "mapseg",
         "pranet",
         "pspnet",

@@ -61,6 +61,7 @@ class DatasetSection:
     shapes: str | None = None
     resize: int = 256
     val_fraction: float = 0.1
+    split_seed: int | None = None  # the held-out frames and their lesions; None: TRAIN.seed
     augment: str = "mapseg"
 
 
@@ -149,6 +150,13 @@ def _sources(cfg: DictConfig) -> list[EvalSource]:
     return sources + ([EvalSource(str(mvtec), layout="mvtec")] if mvtec else [])
 
 
+def _split_seed(cfg: DictConfig) -> int:
+    """The seed of the held-out frames and of their validation lesions: ``DATASET.split_seed``,
+    else ``TRAIN.seed`` (runs that differ only in ``TRAIN.seed`` can share one validation set)."""
+    d = cfg.DATASET
+    return cfg.TRAIN.seed if d.split_seed is None else d.split_seed
+
+
 def _held_out_normal(cfg: DictConfig) -> list[Path]:
     """Normal frames never trained on: the target's ``test/good`` (MVTec-style), else the
     held-out share of the normal folder; empty when there are none."""
@@ -160,7 +168,7 @@ def _held_out_normal(cfg: DictConfig) -> list[Path]:
         files = normal_frame_files(d.data_dir, d.target, d.normal)
     except ColonsegError:
         return []
-    return hold_out(files, d.val_fraction, cfg.TRAIN.seed)[1]
+    return hold_out(files, d.val_fraction, _split_seed(cfg))[1]
 
 
 def _frame_scores(
@@ -229,7 +237,7 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
     L.seed_everything(cfg.TRAIN.seed, workers=True, verbose=False)
     d, size = cfg.DATASET, cfg.DATASET.resize
     files = normal_frame_files(d.data_dir, d.target, d.normal)
-    train_files, val_files = hold_out(files, d.val_fraction, cfg.TRAIN.seed)
+    train_files, val_files = hold_out(files, d.val_fraction, _split_seed(cfg))
     simpo = Simpo(
         textures=load_textures(Path(d.data_dir) / d.textures) if d.textures else [],
         shapes=load_shapes(Path(d.data_dir) / d.shapes) if d.shapes else [],
@@ -240,7 +248,7 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
     )
     mean, std = encoder_normalization(cfg.MODEL.encoder)
     train_set = NormalFrames(train_files, size, simpo, mean, std, augment=d.augment)
-    val_set = NormalFrames(val_files, size, simpo, mean, std, force=True, seed=cfg.TRAIN.seed)
+    val_set = NormalFrames(val_files, size, simpo, mean, std, force=True, seed=_split_seed(cfg))
     memory = cfg.MEMORY.enabled
     init_kwargs = {
         "encoder": cfg.MODEL.encoder,
