@@ -118,8 +118,8 @@ def _commands(provenance: dict) -> list[str]:
 
 
 def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, mib: float) -> str:
-    kw, (h, w) = meta.init_kwargs, meta.size
-    sources, task = meta.provenance["train"], _task(meta)
+    (_, kw, provenance), (h, w) = _member(meta), meta.size
+    sources, task = provenance["train"], _task(meta)
     if task == "automedsam":
         train = ", ".join(
             f"{Path(s['path']).name} `{s.get('split')}` (boxes only)" for s in sources
@@ -160,7 +160,9 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
             f"with `--postprocess fov,otsu,close=5,fill_holes,keep_largest` (Otsu floored at 0.2; "
             f"{100 * normal.get('fp_frames_screen', 0):.0f} % of frames get any region)."
         )
-    commands = "\n".join(_commands(meta.provenance))
+    members = meta.provenance.get("ensemble_of", [])  # each member's training, then its own
+    own = [c for m in members for c in _commands(m["provenance"])] + _commands(meta.provenance)
+    commands = "\n".join(own)
     title, output, limits, licence = TASKS[task]
     post = (
         f"post-processing `{meta.postprocess}` by default"
@@ -214,10 +216,19 @@ pooled over all pixels, as NeoUNet reports them):
 """
 
 
+def _member(meta: ModelMeta) -> tuple[str, dict, dict]:
+    """``(arch, init_kwargs, provenance)`` of the model, or of an ensemble's first member."""
+    if meta.arch == "ensemble":
+        first = meta.init_kwargs["members"][0]
+        return first["arch"], first["init_kwargs"], meta.provenance["ensemble_of"][0]["provenance"]
+    return meta.arch, meta.init_kwargs, meta.provenance
+
+
 def _task(meta: ModelMeta) -> str:
     if meta.class_names == ["gland"]:
         return "mssg"
-    return meta.arch if meta.arch in ("mapseg", "automedsam") else meta.labels
+    arch = _member(meta)[0]
+    return arch if arch in ("mapseg", "automedsam") else meta.labels
 
 
 def sample_dice(model: Path, tta: str) -> float:

@@ -366,11 +366,16 @@ def models() -> None:
     """List the trained checkpoints shipped in the zoo, with their metrics."""
     from colonseg.engine.checkpoint import ZOO_DIR, list_zoo
 
+    def arch(cfg: dict) -> str:
+        kw = cfg["init_kwargs"]
+        if cfg["arch"] == "ensemble":
+            return "ensemble of " + " + ".join(arch(m) for m in kw.get("members", []))
+        return f"{cfg['arch']}/{kw.get('encoder', '?')}"
+
     for name in list_zoo():
         cfg = json.loads((ZOO_DIR / name / "config.json").read_text())
-        kw = cfg["init_kwargs"]
         metrics = " ".join(f"{k}={v:.3f}" for k, v in cfg.get("metrics", {}).items())
-        typer.echo(f"{name}\t{cfg['arch']}/{kw.get('encoder', '?')}\t{metrics}")
+        typer.echo(f"{name}\t{arch(cfg)}\t{metrics}")
 
 
 @datasets_app.command("check")

@@ -100,10 +100,12 @@ def combine_checkpoints(models: Sequence[str | Path], out: str | Path, half: boo
         init_kwargs={"members": members, "classes": first.init_kwargs.get("classes", 1)},
         packaged=[f"members.{i}.{p}" for i, (_, m) in enumerate(loaded) for p in m.packaged],
         provenance={
+            "command": f"colonseg ensemble {' '.join(map(str, models))} --out {out}"
+            + (" --half" if half else ""),
             "ensemble_of": [
                 {"model": str(model), "provenance": m.provenance}
                 for model, (_, m) in zip(models, loaded, strict=True)
-            ]
+            ],
         },
         metrics={},
     )
