@@ -23,8 +23,7 @@ from colonseg.data.field_of_view import valid_area
 from colonseg.data.io import read_image
 from colonseg.data.layouts import hold_out
 from colonseg.methods.mapseg.data import normal_frame_files
-from colonseg.methods.mapseg.simpo import Simpo, load_shapes, load_textures
-from colonseg.methods.mapseg.train import _split_seed, load_mapseg_config
+from colonseg.methods.mapseg.train import load_mapseg_config, simpo_from_config, split_seed
 
 CONFIG = Path(__file__).resolve().parents[1] / "colonseg" / "configs" / "mapseg" / "polyp.yaml"
 
@@ -36,17 +35,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY.sub=value")
     args = parser.parse_args()
     cfg = load_mapseg_config(args.config, args.overrides)
-    d, seed, size = cfg.DATASET, _split_seed(cfg), cfg.DATASET.resize
+    d, seed, size = cfg.DATASET, split_seed(cfg), cfg.DATASET.resize
     files = normal_frame_files(d.data_dir, d.target, d.normal)
     files = hold_out(files, d.val_fraction, seed)[1]
-    simpo = Simpo(
-        textures=load_textures(Path(d.data_dir) / d.textures) if d.textures else [],
-        shapes=load_shapes(Path(d.data_dir) / d.shapes) if d.shapes else [],
-        fills=tuple(cfg.SIMPO.fills),
-        p=cfg.SIMPO.p,
-        lobes=cfg.SIMPO.lobes,
-        relief=cfg.SIMPO.relief,
-    )
+    simpo = simpo_from_config(cfg)
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     (args.out / "masks").mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(files):

@@ -111,10 +111,15 @@ def _is_packaged(key: str, packaged: list[str]) -> bool:
 
 
 def save_pretrained(
-    model: nn.Module, meta: ModelMeta, folder: str | Path, half: bool = False
+    model: nn.Module,
+    meta: ModelMeta,
+    folder: str | Path,
+    half: bool = False,
+    dtypes: dict[str, torch.dtype] | None = None,
 ) -> Path:
-    """Write ``weights.safetensors`` (optionally fp16; without ``meta.packaged`` submodules) and
-    ``config.json`` into ``folder``."""
+    """Write ``weights.safetensors`` (without ``meta.packaged`` submodules) and ``config.json``
+    into ``folder``. Tensors are stored in fp16 with ``half``, else in their ``dtypes`` entry
+    (the dtype a weight file had: no rounding beyond what it had) or as they are."""
     folder = Path(folder)
     state = {
         k: v.detach().cpu().contiguous()
@@ -123,6 +128,8 @@ def save_pretrained(
     }
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    elif dtypes:
+        state = {k: v.to(dtypes.get(k, v.dtype)) for k, v in state.items()}
     write_atomic(folder / "weights.safetensors", lambda tmp: save_file(state, str(tmp)))
     text = json.dumps(meta.to_json(), indent=2)
     write_atomic(folder / "config.json", lambda tmp: tmp.write_text(text))
@@ -145,6 +152,12 @@ def resolve_model_path(model: str | Path) -> Path:
         return path if path.is_dir() else path.parent
     zoo = ", ".join(list_zoo()) or "none installed"
     raise ColonsegError(f"{model}: no such checkpoint (not a path, not a zoo model; zoo: {zoo})")
+
+
+def stored_dtypes(model: str | Path) -> dict[str, torch.dtype]:
+    """The dtype of every tensor in a checkpoint's weight file (zoo name or folder)."""
+    path = resolve_model_path(model) / "weights.safetensors"
+    return {k: v.dtype for k, v in read_state_dict(path).items()}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

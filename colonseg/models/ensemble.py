@@ -73,14 +73,15 @@ def ensemble(
 def combine_checkpoints(models: Sequence[str | Path], out: str | Path, half: bool = False) -> Path:
     """Write one checkpoint at ``out`` that averages the checkpoints ``models`` (zoo names or
     folders). They must share input size, normalisation, label scheme and classes; the first
-    one's threshold, post-processing and TTA become the ensemble's.
+    one's threshold, post-processing and TTA become the ensemble's. Each member's tensors are
+    stored as its own file stores them (fp16 or fp32), or all in fp16 with ``half``.
 
     Raises:
         ColonsegError: fewer than two models, or ones that do not see or label images alike.
     """
     from dataclasses import replace
 
-    from colonseg.engine.checkpoint import load_pretrained, save_pretrained
+    from colonseg.engine.checkpoint import load_pretrained, save_pretrained, stored_dtypes
 
     if len(models) < 2:
         raise ColonsegError("colonseg ensemble needs at least two models")
@@ -109,4 +110,8 @@ def combine_checkpoints(models: Sequence[str | Path], out: str | Path, half: boo
         },
         metrics={},
     )
-    return save_pretrained(Ensemble([net for net, _ in loaded]), meta, out, half=half)
+    # without half, each member's tensors keep the dtype its own file stored them in
+    dtypes = {
+        f"members.{i}.{k}": t for i, m in enumerate(models) for k, t in stored_dtypes(m).items()
+    }
+    return save_pretrained(Ensemble([net for net, _ in loaded]), meta, out, half, dtypes)

@@ -123,3 +123,14 @@ def test_mvtec_style_target_trains_and_tests_on_its_own_folders(data_dir):
     assert set(summary) == {"polypmv", "normal:held-out"}
     assert summary["polypmv"]["n"] == 2 and 0 <= summary["polypmv"]["aupro"] <= 1
     assert summary["normal:held-out"]["n"] == 3  # test/good, not the validation share
+
+
+def test_split_seed_keeps_the_held_out_frames_when_the_training_seed_changes(data_dir):
+    from colonseg.methods.mapseg.train import _held_out_normal
+
+    first = _held_out_normal(_cfg(data_dir))
+    assert len(first) == 3  # a quarter of 12 frames
+    reseeded = [_held_out_normal(_cfg(data_dir, f"TRAIN.seed={s}")) for s in range(1, 6)]
+    assert any(r != first for r in reseeded)  # TRAIN.seed alone moves the split
+    for s in range(1, 6):
+        assert _held_out_normal(_cfg(data_dir, f"TRAIN.seed={s}", "DATASET.split_seed=0")) == first

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained, save_pretrained
 from colonseg.engine.predict import Predictor
@@ -16,11 +17,9 @@ def _unet(seed: int, classes: int = 1) -> torch.nn.Module:
     return create_model("unet", encoder="test_efficientnet", classes=classes, pretrained=False)
 
 
-def _checkpoint(path, seed: int, size=(64, 64), **meta) -> str:
-    net = _unet(seed)
-    save_pretrained(
-        net, ModelMeta("unet", {"encoder": "test_efficientnet"}, size=size, **meta), path
-    )
+def _checkpoint(path, seed: int, size=(64, 64), half: bool = False, **meta) -> str:
+    meta = ModelMeta("unet", {"encoder": "test_efficientnet"}, size=size, **meta)
+    save_pretrained(_unet(seed), meta, path, half=half)
     return str(path)
 
 
@@ -42,9 +41,14 @@ def test_ensemble_averages_member_probabilities_binary_and_multiclass():
 
 
 def test_combined_checkpoint_predicts_the_mean_of_its_members(tmp_path):
-    first = _checkpoint(tmp_path / "a", 0, threshold=0.4, postprocess="fill_holes")
+    first = _checkpoint(tmp_path / "a", 0, half=True, threshold=0.4, postprocess="fill_holes")
     second = _checkpoint(tmp_path / "b", 1)
     out = combine_checkpoints([first, second], tmp_path / "both")
+    with safe_open(str(out / "weights.safetensors"), "pt") as f:  # each member as it was stored
+        dtypes = {f.get_tensor(k).dtype for k in f.keys() if k.endswith("weight")}
+        assert f.get_tensor("members.0.segmentation_head.0.weight").dtype == torch.float16
+        assert f.get_tensor("members.1.segmentation_head.0.weight").dtype == torch.float32
+    assert dtypes == {torch.float16, torch.float32}
     net, meta = load_pretrained(out)
     assert meta.arch == "ensemble" and isinstance(net, Ensemble) and len(net.members) == 2
     assert meta.threshold == 0.4 and meta.postprocess == "fill_holes"  # the first one's
@@ -68,8 +72,6 @@ def test_combining_refuses_one_model_and_models_that_see_differently(tmp_path):
 
 
 def test_ensemble_of_mapseg_members_keeps_their_packaged_encoders_out_of_the_file(tmp_path):
-    from safetensors import safe_open
-
     kw = {"encoder": "tf_efficientnet_lite0", "size": 64, "memory_size": 2, "width": 8}
     paths = []
     for seed in (0, 1):

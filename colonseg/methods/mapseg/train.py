@@ -150,7 +150,20 @@ def _sources(cfg: DictConfig) -> list[EvalSource]:
     return sources + ([EvalSource(str(mvtec), layout="mvtec")] if mvtec else [])
 
 
-def _split_seed(cfg: DictConfig) -> int:
+def simpo_from_config(cfg: DictConfig) -> Simpo:
+    """The config's SIMPO synthesiser, with its texture and shape folders loaded."""
+    d = cfg.DATASET
+    return Simpo(
+        textures=load_textures(Path(d.data_dir) / d.textures) if d.textures else [],
+        shapes=load_shapes(Path(d.data_dir) / d.shapes) if d.shapes else [],
+        fills=tuple(cfg.SIMPO.fills),
+        p=cfg.SIMPO.p,
+        lobes=cfg.SIMPO.lobes,
+        relief=cfg.SIMPO.relief,
+    )
+
+
+def split_seed(cfg: DictConfig) -> int:
     """The seed of the held-out frames and of their validation lesions: ``DATASET.split_seed``,
     else ``TRAIN.seed`` (runs that differ only in ``TRAIN.seed`` can share one validation set)."""
     d = cfg.DATASET
@@ -168,7 +181,7 @@ def _held_out_normal(cfg: DictConfig) -> list[Path]:
         files = normal_frame_files(d.data_dir, d.target, d.normal)
     except ColonsegError:
         return []
-    return hold_out(files, d.val_fraction, _split_seed(cfg))[1]
+    return hold_out(files, d.val_fraction, split_seed(cfg))[1]
 
 
 def _frame_scores(
@@ -237,18 +250,11 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
     L.seed_everything(cfg.TRAIN.seed, workers=True, verbose=False)
     d, size = cfg.DATASET, cfg.DATASET.resize
     files = normal_frame_files(d.data_dir, d.target, d.normal)
-    train_files, val_files = hold_out(files, d.val_fraction, _split_seed(cfg))
-    simpo = Simpo(
-        textures=load_textures(Path(d.data_dir) / d.textures) if d.textures else [],
-        shapes=load_shapes(Path(d.data_dir) / d.shapes) if d.shapes else [],
-        fills=tuple(cfg.SIMPO.fills),
-        p=cfg.SIMPO.p,
-        lobes=cfg.SIMPO.lobes,
-        relief=cfg.SIMPO.relief,
-    )
+    train_files, val_files = hold_out(files, d.val_fraction, split_seed(cfg))
+    simpo = simpo_from_config(cfg)
     mean, std = encoder_normalization(cfg.MODEL.encoder)
     train_set = NormalFrames(train_files, size, simpo, mean, std, augment=d.augment)
-    val_set = NormalFrames(val_files, size, simpo, mean, std, force=True, seed=_split_seed(cfg))
+    val_set = NormalFrames(val_files, size, simpo, mean, std, force=True, seed=split_seed(cfg))
     memory = cfg.MEMORY.enabled
     init_kwargs = {
         "encoder": cfg.MODEL.encoder,
