@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,3 +63,8 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not present (shared datasets are optional for tests)")
     return path
+
+
+def random_frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """``n`` random ``size``-pixel RGB frames, uint8 (for memory banks)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)

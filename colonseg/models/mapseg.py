@@ -1,7 +1,10 @@
 """MAPSeg's network: a frozen encoder, a memory of normal frames, attention fusion, a U-Net decoder.
 
 Following MemSeg (Yang et al., CVPR 2023) as MAPSeg uses it: the memory holds the encoder's
-features of ``N`` normal frames at three levels (strides 4, 8, 16). For an input, the memory item
+features of ``N`` normal frames at three levels (strides 4, 8, 16). The checkpoint stores the
+frames themselves (lossless PNG, about 2 MB for 30 frames of 256 px, against 10 MB for their
+features in fp16); the features are recomputed from them by the frozen encoder when the weights
+load, so they are exactly those the model was trained with. For an input, the memory item
 with the smallest summed squared L2 distance over the levels is picked, and the *memory
 information* — the element-wise squared difference between the input's and that item's features —
 is concatenated to the input features (channels × 2). ``memory_match="patch"`` compares each
@@ -15,18 +18,22 @@ model ``mapseg``.
 
 Example:
     >>> net = MemSegNet(size=256, memory_size=30)
-    >>> net.fill_memory(normal_batch)             # (30, 3, 256, 256), normalised
+    >>> net.fill_memory(normal_frames)            # (30, 256, 256, 3) uint8 RGB
     >>> logits = net(images)                      # (B, 1, 256, 256)
 """
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from colonseg.data.datamodule import normalize
 from colonseg.errors import ColonsegError
 from colonseg.models.blocks import ConvBNAct, SpatialAttention, resize_to
+from colonseg.models.encoders import encoder_normalization
 from colonseg.models.registry import MODELS
 from colonseg.models.timm_features import TimmFeatures
 
@@ -34,7 +41,12 @@ __all__ = ["CoordinateAttention", "MemSegNet", "MemoryBank"]
 
 
 class MemoryBank(nn.Module):
-    """Multi-level features of ``size`` normal frames, kept as buffers (saved with the weights).
+    """Multi-level features of ``size`` normal frames, and the frames they come from.
+
+    The frames are the persistent part: ``encoded`` holds their PNG streams one after another
+    (``lengths`` bytes each), ``frames()`` decodes them. The features (``level0``, ``level1``,
+    ...) are not saved: the owning network recomputes them after loading (see
+    :meth:`MemSegNet.refresh_memory`).
 
     ``forward(features)`` returns, per level, the squared difference to the matched memory
     features, and the matches. ``match="frame"`` is MemSeg's lookup: the one memory frame nearest
@@ -55,11 +67,48 @@ class MemoryBank(nn.Module):
             raise ColonsegError(f"memory match must be one of {self.MATCHES}, got {match!r}")
         self.levels, self.match = len(shapes), match
         for i, (c, h, w) in enumerate(shapes):
-            self.register_buffer(f"level{i}", torch.zeros(size, c, h, w))
+            self.register_buffer(f"level{i}", torch.zeros(size, c, h, w), persistent=False)
+        self.register_buffer("encoded", torch.zeros(0, dtype=torch.uint8))
+        self.register_buffer("lengths", torch.zeros(size, dtype=torch.int64))
         self.register_buffer("filled", torch.zeros((), dtype=torch.bool))
 
     def items(self) -> list[torch.Tensor]:
         return [getattr(self, f"level{i}") for i in range(self.levels)]
+
+    def store(self, frames: np.ndarray) -> None:
+        """Keep ``frames`` (``(N, H, W, 3)`` uint8 RGB, ``N`` = the bank's size) as PNG."""
+        if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != len(self.lengths):
+            raise ValueError(
+                f"memory frames must be ({len(self.lengths)}, H, W, 3) uint8, "
+                f"got {frames.shape} {frames.dtype}"
+            )
+        png = [cv2.IMWRITE_PNG_COMPRESSION, 9]  # smallest lossless
+        streams = [cv2.imencode(".png", np.ascontiguousarray(f[..., ::-1]), png)[1] for f in frames]
+        self.encoded = torch.from_numpy(np.concatenate(streams)).to(self.lengths.device)
+        self.lengths.copy_(torch.tensor([len(b) for b in streams]))
+
+    def frames(self) -> np.ndarray:
+        """The stored frames, ``(N, H, W, 3)`` uint8 RGB (``N`` = 0 when none are stored)."""
+        if not self.encoded.numel():
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        data = self.encoded.cpu().numpy()
+        ends = np.cumsum(self.lengths.cpu().numpy())
+        return np.stack([
+            cv2.imdecode(data[end - n : end], cv2.IMREAD_COLOR)[..., ::-1]
+            for end, n in zip(ends, self.lengths.tolist(), strict=True)
+        ])  # fmt: skip
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+    ) -> None:
+        if prefix + "level0" in state_dict:
+            errors.append(f"{prefix}level0: memory features of an older format, not frames")
+        stream = state_dict.get(prefix + "encoded")
+        if stream is not None:  # its length is the stored PNGs', not known before loading
+            self.encoded = torch.empty_like(stream, device=self.encoded.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+        )
 
     @torch.no_grad()
     def fill(self, features: list[torch.Tensor]) -> None:
@@ -166,6 +215,7 @@ class MemSegNet(nn.Module):
         super().__init__()
         self.encoder = TimmFeatures(encoder, (2, 4, 8, 16), 3, pretrained, encoder_weights)
         self.encoder.requires_grad_(False).eval()
+        self.normalization = encoder_normalization(encoder)  # of the memory frames
         with torch.no_grad():
             probe = self.encoder(torch.zeros(1, 3, size, size))[1:]
         self.memory = (
@@ -175,6 +225,8 @@ class MemSegNet(nn.Module):
         )
         if memory and memory_match == "patch":  # read by ONNX export, which refuses with it
             self.onnx_unsupported = "the patch-wise memory lookup does not trace to ONNX"
+        if memory:
+            self.register_load_state_dict_post_hook(_refresh_after_load)
         factor = 2 if memory else 1
         chans = self.encoder.channels
         self.fusion = nn.ModuleList(
@@ -199,11 +251,21 @@ class MemSegNet(nn.Module):
             return self.encoder(x)
 
     @torch.no_grad()
-    def fill_memory(self, normal: torch.Tensor) -> None:
-        """Store the features of ``normal`` frames (``(N, 3, S, S)``, normalised) as the memory."""
+    def fill_memory(self, frames: np.ndarray) -> None:
+        """Make ``frames`` (``(N, S, S, 3)`` uint8 RGB normal frames) the memory."""
         if self.memory is None:
             raise ValueError("this model was built without a memory (memory=False)")
-        self.memory.fill(self.features(normal)[1:])
+        self.memory.store(frames)
+        self.refresh_memory()
+
+    @torch.no_grad()
+    def refresh_memory(self) -> None:
+        """Recompute the memory features from the stored frames (done after loading weights)."""
+        frames = self.memory.frames()
+        if len(frames):
+            param = next(self.encoder.parameters())
+            x = normalize(frames, *self.normalization).to(param.device, param.dtype)
+            self.memory.fill(self.features(x)[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stem, *levels = self.features(x)
@@ -218,6 +280,10 @@ class MemSegNet(nn.Module):
             y = self.up[i](torch.cat([resize_to(y, gated[i]), gated[i]], 1))
         y = self.up_stem(torch.cat([resize_to(y, stem), stem], 1))
         return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _refresh_after_load(net: MemSegNet, incompatible_keys) -> None:
+    net.refresh_memory()  # a module-level function: hooks must pickle (DDP spawn)
 
 
 @MODELS.register("mapseg")

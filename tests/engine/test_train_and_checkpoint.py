@@ -9,6 +9,7 @@ import torch
 from colonseg.engine.checkpoint import load_pretrained, save_pretrained
 from colonseg.engine.train import run_train
 from colonseg.errors import ColonsegError
+from tests.conftest import random_frames
 
 
 def test_two_step_training_writes_a_usable_run(tiny_cfg):
@@ -68,7 +69,7 @@ def test_packaged_encoder_is_not_stored_but_restored(tmp_path):
 
     kw = {"encoder": "tf_efficientnet_lite0", "size": 64, "memory_size": 2, "width": 8}
     net = create_model("mapseg", pretrained=True, **kw).eval()  # offline ImageNet weights
-    net.fill_memory(torch.rand(2, 3, 64, 64))
+    net.fill_memory(random_frames(2))
     meta = ModelMeta(arch="mapseg", init_kwargs=kw, size=(64, 64), packaged=["encoder"])
     save_pretrained(net, meta, tmp_path / "m")
     with safe_open(str(tmp_path / "m" / "weights.safetensors"), "pt") as f:

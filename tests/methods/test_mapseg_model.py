@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from colonseg.models.mapseg import MemoryBank, MemSegNet
+from tests.conftest import random_frames
 
 
 def test_memory_lookup_picks_the_nearest_item_and_returns_its_squared_difference():
@@ -23,7 +25,7 @@ def test_memory_lookup_picks_the_nearest_item_and_returns_its_squared_difference
 def test_network_shapes_frozen_encoder_and_memory_saved_with_the_weights():
     torch.manual_seed(0)
     net = MemSegNet("test_efficientnet", size=64, memory_size=4, pretrained=False, width=16)
-    net.fill_memory(torch.rand(4, 3, 64, 64))
+    net.fill_memory(random_frames(4))
     net.train()
     x = torch.rand(2, 3, 64, 64)
     logits = net(x)
@@ -43,8 +45,31 @@ def test_network_shapes_frozen_encoder_and_memory_saved_with_the_weights():
     assert net(torch.rand(1, 3, 96, 96)).shape == (1, 1, 96, 96)  # memory resized to the input
     patch = MemSegNet("test_efficientnet", size=64, memory_size=4, memory_match="patch",
                       pretrained=False, width=16)  # fmt: skip
-    patch.fill_memory(torch.rand(4, 3, 64, 64))
+    patch.fill_memory(random_frames(4))
     assert patch(torch.rand(1, 3, 96, 80)).shape == (1, 1, 96, 80)
+
+
+def test_the_weights_store_the_memory_frames_and_loading_recomputes_their_features(tmp_path):
+    from safetensors import safe_open
+
+    from colonseg.engine.checkpoint import ModelMeta, load_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    kw = {"encoder": "test_efficientnet", "size": 64, "memory_size": 3, "width": 16}
+    net = MemSegNet(pretrained=False, **kw).eval()
+    frames = random_frames(3)
+    net.fill_memory(frames)
+    np.testing.assert_array_equal(net.memory.frames(), frames)  # lossless
+    meta = ModelMeta(arch="mapseg", init_kwargs={**kw, "pretrained": False}, size=(64, 64))
+    save_pretrained(net, meta, tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "weights.safetensors"), "pt") as f:
+        assert "memory.encoded" in f.keys() and not any("level" in k for k in f.keys())
+    loaded, _ = load_pretrained(tmp_path / "m")
+    for own, new in zip(net.memory.items(), loaded.memory.items(), strict=True):
+        torch.testing.assert_close(new, own, rtol=0, atol=0)
+        assert own.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\(3, H, W, 3\) uint8"):
+        net.fill_memory(random_frames(2))
 
 
 def test_patch_memory_matches_each_region_anywhere_in_any_memory_frame():

@@ -10,6 +10,7 @@ from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.models import create_model
 from colonseg.models.ensemble import Ensemble, combine_checkpoints
+from tests.conftest import random_frames
 
 
 def _unet(seed: int, classes: int = 1) -> torch.nn.Module:
@@ -77,7 +78,7 @@ def test_ensemble_of_mapseg_members_keeps_their_packaged_encoders_out_of_the_fil
     for seed in (0, 1):
         torch.manual_seed(seed)
         net = create_model("mapseg", pretrained=True, **kw).eval()
-        net.fill_memory(torch.rand(2, 3, 64, 64))
+        net.fill_memory(random_frames(2, seed=seed))
         meta = ModelMeta(arch="mapseg", init_kwargs=kw, size=(64, 64), packaged=["encoder"])
         paths.append(str(save_pretrained(net, meta, tmp_path / f"m{seed}")))
     out = combine_checkpoints(paths, tmp_path / "both", half=True)

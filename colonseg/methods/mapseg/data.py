@@ -74,7 +74,3 @@ class NormalFrames(Dataset):
             "image": normalize(np.ascontiguousarray(image), self.mean, self.std),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
         }
-
-    def clean(self, indices: Sequence[int]) -> torch.Tensor:
-        """Normalised frames without lesions (for the memory bank)."""
-        return normalize(self.images[list(indices)], self.mean, self.std)

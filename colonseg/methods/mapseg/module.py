@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,15 +24,16 @@ class MapsegModule(L.LightningModule):
     """Trains a :class:`MemSegNet` on ``{"image", "mask"}`` batches of synthetic lesions.
 
     Loss: ``focal_weight * focal(γ) + l1_weight * |sigmoid(logits) - mask|`` (MemSeg: 0.4 / 0.6,
-    γ = 4). ``memory_frames`` (normalised clean normal frames) fill the memory when fitting starts,
-    unless it is already filled (a resumed run). Validation logs ``val/dice`` on held-out normal
-    frames with synthetic lesions — no real polyp is used for training or monitoring.
+    γ = 4). ``memory_frames`` (clean normal frames, ``(N, S, S, 3)`` uint8 RGB) fill the memory
+    when fitting starts, unless it is already filled (a resumed run). Validation logs
+    ``val/dice`` on held-out normal frames with synthetic lesions — no real polyp is used for
+    training or monitoring.
     """
 
     def __init__(
         self,
         net: MemSegNet,
-        memory_frames: torch.Tensor | None = None,
+        memory_frames: np.ndarray | None = None,
         lr: float = 3e-3,
         weight_decay: float = 5e-4,
         focal_weight: float = 0.4,
@@ -46,7 +48,7 @@ class MapsegModule(L.LightningModule):
     def on_fit_start(self) -> None:
         bank = self.net.memory
         if bank is not None and not bool(bank.filled) and self.memory_frames is not None:
-            self.net.fill_memory(self.memory_frames.to(self.device))
+            self.net.fill_memory(self.memory_frames)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

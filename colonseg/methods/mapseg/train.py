@@ -273,7 +273,7 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
     )
     module = MapsegModule(
         net,
-        train_set.clean(picks) if memory else None,
+        train_set.images[picks] if memory else None,
         lr=cfg.TRAIN.lr,
         weight_decay=cfg.TRAIN.weight_decay,
         focal_weight=cfg.TRAIN.focal_weight,
