@@ -4,11 +4,12 @@ Run: .venv/bin/python scripts/ship_model.py runs/<run>/model <name> --summary ev
 The zoo copy keeps the run's config.json, replaces its metrics by the `colonseg evaluate` summary
 (dice, iou, mdice_256, s_measure per dataset; dice_neo/dice_non for 3-class models), optionally
 sets its default post-processing (--postprocess SPEC, as measured by benchmarks/postprocess.py)
-and a default TTA (--tta flip|d4; evaluate the summary with the same --tta),
-and stores the weights in fp16 (half the size). It then checks that the fp16 copy predicts what
-the fp32 original predicts on the bundled samples (the NeoPolyp ones for 3-class models) and
-refuses to ship when their mean Dice differs by more than --max-dice-drop. Unless the zoo
-folder already has a hand-written ``MODEL_CARD.md`` (kept as it is), it writes one from the
+and a default TTA (--tta flip|d4; evaluate the summary with the same --tta), and stores the
+weights in fp16 (half the size), or with --keep-dtypes as the checkpoint's own file stores them
+(an ensemble whose members were evaluated in fp16 and fp32). It then checks that the stored copy
+predicts what the fp32 original predicts on the bundled samples (the NeoPolyp ones for 3-class
+models) and refuses to ship when their mean Dice differs by more than --max-dice-drop. Unless the
+zoo folder already has a hand-written ``MODEL_CARD.md`` (kept as it is), it writes one from the
 checkpoint's provenance and the summary: architecture, size, cost, training commands, test table.
 """
 
@@ -22,7 +23,13 @@ from pathlib import Path
 
 import torch
 
-from colonseg.engine.checkpoint import ZOO_DIR, ModelMeta, load_pretrained, save_pretrained
+from colonseg.engine.checkpoint import (
+    ZOO_DIR,
+    ModelMeta,
+    load_pretrained,
+    save_pretrained,
+    stored_dtypes,
+)
 from colonseg.engine.demo import samples_for
 from colonseg.engine.evaluate import EvalSource, run_evaluate
 from colonseg.engine.predict import Predictor
@@ -117,7 +124,9 @@ def _commands(provenance: dict) -> list[str]:
     return (_commands(earlier) if earlier else []) + own
 
 
-def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, mib: float) -> str:
+def model_card(
+    name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, mib: float, stored: str
+) -> str:
     (_, kw, provenance), (h, w) = _member(meta), meta.size
     sources, task = provenance["train"], _task(meta)
     if task == "automedsam":
@@ -193,7 +202,7 @@ def model_card(name: str, net: torch.nn.Module, meta: ModelMeta, summary: dict, 
 **Architecture.** `{meta.arch}` (see `colonseg.list_models()`) {base}; options
 `{json.dumps(kw)}`. {cost} (multiply-adds) at {side}². Input: RGB resized to {h}×{w},
 normalised with mean {list(meta.mean)}, std {list(meta.std)}. Output: {output}; threshold
-{meta.threshold}, {post}. Weights stored in fp16 ({mib:.1f} MiB{packaged}).
+{meta.threshold}, {post}. Weights stored in {stored} ({mib:.1f} MiB{packaged}).
 
 **Training data.** {train}; no test image was used for training or for choosing a checkpoint
 ({selection}).
@@ -260,18 +269,21 @@ def ship(args: argparse.Namespace) -> None:
     meta.tta = args.tta
     ZOO_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ZOO_DIR) as tmp:  # nothing lands unless it passes
-        staged = save_pretrained(net, meta, Path(tmp) / args.name, half=True)
-        full, half = sample_dice(args.model, args.tta), sample_dice(staged, args.tta)
-        print(f"bundled samples mean Dice: fp32 {full:.4f}, fp16 copy {half:.4f}")
-        if full - half > args.max_dice_drop:
-            raise ColonsegError(f"fp16 costs {full - half:.4f} Dice (> {args.max_dice_drop})")
+        dtypes = stored_dtypes(args.model) if args.keep_dtypes else None
+        staged = save_pretrained(net, meta, Path(tmp) / args.name, not args.keep_dtypes, dtypes)
+        floats = {t for t in stored_dtypes(staged).values() if t.is_floating_point}
+        stored = " and ".join(sorted(str(t).removeprefix("torch.") for t in floats))
+        full, copy = sample_dice(args.model, args.tta), sample_dice(staged, args.tta)
+        print(f"bundled samples mean Dice: fp32 {full:.4f}, {stored} copy {copy:.4f}")
+        if full - copy > args.max_dice_drop:
+            raise ColonsegError(f"{stored} costs {full - copy:.4f} Dice (> {args.max_dice_drop})")
         target = ZOO_DIR / args.name
         card = target / "MODEL_CARD.md"
         mib = (staged / "weights.safetensors").stat().st_size / 2**20
         if card.is_file():
             shutil.copy2(card, staged / card.name)
         else:
-            (staged / card.name).write_text(model_card(args.name, net, meta, summary, mib))
+            (staged / card.name).write_text(model_card(args.name, net, meta, summary, mib, stored))
         shutil.rmtree(target, ignore_errors=True)
         staged.rename(target)
     print(f"shipped {args.model} as '{args.name}' ({mib:.1f} MiB) in {target}")
@@ -283,6 +295,9 @@ def main() -> None:
     parser.add_argument("name", help="zoo name, e.g. default")
     parser.add_argument("--summary", type=Path, required=True, help="evaluate's summary.json")
     parser.add_argument("--max-dice-drop", type=float, default=0.002)
+    parser.add_argument(
+        "--keep-dtypes", action="store_true", help="store tensors as the checkpoint does, not fp16"
+    )
     parser.add_argument("--postprocess", help="default post-processing spec ('none': none)")
     parser.add_argument(
         "--tta",

@@ -223,7 +223,7 @@ def load_pretrained(
     state = {**packaged, **state}
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, ColonsegError) as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise ColonsegError(f"{wpath}: weights do not fit {meta.arch} ({first[:200]})") from None
     return net.eval(), meta

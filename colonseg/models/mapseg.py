@@ -102,7 +102,10 @@ class MemoryBank(nn.Module):
         self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
     ) -> None:
         if prefix + "level0" in state_dict:
-            errors.append(f"{prefix}level0: memory features of an older format, not frames")
+            raise ColonsegError(
+                f"{prefix}level0: memory features, stored by colonseg before the memory kept its "
+                "frames; retrain the model with this version"
+            )
         stream = state_dict.get(prefix + "encoded")
         if stream is not None:  # its length is the stored PNGs', not known before loading
             self.encoded = torch.empty_like(stream, device=self.encoded.device)

@@ -51,8 +51,10 @@ def test_network_shapes_frozen_encoder_and_memory_saved_with_the_weights():
 
 def test_the_weights_store_the_memory_frames_and_loading_recomputes_their_features(tmp_path):
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     from colonseg.engine.checkpoint import ModelMeta, load_pretrained, save_pretrained
+    from colonseg.errors import ColonsegError
 
     torch.manual_seed(0)
     kw = {"encoder": "test_efficientnet", "size": 64, "memory_size": 3, "width": 16}
@@ -70,6 +72,10 @@ def test_the_weights_store_the_memory_frames_and_loading_recomputes_their_featur
         assert own.abs().sum() > 0
     with pytest.raises(ValueError, match=r"\(3, H, W, 3\) uint8"):
         net.fill_memory(random_frames(2))
+    older = {**load_file(tmp_path / "m" / "weights.safetensors"), "memory.level0": own}
+    save_file(older, tmp_path / "m" / "weights.safetensors")  # a file of the feature format
+    with pytest.raises(ColonsegError, match="memory.level0: memory features"):
+        load_pretrained(tmp_path / "m")
 
 
 def test_patch_memory_matches_each_region_anywhere_in_any_memory_frame():
