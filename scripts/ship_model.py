@@ -60,6 +60,7 @@ CARD_COLUMNS = {  # summary key -> card column
     "object_dice": "object Dice",
     "object_hausdorff": "object Hausdorff (px)",
 }
+FLOAT_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 TASKS = {  # label scheme -> (title, output, limits, licence)
     "binary": (
         "binary polyp segmentation",
@@ -197,9 +198,13 @@ def model_card(
         )
     else:
         base = f"on a timm `{kw.get('encoder')}` encoder initialised from ImageNet weights"
+    arch = f"`{meta.arch}`"
+    if meta.arch == "ensemble":
+        arch = f"`ensemble`, the mean probability of {len(members)} `{_member(meta)[0]}` models"
+        base = f"each {base}; a member's"  # options follow
     return f"""# colonseg `{name}` — {title}
 
-**Architecture.** `{meta.arch}` (see `colonseg.list_models()`) {base}; options
+**Architecture.** {arch} (see `colonseg.list_models()`) {base}{"" if members else ";"} options
 `{json.dumps(kw)}`. {cost} (multiply-adds) at {side}². Input: RGB resized to {h}×{w},
 normalised with mean {list(meta.mean)}, std {list(meta.std)}. Output: {output}; threshold
 {meta.threshold}, {post}. Weights stored in {stored} ({mib:.1f} MiB{packaged}).
@@ -272,7 +277,7 @@ def ship(args: argparse.Namespace) -> None:
         dtypes = stored_dtypes(args.model) if args.keep_dtypes else None
         staged = save_pretrained(net, meta, Path(tmp) / args.name, not args.keep_dtypes, dtypes)
         floats = {t for t in stored_dtypes(staged).values() if t.is_floating_point}
-        stored = " and ".join(sorted(str(t).removeprefix("torch.") for t in floats))
+        stored = " and ".join(sorted(FLOAT_NAMES.get(t, str(t)) for t in floats))
         full, copy = sample_dice(args.model, args.tta), sample_dice(staged, args.tta)
         print(f"bundled samples mean Dice: fp32 {full:.4f}, {stored} copy {copy:.4f}")
         if full - copy > args.max_dice_drop:
