@@ -20,10 +20,13 @@ import cv2
 import numpy as np
 
 from colonseg.data.field_of_view import valid_area
-from colonseg.data.io import read_image
-from colonseg.data.layouts import hold_out
-from colonseg.methods.mapseg.data import normal_frame_files
-from colonseg.methods.mapseg.train import load_mapseg_config, simpo_from_config, split_seed
+from colonseg.methods.mapseg.data import load_frames
+from colonseg.methods.mapseg.train import (
+    load_mapseg_config,
+    simpo_from_config,
+    split_normal_frames,
+    split_seed,
+)
 
 CONFIG = Path(__file__).resolve().parents[1] / "colonseg" / "configs" / "mapseg" / "polyp.yaml"
 
@@ -35,15 +38,13 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY.sub=value")
     args = parser.parse_args()
     cfg = load_mapseg_config(args.config, args.overrides)
-    d, seed, size = cfg.DATASET, split_seed(cfg), cfg.DATASET.resize
-    files = normal_frame_files(d.data_dir, d.target, d.normal)
-    files = hold_out(files, d.val_fraction, seed)[1]
+    seed, files = split_seed(cfg), split_normal_frames(cfg)[1]
     simpo = simpo_from_config(cfg)
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     (args.out / "masks").mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(files):
+    frames = load_frames(files, cfg.DATASET.resize)
+    for i, (f, frame) in enumerate(zip(files, frames, strict=True)):
         # as the training's validation set, NormalFrames(force=True, seed=seed), builds sample i
-        frame = cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA)
         rng = np.random.default_rng([seed, i])
         image, mask = simpo(frame, rng, force=True, area=valid_area(frame))
         cv2.imwrite(str(args.out / "images" / f"{f.stem}.png"), image[..., ::-1])

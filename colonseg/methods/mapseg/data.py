@@ -22,7 +22,7 @@ from colonseg.data.transforms import augment, create_augmentation
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.simpo import Simpo, image_files
 
-__all__ = ["NormalFrames", "normal_frame_files"]
+__all__ = ["NormalFrames", "load_frames", "normal_frame_files"]
 
 
 def normal_frame_files(data_dir: str | Path, target: str, normal: str | None) -> list[Path]:
@@ -33,6 +33,13 @@ def normal_frame_files(data_dir: str | Path, target: str, normal: str | None) ->
     if not folder.is_dir():
         raise ColonsegError(f"{folder}: no normal frames (expected {mvtec} or DATASET.normal)")
     return image_files(folder)
+
+
+def load_frames(files: Sequence[Path], size: int) -> np.ndarray:
+    """The frames ``files`` resized to ``size`` × ``size``, ``(N, size, size, 3)`` uint8 RGB."""
+    return np.stack(
+        [cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA) for f in files]
+    )
 
 
 class NormalFrames(Dataset):
@@ -52,9 +59,7 @@ class NormalFrames(Dataset):
         seed: int | None = None,
         augment: str = "none",
     ) -> None:
-        self.images = np.stack(
-            [cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA) for f in files]
-        )
+        self.images = load_frames(files, size)
         self.areas = np.stack([valid_area(im) for im in self.images])
         self.simpo, self.mean, self.std = simpo, tuple(mean), tuple(std)
         self.force, self.seed = force, seed

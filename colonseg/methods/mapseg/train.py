@@ -46,7 +46,13 @@ from colonseg.models.mapseg import MemSegNet
 from colonseg.postprocess import PostProcess
 from colonseg.viz.curves import plot_curves
 
-__all__ = ["MapsegConfig", "load_mapseg_config", "run_mapseg"]
+__all__ = [
+    "MapsegConfig",
+    "load_mapseg_config",
+    "memory_picks",
+    "run_mapseg",
+    "split_normal_frames",
+]
 
 DEMO_POSTPROCESS = "fov,otsu=0,close=5,fill_holes,keep_largest"  # MAPSeg's demo, in the view
 SCREEN_POSTPROCESS = "fov,otsu,close=5,fill_holes,keep_largest"  # Otsu floored at 0.2
@@ -170,18 +176,29 @@ def split_seed(cfg: DictConfig) -> int:
     return cfg.TRAIN.seed if d.split_seed is None else d.split_seed
 
 
+def split_normal_frames(cfg: DictConfig) -> tuple[list[Path], list[Path]]:
+    """The normal frames to train on, and those held out (``DATASET.val_fraction``)."""
+    d = cfg.DATASET
+    files = normal_frame_files(d.data_dir, d.target, d.normal)
+    return hold_out(files, d.val_fraction, split_seed(cfg))
+
+
+def memory_picks(cfg: DictConfig, n_train: int) -> np.ndarray:
+    """Which of the ``n_train`` training frames fill the memory (seeded by ``TRAIN.seed``)."""
+    rng = np.random.default_rng(cfg.TRAIN.seed)
+    return rng.choice(n_train, cfg.MEMORY.nb_memory_sample, replace=False)
+
+
 def _held_out_normal(cfg: DictConfig) -> list[Path]:
     """Normal frames never trained on: the target's ``test/good`` (MVTec-style), else the
     held-out share of the normal folder; empty when there are none."""
     mvtec = _mvtec_root(cfg)
     if mvtec and (mvtec / "test" / "good").is_dir():
         return image_files(mvtec / "test" / "good")
-    d = cfg.DATASET
     try:
-        files = normal_frame_files(d.data_dir, d.target, d.normal)
+        return split_normal_frames(cfg)[1]
     except ColonsegError:
         return []
-    return hold_out(files, d.val_fraction, split_seed(cfg))[1]
 
 
 def _frame_scores(
@@ -249,8 +266,7 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
         return {"model_dir": model_dir, "summary": _evaluate(cfg, model_dir, run_dir / "test")}
     L.seed_everything(cfg.TRAIN.seed, workers=True, verbose=False)
     d, size = cfg.DATASET, cfg.DATASET.resize
-    files = normal_frame_files(d.data_dir, d.target, d.normal)
-    train_files, val_files = hold_out(files, d.val_fraction, split_seed(cfg))
+    train_files, val_files = split_normal_frames(cfg)
     simpo = simpo_from_config(cfg)
     mean, std = encoder_normalization(cfg.MODEL.encoder)
     train_set = NormalFrames(train_files, size, simpo, mean, std, augment=d.augment)
@@ -268,12 +284,9 @@ def run_mapseg(cfg: DictConfig, command: str | None = None) -> dict:
     net = MemSegNet(
         pretrained=cfg.MODEL.pretrained, encoder_weights=cfg.MODEL.encoder_weights, **init_kwargs
     )
-    picks = np.random.default_rng(cfg.TRAIN.seed).choice(
-        len(train_set), cfg.MEMORY.nb_memory_sample, replace=False
-    )
     module = MapsegModule(
         net,
-        train_set.images[picks] if memory else None,
+        train_set.images[memory_picks(cfg, len(train_set))] if memory else None,
         lr=cfg.TRAIN.lr,
         weight_decay=cfg.TRAIN.weight_decay,
         focal_weight=cfg.TRAIN.focal_weight,
