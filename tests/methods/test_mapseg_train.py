@@ -8,6 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from colonseg.data.io import read_image, write_png
 from colonseg.data.synthetic import write_folder_dataset
@@ -30,27 +31,28 @@ def data_dir(tmp_path):
 
 
 def _cfg(data_dir, *extra):
-    return load_mapseg_config(
-        "configs/mapseg/polyp.yaml",
-        [
-            f"RESULT_DIR={data_dir / 'runs'}",
-            f"DATASET.data_dir={data_dir}",
-            "DATASET.normal=normal",
-            "DATASET.textures=textures",
-            "DATASET.resize=64",
-            "DATASET.val_fraction=0.25",
-            "MODEL.encoder=test_efficientnet",
-            "MODEL.pretrained=false",
-            "MODEL.width=16",
-            "MEMORY.nb_memory_sample=4",
-            "TRAIN.epochs=1",
-            "TRAIN.batch_size=4",
-            "TRAIN.limit_train_batches=2",
-            "TRAIN.accelerator=cpu",
-            "TEST.datasets=[{path: polyps}]",
-            *extra,
-        ],
-    )
+    return load_mapseg_config("configs/mapseg/polyp.yaml", _cfg_overrides(data_dir, *extra))
+
+
+def _cfg_overrides(data_dir, *extra) -> list[str]:
+    return [
+        f"RESULT_DIR={data_dir / 'runs'}",
+        f"DATASET.data_dir={data_dir}",
+        "DATASET.normal=normal",
+        "DATASET.textures=textures",
+        "DATASET.resize=64",
+        "DATASET.val_fraction=0.25",
+        "MODEL.encoder=test_efficientnet",
+        "MODEL.pretrained=false",
+        "MODEL.width=16",
+        "MEMORY.nb_memory_sample=4",
+        "TRAIN.epochs=1",
+        "TRAIN.batch_size=4",
+        "TRAIN.limit_train_batches=2",
+        "TRAIN.accelerator=cpu",
+        "TEST.datasets=[{path: polyps}]",
+        *extra,
+    ]
 
 
 def test_two_step_training_run_then_test_only(data_dir):
@@ -134,3 +136,38 @@ def test_split_seed_keeps_the_held_out_frames_when_the_training_seed_changes(dat
     assert any(r != first for r in reseeded)  # TRAIN.seed alone moves the split
     for s in range(1, 6):
         assert _held_out_normal(_cfg(data_dir, f"TRAIN.seed={s}", "DATASET.split_seed=0")) == first
+
+
+def test_an_older_checkpoint_is_rebuilt_with_the_memory_frames_it_picked(data_dir, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from colonseg.engine.checkpoint import load_pretrained
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "mapseg_memory_frames.py"
+    spec = importlib.util.spec_from_file_location("mapseg_memory_frames", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    overrides = ["TRAIN.seed=3", "EXP_NAME=old"]
+    model = run_mapseg(_cfg(data_dir, *overrides))["model_dir"]
+    net, _ = load_pretrained(model)
+    state = load_file(model / "weights.safetensors")
+    del state["memory.encoded"], state["memory.lengths"]  # as older files: features, no frames
+    state.update({f"memory.level{i}": m.clone() for i, m in enumerate(net.memory.items())})
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text((model / "config.json").read_text())
+    save_file(state, str(old / "weights.safetensors"))
+    with pytest.raises(ColonsegError, match="memory features"):
+        load_pretrained(old)
+    config = "configs/mapseg/polyp.yaml"
+    with pytest.raises(ColonsegError, match="pass the overrides the run was trained with"):
+        script.rebuild(old, tmp_path / "x", config, _cfg_overrides(data_dir, "TRAIN.seed=4"))
+    script.rebuild(old, tmp_path / "new", config, _cfg_overrides(data_dir, *overrides))
+    rebuilt = load_file(tmp_path / "new" / "weights.safetensors")
+    original = load_file(model / "weights.safetensors")
+    assert rebuilt.keys() == original.keys()
+    for key, tensor in original.items():
+        assert torch.equal(rebuilt[key], tensor), key
