@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -51,6 +52,18 @@ __all__ = [
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "weights"
 FORMAT = "colonseg-checkpoint"
+_SAFETENSORS_DTYPES = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 @dataclass
@@ -157,7 +170,13 @@ def resolve_model_path(model: str | Path) -> Path:
 def stored_dtypes(model: str | Path) -> dict[str, torch.dtype]:
     """The dtype of every tensor in a checkpoint's weight file (zoo name or folder)."""
     path = resolve_model_path(model) / "weights.safetensors"
-    return {k: v.dtype for k, v in read_state_dict(path).items()}
+    try:  # from the file's header: no tensor is read
+        with safe_open(str(path), "pt") as f:
+            return {k: _SAFETENSORS_DTYPES[f.get_slice(k).get_dtype()] for k in f.keys()}
+    except Exception as exc:
+        raise ColonsegError(
+            f"{path}: corrupt safetensors file ({exc.__class__.__name__})"
+        ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
