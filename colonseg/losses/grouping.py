@@ -13,6 +13,9 @@ it encloses (2) — that look nothing alike but are one gland. On L2-normalised 
   the gland centre than to the background centre — so the refined proposal supervises the
   segmenter.
 
+``push_loss`` and ``omission_refine`` take the background explicitly when some pixels are neither
+gland nor background (the proposal's unsupervised pixels); by default it is everything not gland.
+
 Each image samples at most ``max_pixels`` pixels per region (MSSG's GlandSAM code: 1,000), so
 the cost does not grow with the image. An image without one of the regions adds nothing.
 
@@ -67,13 +70,16 @@ def push_loss(
     margin: float = 1.0,
     max_pixels: int = 1000,
     generator: torch.Generator | None = None,
+    background: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Squared hinge ``max(0, margin - ‖e - c‖)²`` of gland embeddings to the background centre
     and of background embeddings to the gland centre."""
+    gland = gland.bool()
+    background = ~gland if background is None else background.bool()
     terms = []
-    for e, g in zip(emb, gland.bool(), strict=True):
+    for e, g, bg in zip(emb, gland, background, strict=True):
         inside = _sample(e, g, max_pixels, generator)
-        outside = _sample(e, ~g, max_pixels, generator)
+        outside = _sample(e, bg, max_pixels, generator)
         if len(inside) == 0 or len(outside) == 0:
             continue
         to_bg = (inside - outside.mean(0)).norm(dim=1)
@@ -90,18 +96,20 @@ def omission_refine(
     emb: torch.Tensor,
     band: int = 7,
     threshold: float = 0.7,
+    background: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The proposal ``gland (B, H, W)`` plus the omitted pixels near its boundary (see above)."""
     gland = gland.bool()
+    background = ~gland if background is None else background.bool()
     near = F.max_pool2d(gland[:, None].float(), 2 * band + 1, 1, band)[:, 0] > 0
     candidates = near & ~gland & (prob > threshold)
     out = gland.clone()
     for b in range(len(gland)):
-        if not candidates[b].any() or not gland[b].any() or gland[b].all():
+        if not candidates[b].any() or not gland[b].any() or not background[b].any():
             continue
         e = emb[b].reshape(emb.shape[1], -1)
-        g = gland[b].reshape(-1)
-        centre_gland, centre_bg = e[:, g].mean(1, keepdim=True), e[:, ~g].mean(1, keepdim=True)
+        g, bg = gland[b].reshape(-1), background[b].reshape(-1)
+        centre_gland, centre_bg = e[:, g].mean(1, keepdim=True), e[:, bg].mean(1, keepdim=True)
         closer = (e - centre_gland).norm(dim=0) < (e - centre_bg).norm(dim=0)
         out[b] |= candidates[b] & closer.reshape(gland.shape[1:])
     return out

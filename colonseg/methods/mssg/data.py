@@ -3,7 +3,9 @@
 Images and proposals are held in memory (GlaS train: 85 images, ~100 MB) and cropped: a random
 crop of ``crop_scale`` of the image area, resized to the model's input size, flipped and
 stain-jittered (hue, saturation, brightness, contrast), so each epoch sees other parts of each
-gland at slightly other scales. Validation images are resized whole, as the Predictor does.
+gland at slightly other scales. Validation images are resized whole, as the Predictor does. With
+``unsure_radius`` > 0 the background a gland encloses once its gaps are closed is marked
+``UNSURE`` (:func:`~colonseg.methods.mssg.spm.mark_unsure`) and left unsupervised.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from colonseg.data.layouts import Pair
 from colonseg.data.transforms import augment
 from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.propose import read_proposal
+from colonseg.methods.mssg.spm import mark_unsure
 
 __all__ = ["ProposalImages"]
 
 
 class ProposalImages(Dataset):
-    """``{"image": (3, H, W) float, "proposal": (H, W) long in {0, 1, 2}, "id": str}``."""
+    """``{"image": (3, H, W) float, "proposal": (H, W) long in {0, 1, 2, UNSURE}, "id": str}``."""
 
     def __init__(
         self,
@@ -34,10 +37,12 @@ class ProposalImages(Dataset):
         std: tuple[float, ...],
         train: bool = True,
         crop_scale: tuple[float, float] = (0.4, 1.0),
+        unsure_radius: float = 0.0,
     ) -> None:
         self.ids = [p.id for p in pairs]
         self.images = [read_image(p.image) for p in pairs]
-        self.proposals = [read_proposal(proposal_dir, p.id) for p in pairs]
+        self.proposals = [mark_unsure(read_proposal(proposal_dir, p.id), unsure_radius)
+                          for p in pairs]  # fmt: skip
         for pair, img, prop in zip(pairs, self.images, self.proposals, strict=True):
             if img.shape[:2] != prop.shape:
                 raise ColonsegError(

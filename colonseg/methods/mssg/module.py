@@ -5,8 +5,9 @@ Loss per batch: ``BCE + Dice`` of the gland logits against the (refined) proposa
 :func:`~colonseg.losses.grouping.push_loss` on L2-normalised embeddings from a 1×1 projection of
 the decoder's last features (the input of the segmentation head, so any segmentation_models_pytorch
 architecture works). From epoch ``omission_start`` on, the proposal is refined by
-:func:`~colonseg.losses.grouping.omission_refine` before it supervises. The projection is used in
-training only; the saved model is the plain segmenter.
+:func:`~colonseg.losses.grouping.omission_refine` before it supervises. Pixels the proposal
+marks ``UNSURE`` are neither gland nor background: no loss term sees them. The projection is used
+in training only; the saved model is the plain segmenter.
 
 Validation needs no label either: ``val/proposal_miou`` is the agreement (MSSG's mIoU) of the
 prediction with the proposals of held-out training images.
@@ -22,6 +23,7 @@ from torch import nn
 
 from colonseg.errors import ColonsegError
 from colonseg.losses.grouping import omission_refine, push_loss, variation_loss
+from colonseg.methods.mssg.spm import UNSURE
 from colonseg.metrics import mean_iou
 
 __all__ = ["MssgModule"]
@@ -55,7 +57,7 @@ class MssgModule(L.LightningModule):
         self.proj = nn.Conv2d(head[0].in_channels, embed_dim, 1)
         self._features: torch.Tensor | None = None
         head.register_forward_hook(self._keep_features)
-        self.dice = DiceLoss("binary")
+        self.dice = DiceLoss("binary", ignore_index=UNSURE)
         self._generator = torch.Generator().manual_seed(seed)
         self._val = torch.zeros(2, 2, dtype=torch.long)
 
@@ -76,32 +78,35 @@ class MssgModule(L.LightningModule):
         proposal = batch["proposal"]
         if emb.shape[-2:] != proposal.shape[-2:]:  # e.g. PSPNet: features at 1/8
             emb = F.interpolate(emb, size=proposal.shape[-2:], mode="bilinear")
-        gland = proposal > 0
+        gland, known = (proposal == 1) | (proposal == 2), proposal != UNSURE
+        background = known & ~gland
         target = gland
         if self.current_epoch >= hp.omission_start:
-            target = omission_refine(
-                gland, logits.sigmoid(), emb.detach(), hp.omission_band, hp.omission_threshold
-            )
+            target = omission_refine(gland, logits.sigmoid(), emb.detach(), hp.omission_band,
+                                     hp.omission_threshold, background)  # fmt: skip
         target = target.float()
-        seg = F.binary_cross_entropy_with_logits(logits, target) + self.dice(
-            logits[:, None], target[:, None]
-        )
+        bce = F.binary_cross_entropy_with_logits(logits, target, known.float(), reduction="sum")
+        dice = self.dice(logits[:, None], torch.where(known, target, UNSURE)[:, None])
+        seg = bce / known.sum().clamp(min=1) + dice
         var = variation_loss(emb, proposal, hp.max_pixels, self._generator)
-        push = push_loss(emb, gland, hp.margin, hp.max_pixels, self._generator)
+        push = push_loss(emb, gland, hp.margin, hp.max_pixels, self._generator, background)
         loss = seg + hp.variation * var + hp.push * push
         n = len(logits)
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=n)
         self.log("train/seg", seg, on_epoch=True, on_step=False, batch_size=n)
         self.log("train/variation", var, on_epoch=True, on_step=False, batch_size=n)
         self.log("train/push", push, on_epoch=True, on_step=False, batch_size=n)
-        added = (target.sum() - gland.sum()) / gland.numel()
+        added = ((target > 0) & known & ~gland).sum() / gland.numel()
         self.log("train/omission_added", added, on_epoch=True, on_step=False, batch_size=n)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pred = (self(batch["image"]).float()[:, 0] > 0).long().cpu()
-        truth = (batch["proposal"] > 0).long().cpu()
-        self._val += torch.bincount((truth * 2 + pred).reshape(-1), minlength=4).reshape(2, 2)
+        proposal = batch["proposal"].cpu()
+        known = proposal != UNSURE
+        truth = ((proposal == 1) | (proposal == 2)).long()
+        pairs = (truth * 2 + pred)[known]
+        self._val += torch.bincount(pairs, minlength=4).reshape(2, 2)
 
     def on_validation_epoch_end(self) -> None:
         if self._val.sum():

@@ -30,8 +30,8 @@ from scipy import ndimage
 from sklearn.cluster import KMeans
 from torch import nn
 
-__all__ = ["ClusterNet", "SpmResult", "SpmSettings", "cluster_features", "propose",
-           "proposal_from_border", "select_border"]  # fmt: skip
+__all__ = ["UNSURE", "ClusterNet", "SpmResult", "SpmSettings", "cluster_features", "propose",
+           "proposal_from_border", "select_border", "mark_unsure"]  # fmt: skip
 
 # MSSG's thresholds in pixels of a full 775×522 GlaS image, as fractions of the image area.
 _GLAS_AREA = 775 * 522
@@ -161,6 +161,28 @@ def proposal_from_border(border: np.ndarray, hole_max: float = MSSG_HOLE_MAX) ->
     out = np.zeros(border.shape, np.uint8)
     out[filled] = 1
     out[interior] = 2
+    return out
+
+
+UNSURE = 3  # proposal value of pixels the segmentation losses ignore (see ``mark_unsure``)
+
+
+def mark_unsure(proposal: np.ndarray, radius: float) -> np.ndarray:
+    """The proposal with ``UNSURE`` where the background is enclosed once the gland's gaps are
+    closed: a morphological closing of the gland (border ∪ interior) with a disk of ``radius``
+    pixels of a 775×522 GlaS image (scaled with the image), then hole filling.
+
+    Those pixels are either the lumen of a gland whose epithelial ring SPM left open, or stroma
+    squeezed between glands; the proposal cannot tell, so MSG does not supervise them and the
+    segmenter decides from what it learnt elsewhere. ``radius`` 0 returns the proposal as is."""
+    if radius <= 0:
+        return proposal
+    r = max(1, round(radius * (proposal.size / _GLAS_AREA) ** 0.5))
+    gland = ((proposal == 1) | (proposal == 2)).astype(np.uint8)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    closed = cv2.morphologyEx(np.pad(gland, r), cv2.MORPH_CLOSE, disk)[r:-r, r:-r]
+    out = proposal.copy()
+    out[ndimage.binary_fill_holes(closed) & (gland == 0)] = UNSURE
     return out
 
 

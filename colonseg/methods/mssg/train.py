@@ -72,6 +72,9 @@ class DataSection:
     val_fraction: float = 0.1
     size: list[int] = field(default_factory=lambda: [352, 512])  # (H, W) model input
     crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    # > 0: background enclosed by a closing of the proposal's glands with a disk of this radius
+    # (pixels of a 775×522 image) is left unsupervised (spm.mark_unsure); 0: MSSG as published
+    unsure_radius: float = 0.0
     batch_size: int = 4
     num_workers: int = 0
 
@@ -227,8 +230,10 @@ def _train_round(cfg, train_pairs, val_pairs, folder: Path, out: Path) -> tuple[
     L.seed_everything(t.seed, workers=True, verbose=False)
     mean, std = encoder_normalization(cfg.model.encoder)
     size = (int(d.size[0]), int(d.size[1]))
-    train_set = ProposalImages(train_pairs, folder, size, mean, std, True, tuple(d.crop_scale))
-    val_set = ProposalImages(val_pairs, folder, size, mean, std, train=False)
+    train_set = ProposalImages(train_pairs, folder, size, mean, std, True, tuple(d.crop_scale),
+                               d.unsure_radius)  # fmt: skip
+    val_set = ProposalImages(val_pairs, folder, size, mean, std, False,
+                             unsure_radius=d.unsure_radius)  # fmt: skip
     net = create_model(
         cfg.model.arch,
         encoder=cfg.model.encoder,
