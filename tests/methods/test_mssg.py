@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
 
 from colonseg.data.layouts import find_pairs
 from colonseg.data.synthetic import create_gland_image, write_glas_dataset
 from colonseg.losses.grouping import omission_refine, push_loss, variation_loss
+from colonseg.methods.mssg.module import supervised_loss
 from colonseg.methods.mssg.propose import read_proposal, run_propose
 from colonseg.methods.mssg.spm import (
     MSSG_HOLE_MAX,
+    UNSURE,
     SpmSettings,
     cluster_features,
+    mark_unsure,
     proposal_from_border,
     propose,
     select_border,
@@ -85,6 +89,38 @@ def test_proposal_fills_enclosed_interiors_up_to_the_cap():
     assert MSSG_HOLE_MAX == pytest.approx(15_000 / (775 * 522))
 
 
+def test_mark_unsure_takes_the_lumen_of_an_open_ring_not_the_open_background():
+    proposal = np.zeros((522, 775), np.uint8)
+    cv2.circle(proposal, (200, 260), 80, 1, 12)
+    proposal[250:270, 260:300] = 0  # a 20-px gap: the lumen is not a hole of the border
+    assert proposal_from_border(proposal.astype(bool), hole_max=1.0)[220, 200] != 2
+    marked = mark_unsure(proposal, radius=12)
+    assert marked[220, 200] == UNSURE  # the lumen
+    assert marked[260, 600] == 0 and marked[20, 20] == 0  # far background stays background
+    assert np.array_equal(marked == 1, proposal == 1)  # the gland is untouched
+    assert (marked == UNSURE).sum() < np.pi * 80**2  # no more than the ring encloses
+    assert np.array_equal(mark_unsure(proposal, radius=0), proposal)
+    assert mark_unsure(proposal, radius=4)[220, 200] == 0  # too small to bridge 20 px
+    # the radius is in pixels of a full GlaS image: half the image, the same lumen
+    half = cv2.resize(proposal, (388, 261), interpolation=cv2.INTER_NEAREST)
+    assert mark_unsure(half, radius=12)[110, 100] == UNSURE
+
+
+def test_supervised_loss_ignores_unsure_pixels():
+    target = torch.zeros(1, 8, 8)
+    target[0, :4] = 1
+    known = torch.ones(1, 8, 8, dtype=torch.bool)
+    known[0, 6:] = False
+    logits = torch.randn(1, 8, 8)
+    dice = DiceLoss("binary", ignore_index=UNSURE)
+    changed = logits.clone()
+    changed[0, 6:] = 50.0  # wildly wrong where nothing is known
+    base = supervised_loss(logits, target, known, dice)
+    assert supervised_loss(changed, target, known, dice) == pytest.approx(base.item())
+    changed[0, 5] = 50.0  # and where background is known: the loss rises
+    assert supervised_loss(changed, target, known, dice) > base
+
+
 def test_grouping_losses_zero_when_satisfied_positive_when_violated():
     proposal = torch.zeros(1, 4, 4, dtype=torch.long)
     proposal[0, :2, :2], proposal[0, :2, 2:] = 1, 2  # border and interior
@@ -101,6 +137,13 @@ def test_grouping_losses_zero_when_satisfied_positive_when_violated():
     assert push_loss(torch.ones(1, 2, 4, 4) / 2**0.5, proposal > 0) > 0
     # finite and zero with a region missing
     assert variation_loss(emb, torch.zeros_like(proposal)) == 0
+    # unsure pixels embedded like the gland: push > 0 unless they are left out of the background
+    unsure = emb.clone()
+    unsure[0, :, 3] = gland_dir[:, None]
+    background = torch.zeros(1, 4, 4, dtype=torch.bool)
+    background[0, 2] = True
+    assert push_loss(unsure, proposal > 0) > 0
+    assert push_loss(unsure, proposal > 0, background=background) == 0
 
 
 def test_omission_refine_adds_only_confident_similar_pixels_near_the_boundary():
@@ -179,6 +222,7 @@ def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
             "data.size=[48,64]",
             "data.batch_size=2",
             "data.val_fraction=0.25",
+            "data.unsure_radius=12",
             "data.test_splits=[test]",
             "spm.iterations=3",
             "spm.channels=8",
@@ -198,6 +242,8 @@ def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
     assert {"object_f1", "object_dice", "object_hausdorff"} <= set(stats)
     baselines = json.loads((run / "test" / "baselines.json").read_text())
     assert set(baselines["glas:test"]) == {"spm_proposals", "kim_kanezaki_argmax"}
+    unsure = baselines["glas:train (pseudo-masks)"]["unsure"]
+    assert 0 <= unsure["annotated_gland"] <= 1 and 0 <= unsure["fraction_of_pixels"] < 1
     assert list((run / "snapshots").glob("*.jpg"))
     for r in (1, 2):  # self-training: round 2 learns round 1's glands
         assert (run / f"round_{r}" / "curves.png").is_file()

@@ -26,7 +26,18 @@ from colonseg.losses.grouping import omission_refine, push_loss, variation_loss
 from colonseg.methods.mssg.spm import UNSURE
 from colonseg.metrics import mean_iou
 
-__all__ = ["MssgModule"]
+__all__ = ["MssgModule", "supervised_loss"]
+
+
+def supervised_loss(
+    logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, dice: DiceLoss
+) -> torch.Tensor:
+    """``BCE + Dice`` of gland logits ``(B, H, W)`` against ``target`` on the ``known`` pixels
+    only (``dice`` built with ``ignore_index=UNSURE``)."""
+    target = target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, known.float(), reduction="sum")
+    masked = torch.where(known, target, float(UNSURE))
+    return bce / known.sum().clamp(min=1) + dice(logits[:, None], masked[:, None])
 
 
 class MssgModule(L.LightningModule):
@@ -84,10 +95,7 @@ class MssgModule(L.LightningModule):
         if self.current_epoch >= hp.omission_start:
             target = omission_refine(gland, logits.sigmoid(), emb.detach(), hp.omission_band,
                                      hp.omission_threshold, background)  # fmt: skip
-        target = target.float()
-        bce = F.binary_cross_entropy_with_logits(logits, target, known.float(), reduction="sum")
-        dice = self.dice(logits[:, None], torch.where(known, target, UNSURE)[:, None])
-        seg = bce / known.sum().clamp(min=1) + dice
+        seg = supervised_loss(logits, target, known, self.dice)
         var = variation_loss(emb, proposal, hp.max_pixels, self._generator)
         push = push_loss(emb, gland, hp.margin, hp.max_pixels, self._generator, background)
         loss = seg + hp.variation * var + hp.push * push

@@ -51,7 +51,13 @@ from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.data import ProposalImages
 from colonseg.methods.mssg.module import MssgModule
 from colonseg.methods.mssg.propose import proposal_overlay, read_proposal, run_propose
-from colonseg.methods.mssg.spm import SpmSettings, proposal_from_border, select_border
+from colonseg.methods.mssg.spm import (
+    UNSURE,
+    SpmSettings,
+    mark_unsure,
+    proposal_from_border,
+    select_border,
+)
 from colonseg.metrics import ConfusionMeter, ObjectMeter, mean_iou
 from colonseg.models.encoders import check_encoder, encoder_normalization
 from colonseg.models.registry import MODELS, create_model
@@ -196,7 +202,21 @@ def _baselines(cfg: DictConfig, folder: Path) -> dict:
         out[name] = {"spm_proposals": _binary_scores(pairs, proposals)}
         argmax = {p.id: _argmax_glands(folder, p, hole_max) for p in pairs}
         out[name]["kim_kanezaki_argmax"] = _binary_scores(pairs, argmax)
+        if d.unsure_radius > 0 and split == d.train_split:
+            out[name]["unsure"] = _unsure_report(pairs, folder, d.unsure_radius)
     return out
+
+
+def _unsure_report(pairs: list[Pair], folder: Path, radius: float) -> dict[str, float]:
+    """How much of the training images MSG leaves unsupervised, and how much of that the
+    annotation calls gland (a report: nothing is chosen by it)."""
+    unsure = gland = total = 0
+    for p in pairs:
+        region = mark_unsure(read_proposal(folder, p.id), radius) == UNSURE
+        unsure += int(region.sum())
+        gland += int((region & read_mask(p.mask)).sum())
+        total += region.size
+    return {"fraction_of_pixels": unsure / total, "annotated_gland": gland / max(unsure, 1)}
 
 
 def _snapshots(predictor: Predictor, pairs: list[Pair], folder: Path, out: Path) -> None:
