@@ -73,7 +73,8 @@ class DataSection:
     path: str = "../shared/datasets/glas"
     layout: str = "glas"
     train_split: str | None = "train"
-    test_splits: list[str] = field(default_factory=lambda: ["testA", "testB", "test"])
+    # the first split names the dataset in a shipped model's metrics: test = testA + testB
+    test_splits: list[str] = field(default_factory=lambda: ["test", "testA", "testB"])
     proposals: str | None = None  # default: $COLONSEG_CACHE/mssg/spm-<settings digest>
     val_fraction: float = 0.1
     size: list[int] = field(default_factory=lambda: [352, 512])  # (H, W) model input
