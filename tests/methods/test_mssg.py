@@ -194,7 +194,11 @@ def test_propose_caches_and_recomputes_changed_files(tmp_path):
     settings = SpmSettings(scale=1.0, channels=8, iterations=3)
     out = tmp_path / "spm"
     assert run_propose(pairs, out, settings, progress=False)["computed"] == 2
-    assert run_propose(pairs, out, settings, progress=False)["computed"] == 0
+    cached = run_propose(pairs, out, settings, progress=False)
+    assert cached["computed"] == 0
+    manifest = json.loads((out / "spm.json").read_text())["images"]
+    spent = np.median([manifest[p.id]["seconds"] for p in pairs])
+    assert cached["seconds_per_image"] == pytest.approx(spent)  # the cost, even when cached
     image = cv2.imread(str(pairs[0].image))
     cv2.imwrite(str(pairs[0].image), 255 - image)
     assert run_propose(pairs, out, settings, progress=False)["computed"] == 1
