@@ -15,7 +15,9 @@ from colonseg.data.layouts import find_pairs
 from colonseg.data.synthetic import create_gland_image, write_glas_dataset
 from colonseg.losses.grouping import omission_refine, push_loss, variation_loss
 from colonseg.methods.mssg.module import supervised_loss
+from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.propose import read_proposal, run_propose
+from colonseg.methods.mssg.refine import BoxRefiner, RefineSettings, gland_boxes, refined_proposal
 from colonseg.methods.mssg.spm import (
     MSSG_HOLE_MAX,
     UNSURE,
@@ -206,6 +208,40 @@ def test_propose_caches_and_recomputes_changed_files(tmp_path):
     assert (out / "overlays" / "train_1.jpg").is_file()
 
 
+def test_gland_boxes_and_refined_proposal_by_hand():
+    gland = np.zeros((20, 30), bool)
+    gland[2:6, 3:9] = True  # 24 px
+    gland[10:12, 20:21] = True  # 2 px: below min_area
+    boxes = gland_boxes(gland, min_area=0.01)  # 6 px of 600
+    assert boxes.tolist() == [[3, 2, 9, 6]]
+    proposal = np.zeros((20, 30), np.uint8)
+    proposal[2, 3:9], proposal[15, 15] = 1, 1  # border inside and outside the refined gland
+    out = refined_proposal(proposal, gland)
+    assert out[2, 3:9].tolist() == [1] * 6 and out[3:6, 3:9].min() == 2
+    assert out[15, 15] == 0 and out[~gland].max() == 0
+
+
+def test_medsam_refinement_fills_the_lumen_an_open_ring_leaves_out():
+    """SPM's failure mode: a gland's dark ring with a gap and its lumen left out. LiteMedSAM,
+    prompted with the ring's box, fills the lumen and stays inside the gland."""
+    image, labels = create_gland_image((192, 256), seed=0, glands=1)
+    truth = labels > 0
+    lumen = cv2.erode(truth.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    ring = truth & ~lumen
+    gap = int(np.flatnonzero(ring.any(0)).mean())
+    ring[:, gap : gap + 4] &= np.arange(192)[:, None] > 96
+    glands = BoxRefiner(RefineSettings(min_area=0.001)).glands(image, ring)
+    assert (glands & lumen).sum() > 0.75 * lumen.sum()
+    assert (glands & ~truth).sum() < 0.02 * glands.sum()
+    nothing = BoxRefiner(RefineSettings()).glands(image, np.zeros_like(truth))
+    assert not nothing.any()
+
+
+def test_refine_settings_refuse_an_unknown_backbone():
+    with pytest.raises(ColonsegError, match="refine.backbone 'sam3'"):
+        RefineSettings(backbone="sam3")
+
+
 def test_glas_splits_by_name(tmp_path):
     root = write_glas_dataset(tmp_path / "glas")
     assert [len(find_pairs(root, split=s)) for s in ("train", "testA", "testB", "test")] == [
@@ -214,7 +250,7 @@ def test_glas_splits_by_name(tmp_path):
 
 
 def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
-    from colonseg.methods.mssg.train import load_mssg_config, run_mssg
+    from colonseg.methods.mssg.train import load_mssg_config, refined_dir, run_mssg
 
     root = write_glas_dataset(tmp_path / "glas")
     cfg = load_mssg_config(
@@ -245,7 +281,11 @@ def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
     assert 0 <= stats["miou"] <= 1 and stats["n"] == 3
     assert {"object_f1", "object_dice", "object_hausdorff"} <= set(stats)
     baselines = json.loads((run / "test" / "baselines.json").read_text())
-    assert set(baselines["glas:test"]) == {"spm_proposals", "kim_kanezaki_argmax"}
+    assert set(baselines["glas:test"]) == {
+        "spm_proposals", "spm_medsam_refined", "kim_kanezaki_argmax",
+    }  # fmt: skip
+    manifest = json.loads((refined_dir(cfg) / "refine.json").read_text())
+    assert manifest["settings"]["backbone"] == "litemedsam" and len(manifest["images"]) == 7
     unsure = baselines["glas:train (pseudo-masks)"]["unsure"]
     assert 0 <= unsure["annotated_gland"] <= 1 and 0 <= unsure["fraction_of_pixels"] < 1
     assert list((run / "snapshots").glob("*.jpg"))

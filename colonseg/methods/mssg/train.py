@@ -51,6 +51,7 @@ from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.data import ProposalImages
 from colonseg.methods.mssg.module import MssgModule
 from colonseg.methods.mssg.propose import proposal_overlay, read_proposal, run_propose
+from colonseg.methods.mssg.refine import BoxRefiner, RefineSettings, refined_proposal, run_refine
 from colonseg.methods.mssg.spm import (
     UNSURE,
     SpmSettings,
@@ -135,6 +136,7 @@ class MssgConfig:
     postprocess: str = ""
     data: DataSection = field(default_factory=DataSection)
     spm: SpmSettings = field(default_factory=SpmSettings)
+    refine: RefineSettings = field(default_factory=RefineSettings)
     model: ModelSection = field(default_factory=ModelSection)
     loss: LossSection = field(default_factory=LossSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)
@@ -154,6 +156,20 @@ def load_mssg_config(config: str | Path, overrides: list[str] | tuple[str, ...] 
 
 def spm_settings(cfg: DictConfig) -> SpmSettings:
     return SpmSettings(**OmegaConf.to_container(cfg.spm))
+
+
+def refine_settings(cfg: DictConfig) -> RefineSettings:
+    return RefineSettings(**OmegaConf.to_container(cfg.refine))
+
+
+def refined_dir(cfg: DictConfig) -> Path | None:
+    """Where the MedSAM-refined proposals live (beside the SPM proposals they refine), or None
+    when ``refine.backbone`` is "none"."""
+    settings = refine_settings(cfg)
+    if settings.backbone == "none":
+        return None
+    key = json.dumps(asdict(settings), sort_keys=True).encode()
+    return proposal_dir(cfg) / f"refined-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def proposal_dir(cfg: DictConfig) -> Path:
@@ -201,6 +217,10 @@ def _baselines(cfg: DictConfig, folder: Path) -> dict:
         pairs = find_pairs(d.path, d.layout, split)
         proposals = {p.id: read_proposal(folder, p.id) > 0 for p in pairs}
         out[name] = {"spm_proposals": _binary_scores(pairs, proposals)}
+        refined = refined_dir(cfg)
+        if refined is not None:
+            glands = {p.id: read_proposal(refined, p.id) > 0 for p in pairs}
+            out[name]["spm_medsam_refined"] = _binary_scores(pairs, glands)
         argmax = {p.id: _argmax_glands(folder, p, hole_max) for p in pairs}
         out[name]["kim_kanezaki_argmax"] = _binary_scores(pairs, argmax)
         if d.unsure_radius > 0 and split == d.train_split:
@@ -294,14 +314,19 @@ def _train_round(cfg, train_pairs, val_pairs, folder: Path, out: Path) -> tuple[
     return module, {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
-def _next_proposals(predictor: Predictor, pairs: list[Pair], folder: Path, out: Path) -> None:
-    """Self-training: the model's glands on the training images become the next proposals;
-    their border is where SPM's border lies inside them, the rest of each gland is interior."""
+def _next_proposals(
+    predictor: Predictor, pairs: list[Pair], folder: Path, out: Path, refiner: BoxRefiner | None
+) -> None:
+    """Self-training: the model's glands on the training images (each one's box refined by
+    MedSAM when ``refiner`` is given) become the next proposals; their border is where SPM's
+    border lies inside them, the rest of each gland is interior."""
     for pair in pairs:
-        gland = predictor.predict(read_image(pair.image)).mask > 0
-        border = read_proposal(folder, pair.id) == 1
-        proposal = np.where(gland, np.where(border, 1, 2), 0).astype(np.uint8)
-        write_png(out / "proposals" / f"{pair.id}.png", proposal)
+        image = read_image(pair.image)
+        gland = predictor.predict(image).mask > 0
+        if refiner is not None:
+            gland = refiner.glands(image, gland)
+        write_png(out / "proposals" / f"{pair.id}.png",
+                  refined_proposal(read_proposal(folder, pair.id), gland))  # fmt: skip
 
 
 def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
@@ -322,15 +347,20 @@ def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
                 to_propose += find_pairs(source.path, source.layout, source.split)
     unique = list({p.id: p for p in to_propose}.values())
     gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    spm = run_propose(unique, folder, spm_settings(cfg), "cuda" if gpu else "cpu")
+    device = "cuda" if gpu else "cpu"
+    spm = run_propose(unique, folder, spm_settings(cfg), device)
+    refined = refined_dir(cfg)
+    if refined is not None:
+        run_refine(unique, folder, refined, refine_settings(cfg), device)
     train_pairs, val_pairs = hold_out(pairs, d.val_fraction, t.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    supervision = folder
+    supervision = refined or folder
     for r in range(1, t.rounds + 1):
         out = run_dir if t.rounds == 1 else run_dir / f"round_{r}"
         if r > 1:
-            _next_proposals(Predictor.from_pretrained(model_dir), pairs, folder, out)
+            refiner = BoxRefiner(refine_settings(cfg), device) if refined else None
+            _next_proposals(Predictor.from_pretrained(model_dir), pairs, folder, out, refiner)
             supervision = out
         if r < t.rounds and (out / "model" / "config.json").is_file():
             model_dir = out / "model"  # an earlier round of a resumed run
@@ -347,7 +377,8 @@ def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
             postprocess=cfg.postprocess,
             provenance={
                 "config": cfg.name,
-                "method": "mssg (SPM proposals + MSG grouping; no annotation used)",
+                "method": "mssg (SPM proposals, MedSAM box refinement unless refine.backbone "
+                "is none, MSG grouping; no annotation used)",
                 "train": {
                     "images": len(train_pairs),
                     "source": str(d.path),
@@ -355,6 +386,7 @@ def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
                 },  # fmt: skip
                 "spm": asdict(spm_settings(cfg)),
                 "spm_seconds_per_image": spm["seconds_per_image"],
+                "refine": asdict(refine_settings(cfg)),
                 "epochs": t.max_epochs,
                 "round": r,
                 "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -367,6 +399,6 @@ def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
         model_dir = run_dir / "model"
     write_atomic(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics)))
     predictor = Predictor.from_pretrained(model_dir)
-    _snapshots(predictor, val_pairs[:4], folder, run_dir / "snapshots")
+    _snapshots(predictor, val_pairs[:4], refined or folder, run_dir / "snapshots")
     summary = _evaluate(cfg, model_dir, folder, run_dir / "test")
     return {"run_dir": run_dir, "model_dir": model_dir, "metrics": metrics, "summary": summary}
