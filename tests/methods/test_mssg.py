@@ -13,9 +13,9 @@ from segmentation_models_pytorch.losses import DiceLoss
 
 from colonseg.data.layouts import find_pairs
 from colonseg.data.synthetic import create_gland_image, write_glas_dataset
+from colonseg.errors import ColonsegError
 from colonseg.losses.grouping import omission_refine, push_loss, variation_loss
 from colonseg.methods.mssg.module import supervised_loss
-from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.propose import read_proposal, run_propose
 from colonseg.methods.mssg.refine import BoxRefiner, RefineSettings, gland_boxes, refined_proposal
 from colonseg.methods.mssg.spm import (
