@@ -329,29 +329,40 @@ def _next_proposals(
                   refined_proposal(read_proposal(folder, pair.id), gland))  # fmt: skip
 
 
-def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
-    """Propose, train and evaluate (or with ``test.only`` evaluate); returns
-    ``{"run_dir", "model_dir", "metrics", "summary"}``."""
-    run_dir = Path(cfg.out_dir) / cfg.name
-    folder = proposal_dir(cfg)
-    d, t = cfg.data, cfg.trainer
-    if cfg.test.only:
-        model_dir = Path(cfg.test.checkpoint or run_dir / "model")
-        summary = _evaluate(cfg, model_dir, folder, run_dir / "test")
-        return {"model_dir": model_dir, "summary": summary}
-    pairs = find_pairs(d.path, d.layout, d.train_split, require_masks=False)
+def _propose_and_refine(cfg: DictConfig, pairs: list[Pair], folder: Path, device: str) -> dict:
+    """SPM proposals (and their MedSAM refinement) for the training pairs, and for the test
+    splits when the baselines are asked for; cached. Returns ``run_propose``'s report."""
     to_propose = list(pairs)
     if cfg.test.baselines:
         for source in _test_sources(cfg):
             if Path(source.path).is_dir():
                 to_propose += find_pairs(source.path, source.layout, source.split)
     unique = list({p.id: p for p in to_propose}.values())
-    gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    device = "cuda" if gpu else "cpu"
     spm = run_propose(unique, folder, spm_settings(cfg), device)
     refined = refined_dir(cfg)
     if refined is not None:
         run_refine(unique, folder, refined, refine_settings(cfg), device)
+    return spm
+
+
+def run_mssg(cfg: DictConfig, command: str | None = None) -> dict:
+    """Propose, train and evaluate (or with ``test.only`` evaluate); returns
+    ``{"run_dir", "model_dir", "metrics", "summary"}``."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    folder = proposal_dir(cfg)
+    d, t = cfg.data, cfg.trainer
+    gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    if cfg.test.only:
+        if cfg.test.baselines:
+            pairs = find_pairs(d.path, d.layout, d.train_split, require_masks=False)
+            _propose_and_refine(cfg, pairs, folder, device)
+        model_dir = Path(cfg.test.checkpoint or run_dir / "model")
+        summary = _evaluate(cfg, model_dir, folder, run_dir / "test")
+        return {"model_dir": model_dir, "summary": summary}
+    pairs = find_pairs(d.path, d.layout, d.train_split, require_masks=False)
+    spm = _propose_and_refine(cfg, pairs, folder, device)
+    refined = refined_dir(cfg)
     train_pairs, val_pairs = hold_out(pairs, d.val_fraction, t.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
