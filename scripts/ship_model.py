@@ -97,7 +97,8 @@ TASKS = {  # label scheme -> (title, output, limits, licence)
         "gland probability",
         "Learnt with no label from 85 GlaS training images (H&E, one scanner, 20×): it takes "
         "dark, nuclei-dense epithelium for gland and can miss pale mucinous glands or take "
-        "dense inflammatory stroma for gland; touching glands merge into one object. Other "
+        "dense inflammatory stroma for gland; touching glands often merge into one object "
+        "(low object F1). Other "
         "stains, scanners and magnifications need new proposals and training.",
         "The weights are derived from the GlaS challenge data (research use; cite "
         "Sirinukunwattana et al., Medical Image Analysis 2017) and follow MSSG (Zhang et al., "
@@ -135,9 +136,11 @@ def model_card(
             f"{Path(s['path']).name} `{s.get('split')}` (boxes only)" for s in sources
         )
     elif task == "mssg":
+        backbone = meta.provenance.get("refine", {}).get("backbone", "none")
+        refined = "" if backbone == "none" else f", each gland's box refined by frozen {backbone}"
         train = (
             f"{sources['images']} images of `{Path(sources['source']).name}` "
-            f"`{sources['split']}` with their SPM proposals; no annotation"
+            f"`{sources['split']}` with their SPM proposals{refined}; no annotation"
         )
     elif task == "mapseg":
         train = (
