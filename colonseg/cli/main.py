@@ -409,15 +409,23 @@ def mssg_propose(
     channels: Annotated[int, typer.Option(help="Clustering channels (paper: 128).")] = 32,
     iterations: Annotated[int, typer.Option(help="Iterations per image (paper: 50).")] = 50,
     clusters: Annotated[int, typer.Option(help="k-means clusters (paper: 5).")] = 5,
+    refine: Annotated[
+        str, typer.Option(help="Refine each gland's box with: litemedsam, medsam_vit_b, none.")
+    ] = "litemedsam",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="medsam_vit_b.pth for --refine medsam_vit_b.")
+    ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """SPM gland proposals for every image: proposals/ (0 background, 1 border, 2 interior),
-    overlays/ to look at, clusters/, argmax/; reruns skip images already done."""
+    overlays/ to look at, clusters/, argmax/, and their MedSAM refinement in
+    refined-<settings>/ (proposals/, overlays/); reruns skip images already done."""
     import torch
 
     from colonseg.data.io import IMAGE_EXTENSIONS
     from colonseg.data.layouts import Pair, find_pairs
     from colonseg.methods.mssg.propose import run_propose
+    from colonseg.methods.mssg.refine import RefineSettings, refined_folder, run_refine
     from colonseg.methods.mssg.spm import SpmSettings
 
     if not data.is_dir():
@@ -428,6 +436,7 @@ def mssg_propose(
     else:
         pairs = [Pair(p.stem, p, None) for p in plain if not p.stem.endswith("_anno")]
     settings = SpmSettings(scale=scale, channels=channels, iterations=iterations, clusters=clusters)
+    refining = RefineSettings(refine, str(checkpoint) if checkpoint else None)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     result = run_propose(pairs, out, settings, device)
@@ -435,6 +444,13 @@ def mssg_propose(
         f"{len(pairs)} images: {result['computed']} computed "
         f"({result['seconds_per_image']:.1f} s each), {result['cached']} cached → {out}/overlays"
     )
+    refined = refined_folder(out, refining)
+    if refined is not None:
+        done = run_refine(pairs, out, refined, refining, device)
+        typer.echo(
+            f"{refine} refinement: {done['computed']} computed, {done['cached']} cached "
+            f"→ {refined}/overlays"
+        )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m colonseg`

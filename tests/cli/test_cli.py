@@ -85,7 +85,16 @@ def test_mssg_propose_writes_proposals_and_overlays(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 computed" in result.output
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["train_1.jpg", "train_2.jpg"]
-    assert "2 cached" in runner.invoke(app, [*args, "--device", "cpu"]).output
+    (refined,) = out.glob("refined-*")
+    assert "litemedsam refinement: 2 computed" in result.output
+    assert sorted(p.name for p in (refined / "proposals").iterdir()) == [
+        "train_1.png",
+        "train_2.png",
+    ]
+    again = runner.invoke(app, [*args, "--device", "cpu"]).output
+    assert "2 cached" in again and "refinement: 0 computed, 2 cached" in again
+    unknown = runner.invoke(app, [*args, "--refine", "sam3"])
+    assert unknown.exit_code != 0 and "refine.backbone 'sam3'" in unknown.output
     missing = runner.invoke(app, ["mssg", "propose", str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 2 and "folder not found" in missing.output
 

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,14 @@ from colonseg.data.io import file_digest, read_image, write_atomic, write_png
 from colonseg.data.layouts import Pair
 from colonseg.errors import ColonsegError
 
-__all__ = ["BoxRefiner", "RefineSettings", "gland_boxes", "refined_proposal", "run_refine"]
+__all__ = [
+    "BoxRefiner",
+    "RefineSettings",
+    "gland_boxes",
+    "refined_folder",
+    "refined_proposal",
+    "run_refine",
+]
 
 BACKBONES = ("none", "litemedsam", "medsam_vit_b")
 
@@ -49,6 +57,15 @@ class RefineSettings:
             raise ColonsegError(
                 f"refine.backbone '{self.backbone}' is not one of: {', '.join(BACKBONES)}"
             )
+
+
+def refined_folder(proposal_folder: str | Path, settings: RefineSettings) -> Path | None:
+    """Where the refinement of ``proposal_folder`` with ``settings`` lives (beside the SPM
+    proposals it refines), or None when ``settings.backbone`` is "none"."""
+    if settings.backbone == "none":
+        return None
+    key = json.dumps(asdict(settings), sort_keys=True).encode()
+    return Path(proposal_folder) / f"refined-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def gland_boxes(gland: np.ndarray, min_area: float) -> np.ndarray:

@@ -51,7 +51,13 @@ from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.data import ProposalImages
 from colonseg.methods.mssg.module import MssgModule
 from colonseg.methods.mssg.propose import proposal_overlay, read_proposal, run_propose
-from colonseg.methods.mssg.refine import BoxRefiner, RefineSettings, refined_proposal, run_refine
+from colonseg.methods.mssg.refine import (
+    BoxRefiner,
+    RefineSettings,
+    refined_folder,
+    refined_proposal,
+    run_refine,
+)
 from colonseg.methods.mssg.spm import (
     UNSURE,
     SpmSettings,
@@ -163,13 +169,8 @@ def refine_settings(cfg: DictConfig) -> RefineSettings:
 
 
 def refined_dir(cfg: DictConfig) -> Path | None:
-    """Where the MedSAM-refined proposals live (beside the SPM proposals they refine), or None
-    when ``refine.backbone`` is "none"."""
-    settings = refine_settings(cfg)
-    if settings.backbone == "none":
-        return None
-    key = json.dumps(asdict(settings), sort_keys=True).encode()
-    return proposal_dir(cfg) / f"refined-{hashlib.sha256(key).hexdigest()[:12]}"
+    """The MedSAM-refined proposals' folder, or None when ``refine.backbone`` is "none"."""
+    return refined_folder(proposal_dir(cfg), refine_settings(cfg))
 
 
 def proposal_dir(cfg: DictConfig) -> Path:
