@@ -209,7 +209,7 @@ def _argmax_glands(folder: Path, pair: Pair, hole_max: float) -> np.ndarray:
 
 def _baselines(cfg: DictConfig, folder: Path) -> dict:
     d, out = cfg.data, {}
-    hole_max = spm_settings(cfg).hole_max
+    hole_max, refined = spm_settings(cfg).hole_max, refined_dir(cfg)
     groups = [(f"{Path(d.path).resolve().name}:{s}", s) for s in d.test_splits]
     if d.train_split:
         groups.append((f"{Path(d.path).resolve().name}:{d.train_split} (pseudo-masks)",
@@ -218,14 +218,13 @@ def _baselines(cfg: DictConfig, folder: Path) -> dict:
         pairs = find_pairs(d.path, d.layout, split)
         proposals = {p.id: read_proposal(folder, p.id) > 0 for p in pairs}
         out[name] = {"spm_proposals": _binary_scores(pairs, proposals)}
-        refined = refined_dir(cfg)
         if refined is not None:
             glands = {p.id: read_proposal(refined, p.id) > 0 for p in pairs}
             out[name]["spm_medsam_refined"] = _binary_scores(pairs, glands)
         argmax = {p.id: _argmax_glands(folder, p, hole_max) for p in pairs}
         out[name]["kim_kanezaki_argmax"] = _binary_scores(pairs, argmax)
-        if d.unsure_radius > 0 and split == d.train_split:
-            out[name]["unsure"] = _unsure_report(pairs, folder, d.unsure_radius)
+        if d.unsure_radius > 0 and split == d.train_split:  # on what MSG is supervised with
+            out[name]["unsure"] = _unsure_report(pairs, refined or folder, d.unsure_radius)
     return out
 
 
