@@ -9,6 +9,7 @@ file: a rerun skips images whose file and settings are unchanged, so a killed ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -23,7 +24,14 @@ from colonseg.data.layouts import Pair
 from colonseg.methods.mssg.spm import SpmSettings, propose
 from colonseg.viz.overlays import overlay
 
-__all__ = ["read_proposal", "run_propose", "proposal_overlay"]
+__all__ = [
+    "load_manifest",
+    "proposal_overlay",
+    "read_proposal",
+    "run_propose",
+    "settings_digest",
+    "write_proposal",
+]
 
 BORDER_COLOUR, INTERIOR_COLOUR = (0, 220, 0), (255, 220, 0)
 _FOLDERS = ("proposals", "clusters", "argmax", "overlays")
@@ -44,10 +52,29 @@ def read_proposal(folder: str | Path, image_id: str) -> np.ndarray:
     return arr
 
 
-def _manifest(path: Path) -> dict:
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"settings": None, "images": {}}
+def write_proposal(out: Path, image_id: str, image: np.ndarray, proposal: np.ndarray) -> None:
+    """``out/proposals/<id>.png`` and its overlay ``out/overlays/<id>.jpg``, each atomically."""
+    write_png(out / "proposals" / f"{image_id}.png", proposal)
+    picture = cv2.cvtColor(proposal_overlay(image, proposal), cv2.COLOR_RGB2BGR)
+    write_atomic(
+        out / "overlays" / f"{image_id}.jpg",
+        lambda tmp: cv2.imwrite(str(tmp), picture, [cv2.IMWRITE_JPEG_QUALITY, 90]),
+    )
+
+
+def settings_digest(settings) -> str:
+    """12 hex digits naming a settings dataclass: the folder suffix of what it produced."""
+    key = json.dumps(asdict(settings), sort_keys=True).encode()
+    return hashlib.sha256(key).hexdigest()[:12]
+
+
+def load_manifest(path: Path, settings: dict) -> dict:
+    """A cache manifest ``{"settings", "images"}``; empty when absent or made with other
+    settings."""
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if manifest.get("settings") != settings:
+        manifest = {"settings": settings, "images": {}}
+    return manifest
 
 
 def run_propose(
@@ -67,9 +94,7 @@ def run_propose(
     settings = settings or SpmSettings()
     out = Path(out_dir)
     manifest_path = out / "spm.json"
-    manifest = _manifest(manifest_path)
-    if manifest["settings"] != asdict(settings):
-        manifest = {"settings": asdict(settings), "images": {}}
+    manifest = load_manifest(manifest_path, asdict(settings))
     done = manifest["images"]
     todo = []
     for pair in pairs:
@@ -84,14 +109,9 @@ def run_propose(
         start = time.perf_counter()
         result = propose(image, settings, device)
         seconds.append(time.perf_counter() - start)
-        write_png(out / "proposals" / f"{pair.id}.png", result.proposal)
+        write_proposal(out, pair.id, image, result.proposal)
         write_png(out / "clusters" / f"{pair.id}.png", result.clusters)
         write_png(out / "argmax" / f"{pair.id}.png", result.argmax.astype(np.uint8))
-        picture = cv2.cvtColor(proposal_overlay(image, result.proposal), cv2.COLOR_RGB2BGR)
-        write_atomic(
-            out / "overlays" / f"{pair.id}.jpg",
-            lambda tmp, p=picture: cv2.imwrite(str(tmp), p, [cv2.IMWRITE_JPEG_QUALITY, 90]),
-        )
         done[pair.id] = {
             "sha256": file_digest(pair.image),
             "seconds": round(seconds[-1], 2),

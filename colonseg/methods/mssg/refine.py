@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +25,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from colonseg.data.io import file_digest, read_image, write_atomic, write_png
+from colonseg.data.io import file_digest, read_image, write_atomic
 from colonseg.data.layouts import Pair
 from colonseg.errors import ColonsegError
+from colonseg.methods.mssg.propose import (
+    load_manifest,
+    read_proposal,
+    settings_digest,
+    write_proposal,
+)
 
 __all__ = [
     "BoxRefiner",
@@ -64,8 +69,7 @@ def refined_folder(proposal_folder: str | Path, settings: RefineSettings) -> Pat
     proposals it refines), or None when ``settings.backbone`` is "none"."""
     if settings.backbone == "none":
         return None
-    key = json.dumps(asdict(settings), sort_keys=True).encode()
-    return Path(proposal_folder) / f"refined-{hashlib.sha256(key).hexdigest()[:12]}"
+    return Path(proposal_folder) / f"refined-{settings_digest(settings)}"
 
 
 def gland_boxes(gland: np.ndarray, min_area: float) -> np.ndarray:
@@ -115,13 +119,6 @@ class BoxRefiner:
         return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) > self.settings.threshold
 
 
-def _manifest(path: Path, settings: dict) -> dict:
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
-    if manifest.get("settings") != settings:
-        manifest = {"settings": settings, "images": {}}
-    return manifest
-
-
 def run_refine(
     pairs: list[Pair],
     proposal_folder: str | Path,
@@ -134,30 +131,20 @@ def run_refine(
     ``run_propose``) into ``out_dir/proposals`` and ``out_dir/overlays``; ``refine.json``
     records the settings and each source proposal's SHA-256, so a rerun skips what is done.
     Returns ``{"computed": n, "cached": m}``."""
-    from colonseg.methods.mssg.propose import proposal_overlay, read_proposal
-
     src, out = Path(proposal_folder), Path(out_dir)
     manifest_path = out / "refine.json"
-    manifest = _manifest(manifest_path, asdict(settings))
+    manifest = load_manifest(manifest_path, asdict(settings))
     done = manifest["images"]
-
-    def digest(pair: Pair) -> str:
-        return file_digest(src / "proposals" / f"{pair.id}.png")
-
-    todo = [p for p in pairs if done.get(p.id) != digest(p)
+    sources = {p.id: file_digest(src / "proposals" / f"{p.id}.png") for p in pairs}
+    todo = [p for p in pairs if done.get(p.id) != sources[p.id]
             or not (out / "proposals" / f"{p.id}.png").is_file()]  # fmt: skip
     refiner = BoxRefiner(settings, device) if todo else None
     for pair in tqdm(todo, desc="MedSAM refinement", disable=not progress or not todo):
         image = read_image(pair.image)
         proposal = read_proposal(src, pair.id)
-        refined = refined_proposal(proposal, refiner.glands(image, proposal > 0))
-        write_png(out / "proposals" / f"{pair.id}.png", refined)
-        picture = cv2.cvtColor(proposal_overlay(image, refined), cv2.COLOR_RGB2BGR)
-        write_atomic(
-            out / "overlays" / f"{pair.id}.jpg",
-            lambda tmp, p=picture: cv2.imwrite(str(tmp), p, [cv2.IMWRITE_JPEG_QUALITY, 90]),
-        )
-        done[pair.id] = digest(pair)
+        write_proposal(out, pair.id, image,
+                       refined_proposal(proposal, refiner.glands(image, proposal > 0)))  # fmt: skip
+        done[pair.id] = sources[pair.id]
         text = json.dumps(manifest, indent=1)
         write_atomic(manifest_path, lambda tmp, t=text: tmp.write_text(t))
     return {"computed": len(todo), "cached": len(pairs) - len(todo)}

@@ -22,7 +22,6 @@ rerun reuses the rounds before the last whose ``model/`` is there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -50,7 +49,12 @@ from colonseg.engine.train import trainer_precision
 from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.data import ProposalImages
 from colonseg.methods.mssg.module import MssgModule
-from colonseg.methods.mssg.propose import proposal_overlay, read_proposal, run_propose
+from colonseg.methods.mssg.propose import (
+    proposal_overlay,
+    read_proposal,
+    run_propose,
+    settings_digest,
+)
 from colonseg.methods.mssg.refine import (
     BoxRefiner,
     RefineSettings,
@@ -177,8 +181,7 @@ def proposal_dir(cfg: DictConfig) -> Path:
     """Where the proposals for these SPM settings live (shared by runs with the same settings)."""
     if cfg.data.proposals:
         return Path(cfg.data.proposals)
-    key = json.dumps(asdict(spm_settings(cfg)), sort_keys=True).encode()
-    return default_cache_dir() / "mssg" / f"spm-{hashlib.sha256(key).hexdigest()[:12]}"
+    return default_cache_dir() / "mssg" / f"spm-{settings_digest(spm_settings(cfg))}"
 
 
 def _test_sources(cfg: DictConfig) -> list[EvalSource]:
