@@ -17,11 +17,12 @@ import argparse
 import json
 from pathlib import Path
 
-from colonseg.engine.checkpoint import ModelMeta, read_state_dict, save_pretrained
+from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.errors import ColonsegError
 from colonseg.methods.mapseg.data import load_frames
 from colonseg.methods.mapseg.train import load_mapseg_config, memory_picks, split_normal_frames
 from colonseg.models import create_model
+from colonseg.models.state_dict import read_state_dict
 
 CONFIG = Path(__file__).resolve().parents[1] / "colonseg" / "configs" / "mapseg" / "polyp.yaml"
 TOLERANCE = 0.05  # fp16 rounding of features up to ~60 is 0.016 at most

@@ -308,7 +308,7 @@ def ensemble(
     half: Annotated[bool, typer.Option(help="Store the weights in fp16.")] = False,
 ) -> None:
     """Combine checkpoints of one task into one model that averages their probabilities."""
-    from colonseg.models.ensemble import combine_checkpoints
+    from colonseg.engine.ensemble import combine_checkpoints
 
     path = combine_checkpoints(models, out, half=half)
     typer.echo(
@@ -354,7 +354,7 @@ def synth(
     seed: int = 0,
 ) -> None:
     """Write a grid of SIMPO synthetic polyps pasted into normal frames, to inspect them."""
-    from colonseg.engine.synth import run_synth
+    from colonseg.methods.mapseg.synth import run_synth
 
     fills = tuple(fill or (["colon", "texture"] if textures else ["colon"]))
     path = run_synth(frames, out, textures, shapes, fills, n, seed)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "EpochShuffle",
     "SegmentationDataModule",
     "normalize",
+    "prepare_images",
 ]
 
 
@@ -47,6 +49,16 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
     x = (x - torch.tensor(mean)) / torch.tensor(std)
     return x.movedim(-1, -3).contiguous()
+
+
+def prepare_images(
+    images: Sequence[np.ndarray], size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """RGB uint8 images of any sizes → ``(B, 3, H, W)`` at ``size`` (H, W), area-resized and
+    normalised: what every model sees at inference (and what cached embeddings are made of)."""
+    h, w = size
+    batch = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
+    return normalize(batch, mean, std)
 
 
 class ArraySegmentationDataset(Dataset):

@@ -30,6 +30,7 @@ __all__ = [
     "write_png",
     "write_atomic",
     "binarize_mask",
+    "collect_images",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -247,3 +248,20 @@ def write_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
     if not ok:
         raise ColonsegError(f"{path}: could not encode PNG")
     return write_atomic(path, lambda tmp: tmp.write_bytes(buf.tobytes()))
+
+
+def collect_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(
+                p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            )
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ColonsegError(f"{item}: no such file or folder")
+    if not files:
+        raise ColonsegError(f"{', '.join(map(str, inputs))}: no images found")
+    return files

@@ -33,19 +33,19 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from colonseg.data.io import write_atomic
 from colonseg.engine.tta import tta_mode
 from colonseg.errors import ColonsegError
+from colonseg.models.state_dict import read_state_dict
 
 __all__ = [
     "ModelMeta",
     "ZOO_DIR",
     "list_zoo",
     "load_pretrained",
-    "read_state_dict",
     "resolve_model_path",
     "save_pretrained",
 ]
@@ -177,38 +177,6 @@ def stored_dtypes(model: str | Path) -> dict[str, torch.dtype]:
         raise ColonsegError(
             f"{path}: corrupt safetensors file ({exc.__class__.__name__})"
         ) from None
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A file of tensors as a state dict: ``.safetensors``, or a ``.pth``/``.ckpt`` loaded with
-    ``torch.load(weights_only=True)`` (pickles carrying code are refused) and unwrapped from
-    ``{"state_dict": ...}`` (Lightning, whose ``net.`` prefix is dropped) or ``{"model": ...}``.
-
-    Raises:
-        ColonsegError: unreadable, refused or not a dict of tensors, naming the file.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise ColonsegError(
-                f"{path}: corrupt safetensors file ({exc.__class__.__name__})"
-            ) from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ColonsegError(
-            f"{path}: refused or unreadable (only plain tensor checkpoints load; "
-            f"{exc.__class__.__name__})"
-        ) from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # Lightning
-        obj = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise ColonsegError(f"{path}: expected a state dict of tensors")
-    return obj
 
 
 def load_pretrained(

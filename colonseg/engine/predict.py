@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from colonseg.data.datamodule import normalize
+from colonseg.data.datamodule import prepare_images
 from colonseg.data.field_of_view import erase_text
 from colonseg.data.labels import decide, get_scheme
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained
@@ -31,17 +31,7 @@ from colonseg.engine.tta import TTA_LABELS, average_views, tta_mode
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
 
-__all__ = ["Prediction", "Predictor", "prepare_images"]
-
-
-def prepare_images(
-    images: Sequence[np.ndarray], size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """RGB uint8 images of any sizes → ``(B, 3, H, W)`` at ``size`` (H, W), area-resized and
-    normalised: what every model sees at inference (and what cached embeddings are made of)."""
-    h, w = size
-    batch = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
-    return normalize(batch, mean, std)
+__all__ = ["Prediction", "Predictor"]
 
 
 @dataclass

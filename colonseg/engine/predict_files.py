@@ -9,30 +9,13 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from colonseg.data.io import IMAGE_EXTENSIONS, read_image, unique_stems, write_png
+from colonseg.data.io import collect_images, read_image, unique_stems, write_png
 from colonseg.data.rle import submission_rows, write_submission
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.viz.overlays import heatmap, overlay_prediction
 
-__all__ = ["collect_images", "run_predict"]
-
-
-def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of image files."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(
-                p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            )
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise ColonsegError(f"{item}: no such file or folder")
-    if not files:
-        raise ColonsegError(f"{', '.join(map(str, inputs))}: no images found")
-    return files
+__all__ = ["run_predict"]
 
 
 class _ImageFiles(Dataset):

@@ -20,8 +20,8 @@ from pathlib import Path
 import timm
 import torch
 
-from colonseg.engine.checkpoint import read_state_dict
 from colonseg.errors import ColonsegError
+from colonseg.models.state_dict import read_state_dict
 
 __all__ = ["OFFLINE_ENCODERS", "check_encoder", "encoder_normalization", "load_encoder_state_dict"]
 

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from colonseg.engine.checkpoint import read_state_dict
 from colonseg.errors import ColonsegError
 from colonseg.models.registry import MODELS
+from colonseg.models.state_dict import read_state_dict
 
 __all__ = ["BACKBONES", "AutoMedSAM", "PromptModule", "backbone_size", "build_sam"]
 

@@ -6,10 +6,11 @@ import torch
 from safetensors import safe_open
 
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained, save_pretrained
+from colonseg.engine.ensemble import combine_checkpoints
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.models import create_model
-from colonseg.models.ensemble import Ensemble, combine_checkpoints
+from colonseg.models.ensemble import Ensemble
 from tests.conftest import random_frames
 
 

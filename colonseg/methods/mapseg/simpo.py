@@ -19,8 +19,7 @@ import cv2
 import numpy as np
 
 from colonseg.data.field_of_view import valid_area
-from colonseg.data.io import read_image, read_mask
-from colonseg.engine.predict_files import collect_images
+from colonseg.data.io import collect_images, read_image, read_mask
 from colonseg.errors import ColonsegError
 
 __all__ = ["Simpo", "image_files", "load_shapes", "load_textures", "shape_mask"]

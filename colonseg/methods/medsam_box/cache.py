@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from colonseg.data.datamodule import prepare_images
 from colonseg.data.io import file_digest, write_atomic
-from colonseg.engine.predict import prepare_images
 from colonseg.methods.medsam_box.data import BoxSample, read_sample
 from colonseg.models.medsam import AutoMedSAM
 
