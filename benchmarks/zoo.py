@@ -21,8 +21,9 @@ from predictor_speed import measure, random_frames
 
 from colonseg.config import load_config
 from colonseg.data.io import write_atomic
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import load_pretrained
-from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import run_train
 from colonseg.models.cost import count_gflops, count_params_m
@@ -72,8 +73,8 @@ def run_one(name: str, epochs: int, out: Path, data: str) -> dict:
     minutes = json.loads((out / name / "metrics.json").read_text()).get("time/minutes")
     predictor = Predictor.from_pretrained(model_dir, device="cpu", precision=PRECISION)
     sources = [
-        EvalSource(path=f"{data}/kvasir-seg", split="pranet_test", name="kvasir-seg"),
-        EvalSource(path=f"{data}/cvc-clinicdb", split="pranet_test", name="cvc-clinicdb"),
+        DataSource(path=f"{data}/kvasir-seg", split="pranet_test", name="kvasir-seg"),
+        DataSource(path=f"{data}/cvc-clinicdb", split="pranet_test", name="cvc-clinicdb"),
     ]
     summary = run_evaluate(predictor, sources, out / name / "eval", progress=False)
     net = predictor.model.float()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import (
     ZOO_DIR,
     ModelMeta,
@@ -31,7 +32,7 @@ from colonseg.engine.checkpoint import (
     stored_dtypes,
 )
 from colonseg.engine.demo import samples_for
-from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.tta import TTA_LABELS, TTA_MODES
 from colonseg.errors import ColonsegError
@@ -254,7 +255,7 @@ def sample_dice(model: Path, tta: str) -> float:
         *load_pretrained(model), device="cpu", precision="fp32", postprocess="none", tta=tta
     )
     with tempfile.TemporaryDirectory() as tmp:
-        sources = [EvalSource(str(samples_for(predictor.meta)), name="s")]
+        sources = [DataSource(str(samples_for(predictor.meta)), name="s")]
         summary = run_evaluate(predictor, sources, tmp, progress=False)
     return summary["s"]["dice"]
 

@@ -216,7 +216,7 @@ def _volume():
 
 
 def test_nifti_label_in_another_orientation_still_lines_up(tmp_path):
-    from colonseg.data.datamodule import DataSource
+    from colonseg.data.sources import DataSource
     from colonseg.methods.medsam_box.data import collect_samples
 
     vol = _volume()
@@ -229,7 +229,7 @@ def test_nifti_label_in_another_orientation_still_lines_up(tmp_path):
 
 
 def test_nifti_4d_series_and_mismatched_grids_are_refused(tmp_path):
-    from colonseg.data.datamodule import DataSource
+    from colonseg.data.sources import DataSource
     from colonseg.methods.medsam_box.data import collect_samples
 
     vol = _volume()

@@ -10,9 +10,10 @@ import torch
 from safetensors import safe_open
 
 from colonseg.data.io import read_mask
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import ZOO_DIR, list_zoo
 from colonseg.engine.demo import samples_for
-from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.postprocess import PostProcess
 
@@ -44,7 +45,7 @@ def test_shipped_model_segments_the_samples(name, tmp_path):
     predictor = Predictor.from_pretrained(name, device="cpu", precision="fp32")
     multiclass = predictor.scheme.multiclass
     samples = samples_for(predictor.meta)
-    summary = run_evaluate(predictor, [EvalSource(str(samples), name="s")], tmp_path, False)
+    summary = run_evaluate(predictor, [DataSource(str(samples), name="s")], tmp_path, False)
     assert summary["s"]["n"] == {"glas": 2, "neopolyp": 4}.get(samples.name, 16)
     if predictor.meta.class_names == ["gland"]:  # learnt with no label: MSSG's mIoU, 2 images
         gland = np.mean([read_mask(f).mean() for f in samples.glob("*_anno.png")])

@@ -182,13 +182,14 @@ def evaluate(
     backend: BackendOpt = "torch",
 ) -> None:
     """Evaluate a model on labelled datasets: per_case.csv, summary.json, table.md, report.html."""
-    from colonseg.engine.evaluate import EvalSource, run_evaluate
+    from colonseg.data.sources import DataSource
+    from colonseg.engine.evaluate import run_evaluate
 
     split = split or []
     if len(split) > len(data):
         _fail(f"{len(split)} --split values for {len(data)} --data values")
     sources = [
-        EvalSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
+        DataSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
     ]
     predictor = _predictor(
         model, weights, backend, tta, size, device, threshold, precision, postprocess

@@ -11,7 +11,6 @@ Masks are class maps under the label scheme ``labels`` (``binary``: {0, 1}; ``ne
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -23,25 +22,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from colonseg.data.cache import load_resized_pairs
 from colonseg.data.layouts import find_pairs
+from colonseg.data.sources import DataSource
 from colonseg.data.transforms import augment, create_augmentation
 
 __all__ = [
     "ArraySegmentationDataset",
-    "DataSource",
     "EpochShuffle",
     "SegmentationDataModule",
     "normalize",
     "prepare_images",
 ]
-
-
-@dataclass
-class DataSource:
-    """One dataset folder, its layout (``auto`` detects it) and an optional split file or name."""
-
-    path: str
-    split: str | None = None
-    layout: str = "auto"
 
 
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

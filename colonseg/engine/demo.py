@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import ModelMeta
-from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_files import run_predict
 
@@ -40,7 +41,7 @@ def run_demo(
     predicted = run_predict(predictor, sample_images(folder), out_dir, progress=progress)
     summary = run_evaluate(
         predictor,
-        [EvalSource(str(folder), name="samples")],
+        [DataSource(str(folder), name="samples")],
         out_dir,
         progress=progress,
         title=f"colonseg demo: model '{model}' on the bundled sample frames",

@@ -27,7 +27,6 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from tqdm import tqdm
 from colonseg.data.io import read_image, read_instances, write_atomic
 from colonseg.data.labels import read_label, scheme_for_masks
 from colonseg.data.layouts import detect_layout, find_pairs
+from colonseg.data.sources import DataSource
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.metrics import (
@@ -53,7 +53,7 @@ from colonseg.metrics import (
 from colonseg.viz.overlays import compare, thumbnail
 from colonseg.viz.report import write_report
 
-__all__ = ["EvalSource", "run_evaluate", "SUMMARY_KEYS"]
+__all__ = ["run_evaluate", "SUMMARY_KEYS"]
 
 SUMMARY_KEYS = (
     "dice", "iou", "mdice_256", "precision", "recall", "f1", "accuracy", "specificity",
@@ -65,23 +65,7 @@ _CASE_KEYS = (
 )  # fmt: skip
 
 
-@dataclass
-class EvalSource:
-    """A labelled dataset to evaluate on; ``name`` defaults to the folder name (+ split)."""
-
-    path: str
-    split: str | None = None
-    layout: str = "auto"
-    name: str | None = None
-
-    def display_name(self) -> str:
-        if self.name:
-            return self.name
-        base = Path(self.path).resolve().name
-        return f"{base}:{Path(self.split).stem}" if self.split else base
-
-
-def _evaluate_source(predictor: Predictor, source: EvalSource, progress: bool):
+def _evaluate_source(predictor: Predictor, source: DataSource, progress: bool):
     layout = detect_layout(source.path) if source.layout == "auto" else source.layout
     pairs = find_pairs(source.path, layout, source.split)
     scheme = scheme_for_masks(predictor.scheme, [p.mask for p in pairs])
@@ -156,7 +140,7 @@ def _table_md(summary: dict[str, dict]) -> str:
 
 def run_evaluate(
     predictor: Predictor,
-    sources: list[EvalSource],
+    sources: list[DataSource],
     out_dir: str | Path,
     progress: bool = True,
     title: str = "colonseg evaluation",

@@ -26,6 +26,7 @@ from torch import nn
 from colonseg.data.datamodule import prepare_images
 from colonseg.data.field_of_view import erase_text
 from colonseg.data.labels import decide, get_scheme
+from colonseg.device import native_bf16, resolve_device
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained
 from colonseg.engine.tta import TTA_LABELS, average_views, tta_mode
 from colonseg.errors import ColonsegError
@@ -51,15 +52,6 @@ class Prediction:
     def __post_init__(self) -> None:
         if self.classes is None:
             self.classes = self.mask
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (so autocast speeds it up)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and (
-        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    )
 
 
 class Predictor:
@@ -96,8 +88,7 @@ class Predictor:
         postprocess: str | PostProcess | None = None,
     ) -> None:
         if device == "auto":
-            gpu = torch.cuda.is_available() and isinstance(model, nn.Module)
-            device = "cuda" if gpu else "cpu"
+            device = resolve_device() if isinstance(model, nn.Module) else "cpu"
         if precision not in ("auto", "fp32", "bf16"):
             raise ColonsegError(f"Unknown precision '{precision}'. Available: auto, bf16, fp32.")
         self.device = torch.device(device)

@@ -1,74 +1,39 @@
-"""``run_train(cfg)``: one function from a validated config to a run dir with a usable model.
+"""``run_train(cfg)``: one function from a validated config to a run dir with a usable model, for
+every method (the method is looked up in ``METHODS`` by ``cfg.method``).
 
 Run dir layout (``<out_dir>/<name>/``): ``config.yaml`` (resolved), ``checkpoints/last.ckpt``
-(resume), ``logs/`` (CSV + TensorBoard), ``curves.png``, ``metrics.json`` and ``model/`` (the
-self-describing checkpoint that ``predict``/``evaluate`` take).
+(resume), ``logs/`` (CSV + TensorBoard), ``curves.png``, ``metrics.json``, ``model/`` (the
+self-describing checkpoint that ``predict``/``evaluate`` take) and, when the method has test
+sets, ``test/`` (``evaluate``'s files). A method with several rounds (MSSG's self-training)
+keeps each round in ``round_<r>/`` and copies the last one's model to ``model/``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig
 
 from colonseg.config import save_config
-from colonseg.data.datamodule import DataSource, SegmentationDataModule
 from colonseg.data.io import write_atomic
-from colonseg.data.labels import get_scheme
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained, save_pretrained
-from colonseg.engine.predict import native_bf16
+from colonseg.engine.evaluate import run_evaluate
+from colonseg.engine.predict import Predictor
+from colonseg.engine.trainer import EpochTimer, check_resumable, create_trainer
 from colonseg.errors import ColonsegError
-from colonseg.methods.supervised import SupervisedModule
-from colonseg.models import create_model
-from colonseg.models.encoders import encoder_normalization
+from colonseg.methods import METHODS
+from colonseg.methods.base import Method, Stage
 from colonseg.viz.curves import epoch_table, plot_curves
 
-__all__ = ["EpochSeed", "check_resumable", "run_train", "trainer_precision"]
-
-
-class EpochSeed(L.Callback):
-    """Reseed every global RNG (Python, NumPy, torch) with ``seed + epoch`` as each training epoch
-    starts. Order and augmentation come from :class:`EpochShuffle`; this covers the rest (dropout,
-    anything a model or loss draws), so a run resumed from an epoch's checkpoint replays what an
-    uninterrupted run does (``tests/test_reliability_resume.py``)."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
-
-
-def check_resumable(last: Path) -> int:
-    """Refuse a missing, corrupt or code-carrying ``last.ckpt`` in one line before Lightning
-    reads it (tensors and plain values only: ``torch.load(weights_only=True)``); return the
-    epoch it was saved at."""
-    if not last.is_file():
-        raise ColonsegError(f"{last}: nothing to resume (train without --resume first)")
-    try:
-        return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise ColonsegError(
-            f"{last}: unreadable or refused checkpoint ({exc.__class__.__name__}); delete it "
-            "to start the run over"
-        ) from None
-
-
-def trainer_precision(precision: str = "auto", accelerator: str = "auto") -> str:
-    """Lightning precision for ``auto``: bf16 autocast on CPUs that run it natively (~2.5x faster
-    than fp32 for a Lite0 U-Net with AVX512-BF16), bf16/fp16 AMP on GPUs, else fp32."""
-    if precision != "auto":
-        return precision
-    if accelerator == "cpu" or not torch.cuda.is_available():
-        return "bf16-mixed" if native_bf16(torch.device("cpu")) else "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+__all__ = ["evaluate_command", "run_train"]
 
 
 def _init_from(net: torch.nn.Module, source: str, arch: str) -> dict:
@@ -114,135 +79,165 @@ def _write_log_rows(path: Path, rows: list[dict]) -> None:
     write_atomic(path, write)
 
 
-def run_train(
-    cfg: DictConfig,
-    resume: bool = False,
-    callbacks: list | None = None,
-    command: str | None = None,
-) -> dict:
-    """Train the model the config describes; return ``{"run_dir", "model_dir", "metrics"}``.
+class _ModelCopies(Callback):
+    """``model/`` whenever ``monitor`` improves, and ``checkpoints/epoch_NNN/`` every ``every``
+    epochs: usable checkpoints while training runs (rank 0; the best score survives a resume)."""
 
-    ``callbacks`` are extra Lightning callbacks (e.g. early stopping), added to the built-in ones.
-    ``command`` is the command line recorded in the checkpoint (default: this process's own).
-    """
-    run_dir = Path(cfg.out_dir) / cfg.name
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    kept_log: list[dict] = []
-    if resume:  # Lightning's CSV logger starts metrics.csv afresh: keep the finished epochs' rows
-        kept_log = _log_rows(run_dir / "logs" / "metrics.csv", upto_epoch=check_resumable(last))
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    mean, std = encoder_normalization(cfg.model.encoder)
-    dm = SegmentationDataModule(
-        train=[DataSource(**s) for s in cfg.data.train],
-        val=[DataSource(**s) for s in cfg.data.val],
-        image_size=cfg.data.image_size,
-        augment=cfg.data.augment,
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        mean=mean,
-        std=std,
-        cache_dir=cfg.data.cache_dir,
-        labels=cfg.data.labels,
-        seed=cfg.trainer.seed,
-    )
-    dm.setup("fit")
-    scheme = get_scheme(cfg.data.labels)
-    init_kwargs = {
-        "encoder": cfg.model.encoder,
-        "classes": cfg.model.classes,
-        **OmegaConf.to_container(cfg.model.kwargs),
-    }
-    net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **init_kwargs)
-    parent = _init_from(net, cfg.model.init_from, cfg.model.name) if cfg.model.init_from else None
-    module = SupervisedModule(
-        net,
-        loss=cfg.optim.loss,
-        optimizer=cfg.optim.optimizer,
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        scheduler=cfg.optim.scheduler,
-        warmup_steps=cfg.optim.warmup_steps,
-        gamma=cfg.optim.gamma,
-        step_epochs=cfg.optim.step_epochs,
-        threshold=cfg.threshold,
-        channels_last=cfg.trainer.channels_last,
-        val_names=dm.val_names,
-        deep_supervision=cfg.optim.deep_supervision,
-        deep_supervision_weights=(
-            list(cfg.optim.deep_supervision_weights) if cfg.optim.deep_supervision_weights else None
-        ),
-        train_scales=list(cfg.data.train_scales),
-        classes=cfg.model.classes,
-        class_keys=list(scheme.keys[1:]),
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    loggers = []
-    if cfg.trainer.logger:
-        loggers = [
-            CSVLogger(run_dir, name="logs", version=""),
-            TensorBoardLogger(run_dir, name="logs", version="tb", default_hp_metric=False),
-        ]
-    # monitor=None + save_top_k=1 keeps exactly one rolling ``last.ckpt``, rewritten every epoch
-    # (``save_top_k=0, save_last=True`` only writes it when fit ends: a killed run lost everything).
-    extra = list(callbacks or [])
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False
-        ),
-        EpochSeed(cfg.trainer.seed),
+    def __init__(self, out: Path, meta: ModelMeta, monitor: str | None, every: int) -> None:
+        self.out, self.meta, self.monitor, self.every = out, meta, monitor, every
+        self.best = float("-inf")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        if self.monitor and self.monitor in trainer.callback_metrics:
+            score = float(trainer.callback_metrics[self.monitor])
+            if score > self.best:
+                self.best = score
+                self.meta.metrics = {self.monitor: score, "best_epoch": epoch}
+                save_pretrained(module.net, self.meta, self.out / "model")
+        if self.every and epoch % self.every == 0:
+            save_pretrained(module.net, self.meta, self.out / "checkpoints" / f"epoch_{epoch:03d}")
+
+
+def evaluate_command(model_dir: Path, cfg: DictConfig, method: Method) -> str:
+    """The ``colonseg evaluate`` command for a new model on the method's test sets."""
+    sources = method.test_sources(cfg) or [
+        s for s in (cfg.data.get("val") or []) if isinstance(s, DictConfig)
     ]
-    if cfg.trainer.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=5))
-    callbacks += extra
-    trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        strategy=cfg.trainer.strategy,
-        precision=trainer_precision(cfg.trainer.precision, cfg.trainer.accelerator),
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        limit_val_batches=cfg.trainer.limit_val_batches,
-        fast_dev_run=cfg.trainer.fast_dev_run,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
-        gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_progress_bar=cfg.trainer.progress_bar,
-        enable_model_summary=False,
-        default_root_dir=run_dir,
+    data = " ".join(
+        f"--data {s.path}" + (f" --split {s.split}" if s.split else "") for s in sources
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
+    return f"colonseg evaluate --model {model_dir} {data or '--data DATASET'} --out eval/{cfg.name}"
 
+
+def _evaluate(cfg: DictConfig, method: Method, model_dir: Path, out: Path) -> dict:
+    """``evaluate`` on the method's test sets that exist here, then the method's extras."""
+    sources = [s for s in method.test_sources(cfg) if Path(s.path).is_dir()]
+    if not sources:
+        return {"summary": {}}
+    predictor = Predictor.from_pretrained(model_dir, **method.predictor_options(cfg))
+    title = f"{cfg.method}: {model_dir}"
+    summary = run_evaluate(predictor, sources, out, progress=False, title=title)
+    extra = method.evaluate_extra(cfg, predictor, summary, out)
+    text = json.dumps(summary, indent=2)
+    write_atomic(out / "summary.json", lambda tmp: tmp.write_text(text))
+    return {"summary": summary, **extra}
+
+
+def _fit_stage(
+    cfg: DictConfig, method: Method, stage: Stage, resume: bool, callbacks: list, command: str
+) -> tuple[Path | None, dict, list[float]]:
+    """One training into ``stage.out``; returns the model folder (None on ranks > 0), the
+    final metrics and the seconds of each epoch."""
+    out, last = stage.out, stage.out / "checkpoints" / "last.ckpt"
+    kept_log = []
+    if resume:  # Lightning's CSV logger starts metrics.csv afresh: keep the finished epochs' rows
+        kept_log = _log_rows(out / "logs" / "metrics.csv", upto_epoch=check_resumable(last))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = method.datamodule(cfg, stage)
+    if rank_zero_only.rank == 0:
+        dm.prepare_data()  # caches are complete before any other DDP process starts
+    dm.setup("fit")
+    module = method.module(cfg, dm)
+    record = method.checkpoint(cfg, dm)
+    parent = None
+    if cfg.model.get("init_from"):
+        parent = _init_from(module.net, cfg.model.init_from, record["arch"])
+    meta = ModelMeta(
+        **{k: v for k, v in record.items() if k != "provenance"},
+        threshold=record.get("threshold", cfg.threshold),
+        postprocess=record.get("postprocess", cfg.postprocess),
+        provenance={
+            "config": cfg.name,
+            "method": cfg.method,
+            **record.get("provenance", {}),
+            "init_from": parent,
+            "epochs": cfg.trainer.max_epochs,
+            "round": stage.number,
+            "command": command,
+        },
+    )
+    copies = _ModelCopies(out, meta, cfg.trainer.monitor, cfg.trainer.checkpoint_every)
+    trainer = create_trainer(cfg, out, [copies, *method.callbacks(cfg, dm, out), *callbacks])
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
+    timer = next(c for c in trainer.callbacks if isinstance(c, EpochTimer))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    csv_path = run_dir / "logs" / "metrics.csv"
+    if not trainer.is_global_zero:
+        return None, metrics, timer.seconds
+    csv_path = out / "logs" / "metrics.csv"
     if kept_log and csv_path.is_file():
         _write_log_rows(csv_path, kept_log + _log_rows(csv_path))
     if csv_path.is_file():
-        plot_curves(csv_path, run_dir / "curves.png")
+        plot_curves(csv_path, out / "curves.png", method.curve_panels)
         metrics["history"] = epoch_table(csv_path)
-    meta = ModelMeta(
-        arch=cfg.model.name,
-        init_kwargs=init_kwargs,
-        size=(cfg.data.image_size, cfg.data.image_size),
-        mean=mean,
-        std=std,
-        class_names=list(scheme.class_names[1:]),
-        labels=scheme.name,
-        threshold=cfg.threshold,
-        postprocess=cfg.postprocess,
-        provenance={
-            "config": cfg.name,
-            "train": [dict(s) for s in cfg.data.train],
-            "init_from": parent,
-            "epochs": cfg.trainer.max_epochs,
-            "command": command or " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
-        },
-        metrics={k: v for k, v in metrics.items() if k.startswith("val/")},
-    )
-    model_dir = save_pretrained(module.net, meta, run_dir / "model")
+    if not (cfg.trainer.monitor and (out / "model" / "config.json").is_file()):
+        meta.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
+        save_pretrained(module.net, meta, out / "model")
+    return out / "model", metrics, timer.seconds
+
+
+def run_train(
+    cfg: DictConfig,
+    resume: bool = False,
+    synthetic: bool = False,
+    callbacks: list | None = None,
+    command: str | None = None,
+) -> dict:
+    """Train the model the config describes (or with ``test.only`` evaluate one); return
+    ``{"run_dir", "model_dir", "metrics", "summary", "epoch_seconds", "evaluate_command"}``
+    (plus a method's extra evaluation, e.g. ``baselines``).
+
+    ``callbacks`` are extra Lightning callbacks; ``synthetic`` trains on generated data written
+    into the run dir; ``command`` is the command line recorded in the checkpoint (default: this
+    process's own).
+    """
+    method: Method = METHODS.get(cfg.method)()
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if synthetic:
+        cfg = method.synthetic(cfg, run_dir / "synthetic_data")
+    if cfg.test.only:
+        model_dir = Path(cfg.test.checkpoint or run_dir / "model")
+        return {"run_dir": run_dir, "model_dir": model_dir,
+                **_evaluate(cfg, method, model_dir, run_dir / "test")}  # fmt: skip
+    command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    rounds, model_dir, seconds = method.rounds(cfg), None, []
+    for r in range(1, rounds + 1):
+        out = run_dir if rounds == 1 else run_dir / f"round_{r}"
+        if r < rounds and (out / "model" / "config.json").is_file():
+            model_dir = out / "model"  # an earlier round of a resumed run
+            continue
+        previous = Predictor.from_pretrained(model_dir) if model_dir else None
+        last = out / "checkpoints" / "last.ckpt"
+        stage = Stage(out, r, previous)
+        model_dir, metrics, took = _fit_stage(
+            cfg, method, stage, resume and last.is_file(), list(callbacks or []), command
+        )
+        seconds += took
+        if model_dir is None:  # a DDP process other than rank 0: rank 0 writes and evaluates
+            return {"run_dir": run_dir, "model_dir": None, "metrics": metrics}
+    if rounds > 1:
+        shutil.copytree(model_dir, run_dir / "model", dirs_exist_ok=True)
+        model_dir = run_dir / "model"
     text = json.dumps(metrics, indent=2)
     write_atomic(run_dir / "metrics.json", lambda tmp: tmp.write_text(text))
-    return {"run_dir": run_dir, "model_dir": model_dir, "metrics": metrics}
+    result = {"summary": {}}
+    if cfg.test.after_training:
+        result = _evaluate(cfg, method, model_dir, run_dir / "test")
+    return {
+        "run_dir": run_dir,
+        "model_dir": model_dir,
+        "metrics": metrics,
+        "epoch_seconds": seconds,
+        "evaluate_command": evaluate_command(model_dir, cfg, method),
+        **result,
+    }

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 import colonseg.data.cache as cache
-from colonseg.data.datamodule import DataSource, EpochShuffle, SegmentationDataModule
+from colonseg.data.datamodule import EpochShuffle, SegmentationDataModule
 from colonseg.data.io import write_png
 from colonseg.data.layouts import find_pairs
+from colonseg.data.sources import DataSource
 from colonseg.data.transforms import augment, create_augmentation
 from colonseg.errors import ColonsegError
 

@@ -12,8 +12,9 @@ from colonseg.config import load_config
 from colonseg.data.io import read_image, write_png
 from colonseg.data.labels import get_scheme, read_label
 from colonseg.data.rle import rle_decode
+from colonseg.data.sources import DataSource
 from colonseg.data.synthetic import write_neopolyp_dataset
-from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_files import run_predict
 from colonseg.engine.train import run_train
@@ -86,7 +87,7 @@ def test_three_class_model_trains_predicts_and_evaluates(bkai_dir, tmp_path):
     np.testing.assert_array_equal(rle_decode(by_id["case_0_0"], (64, 64)), classes == 1)
     np.testing.assert_array_equal(rle_decode(by_id["case_0_1"], (64, 64)), classes == 2)
 
-    summary = run_evaluate(predictor, [EvalSource(str(bkai_dir))], tmp_path / "ev", progress=False)
+    summary = run_evaluate(predictor, [DataSource(str(bkai_dir))], tmp_path / "ev", progress=False)
     s = summary["bkai"]
     for key in ("dice_seg", "iou_seg", "dice_neo", "dice_non", "iou_neo", "iou_non"):
         assert 0.0 <= s[key] <= 1.0
@@ -115,7 +116,7 @@ def test_perfect_three_class_prediction_scores_one(bkai_dir, tmp_path):
     oracle.truth = {
         read_image(p.image).tobytes(): read_label(p.mask, scheme) for p in find_pairs(bkai_dir)
     }
-    s = run_evaluate(oracle, [EvalSource(str(bkai_dir))], tmp_path / "ev", progress=False)["bkai"]
+    s = run_evaluate(oracle, [DataSource(str(bkai_dir))], tmp_path / "ev", progress=False)["bkai"]
     assert s["dice_seg"] == s["dice_neo"] == s["dice_non"] == 1.0
     np.testing.assert_allclose(np.diag(s["confusion"]), 1.0)
 
@@ -148,5 +149,5 @@ def test_a_three_class_model_on_binary_masks_gets_binary_metrics(bkai_dir, tmp_p
     net = create_model("unet", encoder="test_efficientnet", classes=3, pretrained=False)
     meta = ModelMeta("unet", {"encoder": "test_efficientnet", "classes": 3}, labels="neopolyp")
     predictor = Predictor(net, meta, device="cpu")
-    s = run_evaluate(predictor, [EvalSource(str(binary_dir))], tmp_path / "ev", progress=False)
+    s = run_evaluate(predictor, [DataSource(str(binary_dir))], tmp_path / "ev", progress=False)
     assert "dice" in s["binary"] and "dice_neo" not in s["binary"]

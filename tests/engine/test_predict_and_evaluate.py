@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from colonseg.data.io import read_mask, write_png
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import ModelMeta
-from colonseg.engine.evaluate import SUMMARY_KEYS, EvalSource, run_evaluate
+from colonseg.engine.evaluate import SUMMARY_KEYS, run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_files import run_predict
 from colonseg.errors import ColonsegError
@@ -102,7 +103,7 @@ def test_d4_tta_refuses_a_non_square_input(predictor):
 def test_precision_auto_follows_the_hardware_and_bf16_stays_close(predictor):
     import torch
 
-    from colonseg.engine.predict import native_bf16
+    from colonseg.device import native_bf16
     from colonseg.errors import ColonsegError
 
     expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
@@ -128,7 +129,7 @@ def test_run_predict_writes_outputs_and_skips_bad_files(predictor, tiny_dataset_
 
 def test_evaluate_writes_the_four_files(predictor, tiny_dataset_dir, tmp_path):
     summary = run_evaluate(
-        predictor, [EvalSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False
+        predictor, [DataSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False
     )
     saved = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert saved == summary
@@ -166,7 +167,7 @@ def test_perfect_predictor_scores_one(tiny_dataset_dir, tmp_path):
             (image[..., 1] > 130).astype(np.uint8) * 255,
         )
     stats = run_evaluate(
-        oracle, [EvalSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False
+        oracle, [DataSource(str(tiny_dataset_dir))], tmp_path / "ev", progress=False
     )["tiny"]
     assert stats["dice"] == pytest.approx(1.0) and stats["iou"] == pytest.approx(1.0)
     assert stats["mae"] == pytest.approx(0.0) and stats["hd95"] == pytest.approx(0.0)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from colonseg.data.datamodule import DataSource
 from colonseg.data.io import write_png
+from colonseg.data.sources import DataSource
 from colonseg.errors import ColonsegError
 from colonseg.methods.medsam_box.cache import EmbeddingCache
 from colonseg.methods.medsam_box.data import (

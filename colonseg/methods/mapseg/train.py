@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader
 from colonseg.config import merge_config, save_config
 from colonseg.data.io import read_image, write_atomic
 from colonseg.data.layouts import hold_out
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
-from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import trainer_precision
 from colonseg.engine.tta import tta_mode
@@ -145,15 +146,15 @@ def _mvtec_root(cfg: DictConfig) -> Path | None:
     return root if (root / "test").is_dir() and (root / "ground_truth").is_dir() else None
 
 
-def _sources(cfg: DictConfig) -> list[EvalSource]:
+def _sources(cfg: DictConfig) -> list[DataSource]:
     """The TEST datasets, and the target's own ``test/`` set when it is MVTec-style."""
     root = Path(cfg.DATASET.data_dir)
     sources = [
-        EvalSource(str(root / d["path"]), d.get("split"), d.get("layout", "auto"))
+        DataSource(str(root / d["path"]), d.get("split"), d.get("layout", "auto"))
         for d in cfg.TEST.datasets
     ]
     mvtec = _mvtec_root(cfg)
-    return sources + ([EvalSource(str(mvtec), layout="mvtec")] if mvtec else [])
+    return sources + ([DataSource(str(mvtec), layout="mvtec")] if mvtec else [])
 
 
 def simpo_from_config(cfg: DictConfig) -> Simpo:

@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from colonseg.data.datamodule import DataSource
 from colonseg.data.io import read_image, read_mask
 from colonseg.data.layouts import find_pairs
+from colonseg.data.sources import DataSource
 from colonseg.errors import ColonsegError
 
 __all__ = [

@@ -32,11 +32,11 @@ from torch.utils.data import DataLoader
 
 from colonseg.config import merge_config, save_config
 from colonseg.data.cache import default_cache_dir
-from colonseg.data.datamodule import DataSource
 from colonseg.data.io import write_atomic, write_png
 from colonseg.data.layouts import hold_out
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
-from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import trainer_precision
 from colonseg.errors import ColonsegError
@@ -306,7 +306,7 @@ def _evaluate(
     """``evaluate`` on the test sets with no box given, and the box-given baselines."""
     device = _device(cfg.trainer.accelerator)
     sources = [
-        EvalSource(s.path, s.split, s.layout) for s in cfg.data.test if Path(s.path).is_dir()
+        DataSource(s.path, s.split, s.layout) for s in cfg.data.test if Path(s.path).is_dir()
     ]
     if not sources:
         return {}

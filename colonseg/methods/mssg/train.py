@@ -42,8 +42,9 @@ from colonseg.config import merge_config, save_config
 from colonseg.data.cache import default_cache_dir
 from colonseg.data.io import read_image, read_instances, read_mask, write_atomic, write_png
 from colonseg.data.layouts import Pair, find_pairs, hold_out
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
-from colonseg.engine.evaluate import EvalSource, run_evaluate
+from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import trainer_precision
 from colonseg.errors import ColonsegError
@@ -184,10 +185,10 @@ def proposal_dir(cfg: DictConfig) -> Path:
     return default_cache_dir() / "mssg" / f"spm-{settings_digest(spm_settings(cfg))}"
 
 
-def _test_sources(cfg: DictConfig) -> list[EvalSource]:
+def _test_sources(cfg: DictConfig) -> list[DataSource]:
     d = cfg.data
     name = Path(d.path).resolve().name
-    return [EvalSource(d.path, s, d.layout, f"{name}:{s}") for s in d.test_splits]
+    return [DataSource(d.path, s, d.layout, f"{name}:{s}") for s in d.test_splits]
 
 
 def _binary_scores(pairs: list[Pair], masks: dict[str, np.ndarray]) -> dict[str, float]:

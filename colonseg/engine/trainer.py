@@ -1,0 +1,169 @@
+"""``create_trainer``: the one Lightning Trainer of colonseg, and the callbacks every run gets.
+
+Every method trains through it, so every method has the same run folder and the same
+capabilities: a rolling ``checkpoints/last.ckpt`` at each epoch end, every
+``trainer.checkpoint_minutes`` of training and when the run is stopped (Ctrl-C, SIGTERM), so a
+stopped run loses minutes, not an epoch; ``--resume`` from it; per-epoch reseeding; the time of
+each epoch; CSV + TensorBoard logs; DDP (``trainer.strategy=ddp``) and mixed precision.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig
+
+from colonseg.device import native_bf16
+from colonseg.errors import ColonsegError
+
+__all__ = [
+    "EpochSeed",
+    "EpochTimer",
+    "SafeCheckpoint",
+    "check_resumable",
+    "create_trainer",
+    "trainer_precision",
+]
+
+
+class EpochSeed(L.Callback):
+    """Reseed every global RNG (Python, NumPy, torch) with ``seed + epoch`` as each training epoch
+    starts (dropout and anything a model or loss draws), so a run resumed from an epoch's
+    checkpoint replays what an uninterrupted run does."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+
+
+class EpochTimer(L.Callback):
+    """Prints each epoch's wall time and main metrics (rank 0), and keeps them in ``seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        took = time.monotonic() - self._start
+        self.seconds.append(took)
+        shown = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if v.numel() == 1 and k.count("/") == 1 and k.split("/")[0] in ("train", "val")
+        }
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())[:6])
+        rank_zero_info(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {took:.1f} s"
+            + (f" ({metrics})" if metrics else "")
+        )
+
+
+class SafeCheckpoint(L.Callback):
+    """Writes the rolling ``last.ckpt`` every ``minutes`` of training and when the run stops on
+    an exception (Ctrl-C, SIGTERM), atomically (a temporary file renamed over the old one), on
+    rank 0. ``minutes`` 0: only on a stop."""
+
+    def __init__(self, path: Path, minutes: float) -> None:
+        self.path, self.minutes = Path(path), minutes
+        self._last = time.monotonic()
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+        self._last = time.monotonic()
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.minutes > 0 and time.monotonic() - self._last >= 60 * self.minutes:
+            self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exc: BaseException):
+        if trainer.state.fn == "fit" and trainer.global_step > 0:
+            self._save(trainer)
+            rank_zero_info(f"stopped: {self.path} written; continue with --resume")
+
+
+def check_resumable(last: Path) -> int:
+    """Refuse a missing, corrupt or code-carrying ``last.ckpt`` in one line before Lightning
+    reads it (tensors and plain values only: ``torch.load(weights_only=True)``); return the
+    epoch it was saved at."""
+    if not last.is_file():
+        raise ColonsegError(f"{last}: nothing to resume (train without --resume first)")
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise ColonsegError(
+            f"{last}: unreadable or refused checkpoint ({exc.__class__.__name__}); delete it "
+            "to start the run over"
+        ) from None
+
+
+def trainer_precision(precision: str = "auto", accelerator: str = "auto") -> str:
+    """Lightning precision for ``auto``: bf16 autocast on CPUs that run it natively (~2.5x faster
+    than fp32 for a Lite0 U-Net with AVX512-BF16), bf16/fp16 AMP on GPUs, else fp32."""
+    if precision != "auto":
+        return precision
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return "bf16-mixed" if native_bf16(torch.device("cpu")) else "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def create_trainer(cfg: DictConfig, out: Path, callbacks: list | None = None) -> L.Trainer:
+    """The Trainer for a run writing into ``out``: the config's ``trainer.*`` options, the
+    rolling ``checkpoints/last.ckpt`` (epoch ends, timed, on a stop), per-epoch seeds, the epoch
+    timer, CSV + TensorBoard logs, and ``callbacks``."""
+    t = cfg.trainer
+    last = out / "checkpoints" / "last.ckpt"
+    # monitor=None + save_top_k=1 keeps exactly one rolling ``last.ckpt``, rewritten every epoch
+    every = [
+        ModelCheckpoint(dirpath=last.parent, filename="last", save_top_k=1,
+                        enable_version_counter=False),
+        SafeCheckpoint(last, t.checkpoint_minutes),
+        EpochSeed(cfg.seed),
+        EpochTimer(),
+    ]  # fmt: skip
+    if t.progress_bar:
+        every.append(TQDMProgressBar(refresh_rate=5))
+    loggers = []
+    if t.logger:
+        loggers = [
+            CSVLogger(out, name="logs", version=""),
+            TensorBoardLogger(out, name="logs", version="tb", default_hp_metric=False),
+        ]
+    return L.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=trainer_precision(t.precision, t.accelerator),
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        fast_dev_run=t.fast_dev_run,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_algorithm=t.gradient_clip_algorithm,
+        logger=loggers or False,
+        callbacks=every + list(callbacks or []),
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
