@@ -14,15 +14,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from colonseg.data.cache import default_cache_dir
 from colonseg.data.layouts import hold_out
 from colonseg.engine.checkpoint import load_pretrained
+from colonseg.engine.config import load_config
 from colonseg.methods.medsam_box.cache import EmbeddingCache
 from colonseg.methods.medsam_box.data import read_sample_mask
+from colonseg.methods.medsam_box.method import _samples
 from colonseg.methods.medsam_box.module import GRID, region_box_iou, to_grid
-from colonseg.methods.medsam_box.train import _samples
 from colonseg.metrics import compute_dice
 from colonseg.postprocess import PostProcess
 
@@ -36,11 +36,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run", type=Path, help="a medsam_box run folder (config.yaml, model/)")
     args = parser.parse_args()
-    cfg = OmegaConf.load(args.run / "config.yaml")
+    cfg = load_config(args.run / "config.yaml")  # older run folders load through the aliases
     net, _ = load_pretrained(args.run / "model")
     cache = EmbeddingCache(cfg.data.cache_dir or default_cache_dir() / "medsam", net)
     train = _samples(cfg.data.train, cfg.data.boxes)
-    _, held = hold_out(train, cfg.data.val_fraction, cfg.trainer.seed)
+    _, held = hold_out(train, cfg.data.val_fraction, cfg.seed)
     scores: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in SPECS}
     for sample in held:
         mask = read_sample_mask(sample)

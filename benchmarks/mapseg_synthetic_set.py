@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 
 from colonseg.data.field_of_view import valid_area
-from colonseg.methods.mapseg.data import load_frames
-from colonseg.methods.mapseg.train import (
-    load_mapseg_config,
+from colonseg.engine.config import load_config
+from colonseg.methods.mapseg.data import (
+    load_frames,
     simpo_from_config,
     split_normal_frames,
     split_seed,
@@ -37,12 +37,12 @@ def main() -> None:
     parser.add_argument("--config", default=str(CONFIG), help="MAPSeg config (its held-out share)")
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY.sub=value")
     args = parser.parse_args()
-    cfg = load_mapseg_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     seed, files = split_seed(cfg), split_normal_frames(cfg)[1]
     simpo = simpo_from_config(cfg)
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     (args.out / "masks").mkdir(parents=True, exist_ok=True)
-    frames = load_frames(files, cfg.DATASET.resize)
+    frames = load_frames(files, cfg.data.image_size)
     for i, (f, frame) in enumerate(zip(files, frames, strict=True)):
         # as the training's validation set, NormalFrames(force=True, seed=seed), builds sample i
         rng = np.random.default_rng([seed, i])

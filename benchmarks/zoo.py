@@ -19,10 +19,10 @@ from pathlib import Path
 
 from predictor_speed import measure, random_frames
 
-from colonseg.config import load_config
 from colonseg.data.io import write_atomic
 from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import load_pretrained
+from colonseg.engine.config import load_config
 from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.train import run_train
@@ -35,8 +35,8 @@ EXTRA = {  # what each architecture needs on top of the shared budget
     "attention_unet": [],
     "unetplusplus": [],
     "deeplabv3plus": [],
-    "pranet": ["optim.loss=structure", "optim.deep_supervision=true"],
-    "emcad": ["optim.deep_supervision=true"],
+    "pranet": ["loss.name=structure", "loss.deep_supervision=true"],
+    "emcad": ["loss.deep_supervision=true"],
 }
 
 

@@ -1,3 +1,3 @@
-from colonseg.cli.main import app
+from colonseg.cli.main import main
 
-app(prog_name="colonseg")
+main()

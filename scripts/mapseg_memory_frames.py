@@ -2,13 +2,13 @@
 
 Checkpoints now store the memory's normal frames and recompute their features on load; older
 files stored the features and are refused. If you still have the normal frames a run trained
-on, this re-reads the memory frames that run picked (same config, same ``TRAIN.seed`` and split),
+on, this re-reads the memory frames that run picked (same config, same ``seed`` and split),
 checks that the features recomputed from them equal the stored ones, and writes the checkpoint
 anew with every tensor in its stored dtype. That is how the two runs of the shipped
 ``mapseg_polyp`` were carried over.
 
 Run: .venv/bin/python scripts/mapseg_memory_frames.py OLD_MODEL_DIR OUT_DIR [KEY.sub=value ...]
-(the overrides the run was trained with, e.g. ``TRAIN.seed=1 DATASET.split_seed=0``).
+(the overrides the run was trained with, e.g. ``seed=1 data.split_seed=0``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
+from colonseg.engine.config import load_config
 from colonseg.errors import ColonsegError
-from colonseg.methods.mapseg.data import load_frames
-from colonseg.methods.mapseg.train import load_mapseg_config, memory_picks, split_normal_frames
+from colonseg.methods.mapseg.data import load_frames, memory_picks, split_normal_frames
 from colonseg.models import create_model
 from colonseg.models.state_dict import read_state_dict
 
@@ -29,7 +29,7 @@ TOLERANCE = 0.05  # fp16 rounding of features up to ~60 is 0.016 at most
 
 
 def rebuild(old: Path, out: Path, config: str, overrides: list[str]) -> None:
-    cfg = load_mapseg_config(config, overrides)
+    cfg = load_config(config, overrides)
     meta = ModelMeta.from_json(json.loads((old / "config.json").read_text()), old / "config.json")
     if meta.arch != "mapseg":
         raise ColonsegError(f"{old}: a {meta.arch} checkpoint, not mapseg")
@@ -43,7 +43,7 @@ def rebuild(old: Path, out: Path, config: str, overrides: list[str]) -> None:
     net.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()}, strict=False)
     train_files, _ = split_normal_frames(cfg)
     picks = memory_picks(cfg, len(train_files))
-    net.fill_memory(load_frames([train_files[i] for i in picks], cfg.DATASET.resize))
+    net.fill_memory(load_frames([train_files[i] for i in picks], cfg.data.image_size))
     for i, recomputed in enumerate(net.memory.items()):
         stored = features[f"memory.level{i}"].float()
         gap = (recomputed - stored).abs().max().item()

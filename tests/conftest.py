@@ -33,7 +33,7 @@ def tiny_dataset_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_cfg(tiny_dataset_dir, tmp_path):
-    from colonseg.config import load_config
+    from colonseg.engine.config import load_config
 
     d = str(tiny_dataset_dir)
     return load_config(

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from colonseg.config import CONFIG_DIR, load_config
+from colonseg.config import CONFIG_DIR
 from colonseg.data.io import read_image, read_mask
 from colonseg.data.layouts import detect_layout, find_pairs
+from colonseg.engine.config import load_config
 from colonseg.errors import ColonsegError
 from tests.conftest import shared_dataset
 
@@ -23,7 +24,7 @@ def test_shipped_configs_validate(path):
         pretrained=False,
         **cfg.model.kwargs,
     )
-    SupervisedModule(net, loss=cfg.optim.loss, deep_supervision=cfg.optim.deep_supervision)
+    SupervisedModule(net, loss=cfg.loss.name, deep_supervision=cfg.loss.deep_supervision)
 
 
 def test_config_errors():

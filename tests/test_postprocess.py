@@ -101,7 +101,7 @@ def test_spec_parses_round_trips_and_rejects_nonsense():
 
 
 def test_a_bad_post_processing_spec_fails_when_the_config_loads():
-    from colonseg.config import load_config
+    from colonseg.engine.config import load_config
 
     with pytest.raises(ColonsegError, match="unknown step 'holes'"):
         load_config("polyp_unet_lite0", ["postprocess=holes"])

@@ -313,9 +313,10 @@ def test_pickled_checkpoint_carrying_code_is_refused_and_never_run(tmp_path):
     ],
 )
 def test_configs_with_unknown_keys_or_misspelt_names(loader, config, override, match):
-    from colonseg.config import load_config
     from colonseg.methods.mapseg.train import load_mapseg_config
     from colonseg.methods.medsam_box.train import load_medsam_box_config
+
+    from colonseg.engine.config import load_config
     from colonseg.methods.mssg.train import load_mssg_config
 
     load = {
@@ -330,7 +331,7 @@ def test_configs_with_unknown_keys_or_misspelt_names(loader, config, override, m
 
 
 def test_misspelt_config_name_and_invalid_yaml(tmp_path):
-    from colonseg.config import load_config
+    from colonseg.engine.config import load_config
 
     with pytest.raises(ColonsegError, match="Did you mean 'polyp_unet_lite0'"):
         load_config("polyp_unet_lit0")

@@ -26,7 +26,7 @@ _KILLED_RUN = """
 import os, signal, sys
 import lightning as L
 import torch
-from colonseg.config import load_config
+from colonseg.engine.config import load_config
 from colonseg.engine.train import run_train
 
 class Kill(L.Callback):
@@ -41,7 +41,7 @@ run_train(load_config(sys.argv[1]), callbacks=[Kill()])
 
 @pytest.fixture
 def resume_cfg(tmp_path):
-    from colonseg.config import load_config
+    from colonseg.engine.config import load_config
 
     data = write_folder_dataset(tmp_path / "data", n=24, size=64)
     return load_config(

@@ -11,7 +11,9 @@ from colonseg.cli.options import friendly
 
 __all__ = ["datasets_app"]
 
-datasets_app = typer.Typer(no_args_is_help=True, help="Inspect dataset folders.")
+datasets_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Inspect dataset folders."
+)
 
 
 @datasets_app.command("check")
@@ -21,7 +23,10 @@ def datasets_check(
     layout: Annotated[str, typer.Option(help="Layout name (default: detect).")] = "auto",
     split: Annotated[str | None, typer.Option(help="Split file or name.")] = None,
 ) -> None:
-    """Report the layout found, the number of pairs and every problem (exit 1 if any)."""
+    """Check a dataset folder: layout, pairs and problems.
+
+    Reports the layout found, the number of image/mask pairs and every problem (exit 1 if any).
+    """
     from colonseg.data.check import run_check
 
     report = run_check(path, layout, split)

@@ -11,7 +11,9 @@ from colonseg.cli.options import DeviceOpt, friendly
 
 __all__ = ["mssg_app"]
 
-mssg_app = typer.Typer(no_args_is_help=True, help="MSSG: unsupervised gland segmentation.")
+mssg_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="MSSG: unsupervised gland segmentation."
+)
 
 
 @mssg_app.command("propose")

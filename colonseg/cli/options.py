@@ -1,4 +1,4 @@
-"""What the ``colonseg`` commands share: option types, the error wrapper, the Predictor factory.
+"""What the ``colonseg`` commands share: option types, the error wrapper, the config names.
 
 Nothing here imports torch; commands import what they need inside their bodies, so ``--help``
 stays fast.
@@ -26,7 +26,6 @@ __all__ = [
     "TTAOpt",
     "ThresholdOpt",
     "WeightsOpt",
-    "create_predictor",
     "fail",
     "friendly",
     "list_shipped_configs",
@@ -58,33 +57,6 @@ def list_shipped_configs() -> list[str]:
     """Names of the YAML configs shipped in ``colonseg/configs/`` (``mapseg/polyp``)."""
     return sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
                   for p in CONFIG_DIR.rglob("*.yaml"))  # fmt: skip
-
-
-def create_predictor(
-    model: str,
-    weights: Path | None,
-    backend: str,
-    tta: str | None,
-    size: int | None,
-    device: str,
-    threshold: float | None,
-    precision: str,
-    postprocess: str | None,
-):
-    """The Predictor that ``predict`` and ``evaluate`` share, from their common options."""
-    from colonseg.engine.predict import Predictor
-
-    return Predictor.from_pretrained(
-        model,
-        weights=weights,
-        backend=backend,
-        tta=tta,
-        size=size,
-        device=device,
-        threshold=threshold,
-        precision=precision,
-        postprocess=postprocess,
-    )
 
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]

@@ -220,7 +220,12 @@ def run_train(
         last = out / "checkpoints" / "last.ckpt"
         stage = Stage(out, r, previous)
         model_dir, metrics, took = _fit_stage(
-            cfg, method, stage, resume and last.is_file(), list(callbacks or []), command
+            cfg,
+            method,
+            stage,
+            resume and (rounds == 1 or last.is_file()),
+            list(callbacks or []),
+            command,
         )
         seconds += took
         if model_dir is None:  # a DDP process other than rank 0: rank 0 writes and evaluates

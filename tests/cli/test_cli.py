@@ -5,8 +5,10 @@ import json
 from typer.testing import CliRunner
 
 from colonseg.cli.main import app
+from colonseg.cli.zoo import ZOO_DIR
 
 runner = CliRunner()
+ZOO = sorted(p.parent.name for p in ZOO_DIR.glob("*/config.json"))
 
 
 def test_demo_runs_the_shipped_model(tmp_path):
@@ -19,10 +21,16 @@ def test_demo_runs_the_shipped_model(tmp_path):
     assert (tmp_path / "demo" / "report.html").is_file()
 
 
-def test_models_lists_the_zoo():
-    result = runner.invoke(app, ["models"])
-    assert result.exit_code == 0
-    assert result.output.splitlines()[0].startswith("default\tunet/tf_efficientnet_lite0")
+def test_models_prints_a_table_of_the_zoo():
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.output.splitlines() if line.strip()]
+    assert lines[0] == ["name", "method", "architecture", "data", "headline", "metrics"]
+    rows = {line[0]: line[1:] for line in lines[2:] if line[0] in ZOO}
+    assert rows["default"][:3] == ["supervised", "unet", "tf_efficientnet_lite0"]
+    assert rows["mapseg_polyp"][:2] == ["mapseg", "2x"]
+    assert rows["mssg_glas"][0] == "mssg" and rows["polyp_automedsam"][0] == "medsam_box"
+    assert set(rows) == set(ZOO) and "?" not in result.output and "…" not in result.output
 
 
 def test_datasets_check(tiny_dataset_dir):

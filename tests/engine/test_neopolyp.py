@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from colonseg.config import load_config
 from colonseg.data.io import read_image, write_png
 from colonseg.data.labels import get_scheme, read_label
 from colonseg.data.rle import rle_decode
 from colonseg.data.sources import DataSource
 from colonseg.data.synthetic import write_neopolyp_dataset
+from colonseg.engine.config import load_config
 from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_files import run_predict
@@ -53,7 +53,7 @@ def test_config_checks_classes_against_the_label_scheme(bkai_dir, tmp_path):
     with pytest.raises(ColonsegError, match="data.labels=neopolyp needs model.classes=3"):
         _cfg(bkai_dir, tmp_path, "model.classes=1")
     with pytest.raises(ColonsegError, match="the bce_dice loss is binary"):
-        run_train(_cfg(bkai_dir, tmp_path, "optim.loss=bce_dice"))
+        run_train(_cfg(bkai_dir, tmp_path, "loss.name=bce_dice"))
 
 
 def test_three_class_model_trains_predicts_and_evaluates(bkai_dir, tmp_path):

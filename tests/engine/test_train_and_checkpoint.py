@@ -110,9 +110,9 @@ def test_pranet_recipe_trains_with_deep_supervision_and_scales(tiny_cfg):
         OmegaConf.from_dotlist(
             [
                 "model.name=pranet",
-                "optim.loss=structure",
-                "optim.deep_supervision=true",
-                "optim.deep_supervision_weights=[1,1,1,1]",
+                "loss.name=structure",
+                "loss.deep_supervision=true",
+                "loss.deep_supervision_weights=[1,1,1,1]",
                 "data.train_scales=[0.75,1.0,1.25]",
                 "trainer.gradient_clip_val=0.5",
                 "trainer.gradient_clip_algorithm=value",
@@ -131,7 +131,7 @@ def test_pranet_recipe_trains_with_deep_supervision_and_scales(tiny_cfg):
 def test_deep_supervision_needs_auxiliary_outputs(tiny_cfg):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.merge(tiny_cfg, OmegaConf.from_dotlist(["optim.deep_supervision=true"]))
+    cfg = OmegaConf.merge(tiny_cfg, OmegaConf.from_dotlist(["loss.deep_supervision=true"]))
     with pytest.raises(ValueError, match="has no auxiliary outputs"):
         run_train(cfg)
 

@@ -12,9 +12,10 @@ import torch
 
 from colonseg.data.io import read_image, write_png
 from colonseg.data.synthetic import write_folder_dataset
+from colonseg.engine.config import load_config
 from colonseg.engine.predict import Predictor
+from colonseg.engine.train import run_train
 from colonseg.errors import ColonsegError
-from colonseg.methods.mapseg.train import load_mapseg_config, run_mapseg
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def data_dir(tmp_path):
 
 
 def _cfg(data_dir, *extra):
-    return load_mapseg_config("configs/mapseg/polyp.yaml", _cfg_overrides(data_dir, *extra))
+    return load_config("configs/mapseg/polyp.yaml", _cfg_overrides(data_dir, *extra))
 
 
 def _cfg_overrides(data_dir, *extra) -> list[str]:
@@ -56,7 +57,7 @@ def _cfg_overrides(data_dir, *extra) -> list[str]:
 
 
 def test_two_step_training_run_then_test_only(data_dir):
-    result = run_mapseg(_cfg(data_dir))
+    result = run_train(_cfg(data_dir))
     config = json.loads((result["model_dir"] / "config.json").read_text())
     assert config["arch"] == "mapseg"
     assert config["postprocess"] == "fov,otsu=0,close=5,fill_holes,keep_largest"
@@ -80,24 +81,26 @@ def test_two_step_training_run_then_test_only(data_dir):
     with safe_open(str(result["model_dir"] / "weights.safetensors"), "pt") as f:
         assert f.get_tensor("memory.filled").item() is True  # the memory travels with the weights
         assert f.get_tensor("memory.encoded").numel() > 0 and "memory.level0" not in f.keys()
-    again = run_mapseg(_cfg(data_dir, "TEST.only=True", f"TEST.checkpoint={result['model_dir']}"))
+    again = run_train(_cfg(data_dir, "TEST.only=True", f"TEST.checkpoint={result['model_dir']}"))
     assert again["summary"]["polyps"]["dice"] == pytest.approx(summary["dice"])
-    one_pass = run_mapseg(
+    one_pass = run_train(
         _cfg(data_dir, "TEST.only=True", f"TEST.checkpoint={result['model_dir']}", "TEST.tta=none")
     )["summary"]["polyps"]
     assert one_pass["pixel_auroc"] != pytest.approx(summary["pixel_auroc"], abs=1e-9)
 
 
 def test_ablation_without_memory_and_bad_overrides(data_dir):
-    result = run_mapseg(_cfg(data_dir, "MEMORY.enabled=false", "EXP_NAME=nomem"))
+    result = run_train(_cfg(data_dir, "MEMORY.enabled=false", "EXP_NAME=nomem"))
     config = json.loads((result["model_dir"] / "config.json").read_text())
     assert config["init_kwargs"]["memory"] is False
-    with pytest.raises(ColonsegError, match="invalid MAPSeg config"):
+    with pytest.raises(ColonsegError, match="invalid config"):
         _cfg(data_dir, "TRAIN.epoch=3")
-    with pytest.raises(ColonsegError, match="memory match must be one of"):
-        run_mapseg(_cfg(data_dir, "MEMORY.match=pixel", "EXP_NAME=bad_match"))
-    with pytest.raises(ColonsegError, match="Unknown TTA 'd8'"):  # before any training
-        run_mapseg(_cfg(data_dir, "TEST.tta=d8", "EXP_NAME=bad_tta"))
+    with pytest.raises(ColonsegError, match="Unknown memory match 'pixel'"):
+        run_train(_cfg(data_dir, "MEMORY.match=pixel", "EXP_NAME=bad_match"))
+    with pytest.raises(
+        ColonsegError, match="Unknown test-time augmentation 'd8'"
+    ):  # before any training
+        run_train(_cfg(data_dir, "TEST.tta=d8", "EXP_NAME=bad_tta"))
     assert not (data_dir / "runs" / "bad_tta").exists()
 
 
@@ -115,7 +118,7 @@ def test_mvtec_style_target_trains_and_tests_on_its_own_folders(data_dir):
         cv2.circle(mask, (30, 40), 12, 255, -1)
         write_png(root / "test" / "anomaly" / f"{i:03d}.png", frame)
         write_png(root / "ground_truth" / "anomaly" / f"{i:03d}_mask.png", mask)
-    result = run_mapseg(
+    result = run_train(
         _cfg(data_dir, "DATASET.target=polypmv", "TEST.datasets=[]", "MEMORY.match=patch")
     )
     config = json.loads((result["model_dir"] / "config.json").read_text())
@@ -128,7 +131,7 @@ def test_mvtec_style_target_trains_and_tests_on_its_own_folders(data_dir):
 
 
 def test_split_seed_keeps_the_held_out_frames_when_the_training_seed_changes(data_dir):
-    from colonseg.methods.mapseg.train import _held_out_normal
+    from colonseg.methods.mapseg.data import held_out_normal as _held_out_normal
 
     first = _held_out_normal(_cfg(data_dir))
     assert len(first) == 3  # a quarter of 12 frames
@@ -151,7 +154,7 @@ def test_an_older_checkpoint_is_rebuilt_with_the_memory_frames_it_picked(data_di
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     overrides = ["TRAIN.seed=3", "EXP_NAME=old"]
-    model = run_mapseg(_cfg(data_dir, *overrides))["model_dir"]
+    model = run_train(_cfg(data_dir, *overrides))["model_dir"]
     net, _ = load_pretrained(model)
     state = load_file(model / "weights.safetensors")
     del state["memory.encoded"], state["memory.lengths"]  # as older files: features, no frames

@@ -4,11 +4,9 @@ import pytest
 import torch
 
 from colonseg.engine.checkpoint import load_pretrained
-from colonseg.methods.medsam_box.train import (
-    load_medsam_box_config,
-    run_medsam_box,
-    synthetic_config,
-)
+from colonseg.engine.config import load_config
+from colonseg.engine.train import run_train
+from colonseg.methods.medsam_box.method import MedsamBox
 from colonseg.models.medsam import build_sam
 
 
@@ -19,15 +17,15 @@ from colonseg.models.medsam import build_sam
     ids=["box", "region"],
 )  # fmt: skip
 def test_two_step_training_on_synthetic_data(tmp_path, prompt):
-    cfg = load_medsam_box_config(
+    cfg = load_config(
         "medsam_box/polyp",
         [f"out_dir={tmp_path}", "name=run", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
          "trainer.checkpoint_every=1", "trainer.accelerator=cpu", "trainer.precision=32-true",
          *prompt],
     )  # fmt: skip
-    cfg = synthetic_config(cfg, tmp_path / "data", n=4)
+    cfg = MedsamBox().synthetic(cfg, tmp_path / "data", n=4)
     cfg.data.batch_size = 1
-    result = run_medsam_box(cfg)
+    result = run_train(cfg)
     run = tmp_path / "run"
     for name in ("model/config.json", "checkpoints/epoch_001/weights.safetensors",
                  "training_history.json", "loss_curves.png", "snapshots/epoch_001.png",

@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -22,9 +23,13 @@ from tqdm import tqdm
 
 from colonseg.data.io import IMAGE_EXTENSIONS, file_digest, read_image, write_atomic, write_png
 from colonseg.data.layouts import Pair, find_pairs
+from colonseg.device import resolve_device
 from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.spm import SpmSettings, propose
 from colonseg.viz.overlays import overlay
+
+if TYPE_CHECKING:
+    from colonseg.methods.mssg.refine import RefineSettings
 
 __all__ = [
     "load_manifest",
@@ -135,7 +140,7 @@ def run_propose_folder(
     data: str | Path,
     out_dir: str | Path,
     settings: SpmSettings | None = None,
-    refine=None,
+    refine: RefineSettings | None = None,
     split: str | None = None,
     layout: str = "auto",
     device: str = "auto",
@@ -166,10 +171,7 @@ def run_propose_folder(
     else:
         pairs = [Pair(p.stem, p, None) for p in plain if not p.stem.endswith("_anno")]
     refine = refine or RefineSettings()
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     proposed = run_propose(pairs, out, settings, device, progress)
     refined = refined_folder(out, refine)
     done = run_refine(pairs, out, refined, refine, device, progress) if refined else None

@@ -1,0 +1,154 @@
+"""``colonseg predict`` and ``colonseg evaluate``: the commands that run a Predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from colonseg.cli.options import (
+    BackendOpt,
+    DeviceOpt,
+    ModelOpt,
+    OutOpt,
+    PostOpt,
+    PrecisionOpt,
+    SizeOpt,
+    ThresholdOpt,
+    TTAOpt,
+    WeightsOpt,
+    fail,
+    friendly,
+)
+
+__all__ = ["create_predictor", "evaluate", "predict"]
+
+
+def create_predictor(
+    model: str,
+    weights: Path | None,
+    backend: str,
+    tta: str | None,
+    size: int | None,
+    device: str,
+    threshold: float | None,
+    precision: str,
+    postprocess: str | None,
+):
+    """The Predictor that ``predict`` and ``evaluate`` share, from their common options."""
+    from colonseg.engine.predict import Predictor
+
+    return Predictor.from_pretrained(
+        model,
+        weights=weights,
+        backend=backend,
+        tta=tta,
+        size=size,
+        device=device,
+        threshold=threshold,
+        precision=precision,
+        postprocess=postprocess,
+    )
+
+
+@friendly
+def evaluate(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Dataset folder (repeatable).")],
+    out: OutOpt,
+    model: ModelOpt = "default",
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split file per --data, in order.")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="Layout of every --data (default: detect).")] = "auto",
+    weights: WeightsOpt = None,
+    tta: TTAOpt = None,
+    size: SizeOpt = None,
+    device: DeviceOpt = "auto",
+    threshold: ThresholdOpt = None,
+    precision: PrecisionOpt = "auto",
+    postprocess: PostOpt = None,
+    backend: BackendOpt = "torch",
+) -> None:
+    """Evaluate a model on labelled datasets.
+
+    Writes per_case.csv, summary.json, table.md and report.html.
+    """
+    from colonseg.data.sources import DataSource
+    from colonseg.engine.evaluate import run_evaluate
+
+    split = split or []
+    if len(split) > len(data):
+        fail(f"{len(split)} --split values for {len(data)} --data values")
+    sources = [
+        DataSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
+    ]
+    predictor = create_predictor(
+        model, weights, backend, tta, size, device, threshold, precision, postprocess
+    )
+    run_evaluate(predictor, sources, out, title=f"colonseg evaluate — {model}")
+    typer.echo(f"{model}: {predictor.settings()}")
+    typer.echo((out / "table.md").read_text())
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+@friendly
+def predict(
+    inputs: Annotated[
+        list[Path], typer.Argument(metavar="INPUTS", help="Images, folders and/or videos.")
+    ],
+    out: OutOpt,
+    model: ModelOpt = "default",
+    weights: WeightsOpt = None,
+    tta: TTAOpt = None,
+    size: SizeOpt = None,
+    device: DeviceOpt = "auto",
+    threshold: ThresholdOpt = None,
+    precision: PrecisionOpt = "auto",
+    skip_bad: Annotated[
+        bool, typer.Option(help="Exit 0 even if some files were unreadable.")
+    ] = False,
+    attention: Annotated[
+        bool, typer.Option(help="Also write the attention maps as heat maps (attention_unet).")
+    ] = False,
+    postprocess: PostOpt = None,
+    rle_csv: Annotated[
+        Path | None, typer.Option(help="Also write a run-length-encoded Kaggle CSV (NeoPolyp).")
+    ] = None,
+    backend: BackendOpt = "torch",
+    frame_masks: Annotated[
+        bool, typer.Option(help="Videos: also write each frame's mask.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Image-decoding processes (default: automatic).")
+    ] = None,
+) -> None:
+    """Segment images and videos.
+
+    Images: masks/, probs/ and overlays/ (mask + heat map) as PNG. Videos (mp4, avi, mov, mkv):
+    <name>_overlay.mp4, <name>_frames.csv (per-frame polyp area and confidence) and, with
+    --frame-masks, <name>_masks/.
+    """
+    from colonseg.engine.predict_files import run_predict
+    from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
+
+    videos = [p for p in inputs if p.suffix.lower() in VIDEO_EXTENSIONS]
+    images = [p for p in inputs if p not in videos]
+    predictor = create_predictor(
+        model, weights, backend, tta, size, device, threshold, precision, postprocess
+    )
+    for video in videos:
+        r = run_predict_video(predictor, video, out, frame_masks, batch_size)
+        typer.echo(f"{video}: {r['frames']} frames ({r['polyp_frames']} with polyp) → {r['video']}")
+    if not images:
+        return
+    result = run_predict(
+        predictor, images, out, save_attention=attention, rle_csv=rle_csv,
+        batch_size=batch_size, workers=workers,
+    )  # fmt: skip
+    typer.echo(f"{len(result['written'])} images → {out}")
+    for _, message in result["failed"]:
+        typer.echo(f"skipped: {message}", err=True)
+    if result["failed"] and not skip_bad:
+        raise typer.Exit(1)
