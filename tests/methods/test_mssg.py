@@ -250,10 +250,12 @@ def test_glas_splits_by_name(tmp_path):
 
 
 def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
-    from colonseg.methods.mssg.train import load_mssg_config, refined_dir, run_mssg
+    from colonseg.engine.config import load_config
+    from colonseg.engine.train import run_train
+    from colonseg.methods.mssg.method import refined_dir
 
     root = write_glas_dataset(tmp_path / "glas")
-    cfg = load_mssg_config(
+    cfg = load_config(
         "mssg/glas",
         [
             f"data.path={root}",
@@ -274,7 +276,7 @@ def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
             "loss.omission_start=1",
         ],
     )
-    result = run_mssg(cfg)
+    result = run_train(cfg)
     run = tmp_path / "runs" / "tiny"
     summary = json.loads((run / "test" / "summary.json").read_text())
     stats = summary["glas:test"]
@@ -288,12 +290,12 @@ def test_mssg_run_trains_saves_and_reports_miou(tmp_path):
     assert manifest["settings"]["backbone"] == "litemedsam" and len(manifest["images"]) == 7
     unsure = baselines["glas:train (pseudo-masks)"]["unsure"]
     assert 0 <= unsure["annotated_gland"] <= 1 and 0 <= unsure["fraction_of_pixels"] < 1
-    assert list((run / "snapshots").glob("*.jpg"))
+    assert list((run / "test" / "snapshots").glob("*.jpg"))
     for r in (1, 2):  # self-training: round 2 learns round 1's glands
         assert (run / f"round_{r}" / "curves.png").is_file()
         assert (run / f"round_{r}" / "model" / "weights.safetensors").is_file()
     assert set(np.unique(read_proposal(run / "round_2", "train_1"))) <= {0, 1, 2}
     config = json.loads((result["model_dir"] / "config.json").read_text())
     assert config["class_names"] == ["gland"] and "no annotation" in config["provenance"]["method"]
-    again = run_mssg(load_mssg_config(run / "config.yaml", ["test.only=true"]))
+    again = run_train(load_config(run / "config.yaml", ["test.only=true"]))
     assert again["summary"]["glas:test"]["miou"] == pytest.approx(stats["miou"])
