@@ -112,12 +112,3 @@ def test_resume_refuses_a_corrupt_or_missing_checkpoint(tiny_cfg):
     last.write_bytes(b"PK\x03\x04 half a zip")
     with pytest.raises(ColonsegError, match="unreadable or refused checkpoint.*delete it"):
         run_train(tiny_cfg, resume=True)
-
-
-def test_resume_is_refused_for_methods_that_restart(tmp_path):
-    from typer.testing import CliRunner
-
-    from colonseg.cli.main import app
-
-    result = CliRunner().invoke(app, ["train", "mssg/glas", "--resume"])
-    assert result.exit_code == 2 and "--resume is for supervised configs" in result.output

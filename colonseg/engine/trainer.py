@@ -72,32 +72,34 @@ class EpochTimer(L.Callback):
 
 class SafeCheckpoint(L.Callback):
     """Writes the rolling ``last.ckpt`` every ``minutes`` of training and when the run stops on
-    an exception (Ctrl-C, SIGTERM), atomically (a temporary file renamed over the old one), on
-    rank 0. ``minutes`` 0: only on a stop."""
+    an exception (Ctrl-C, SIGTERM) with steps trained since the last checkpoint, atomically (a
+    temporary file renamed over the old one), on rank 0. ``minutes`` 0: only on a stop."""
 
     def __init__(self, path: Path, minutes: float) -> None:
         self.path, self.minutes = Path(path), minutes
-        self._last = time.monotonic()
+        self._last, self._saved_step = time.monotonic(), -1
 
     def _save(self, trainer: L.Trainer) -> None:
-        if not trainer.is_global_zero:
-            return
-        state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
-        self._last = time.monotonic()
+        if trainer.is_global_zero:
+            state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        self._last, self._saved_step = time.monotonic(), trainer.global_step
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint):
+        self._saved_step = trainer.global_step  # any checkpoint (the epoch-end one) counts
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._last = time.monotonic()
+        self._last, self._saved_step = time.monotonic(), trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.minutes > 0 and time.monotonic() - self._last >= 60 * self.minutes:
             self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exc: BaseException):
-        if trainer.state.fn == "fit" and trainer.global_step > 0:
+        if trainer.state.fn == "fit" and trainer.global_step > self._saved_step:
             self._save(trainer)
             rank_zero_info(f"stopped: {self.path} written; continue with --resume")
 
