@@ -61,7 +61,7 @@ class EpochTimer(L.Callback):
         shown = {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
-            if v.numel() == 1 and k.count("/") == 1 and k.split("/")[0] in ("train", "val")
+            if v.numel() == 1 and k.split("/")[0] in ("train", "val") and not k.endswith("_step")
         }
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())[:6])
         rank_zero_info(

@@ -181,23 +181,32 @@ class SupervisedModule(L.LightningModule):
             counts = torch.cat(parts)
             all_counts.append(counts)
             if len(self._val_counts) > 1 and idx < len(names):
-                self.log(f"val/dice_{names[idx]}", dice_per_image(counts).mean().float())
+                dice = dice_per_image(self._gathered(counts)).mean().float()
+                self.log(f"val/dice_{names[idx]}", dice)
         if all_counts:
             self._log_counts("val", torch.cat(all_counts))
         if hasattr(self, "_t0"):  # wall-clock minutes of training so far, for time-to-Dice curves
-            self.log("time/minutes", (time.perf_counter() - self._t0) / 60.0)
+            self.log("time/minutes", (time.perf_counter() - self._t0) / 60.0, sync_dist=True)
         if self._val_loss:
             total, n = map(sum, zip(*self._val_loss, strict=True))
-            self.log("val/loss", total / max(n, 1))
+            self.log("val/loss", total / max(n, 1), sync_dist=True)
         if self._val_class_counts:  # pooled over the epoch, as NeoUNet reports dice_neo/dice_non
-            tp, fp, fn = torch.stack(self._val_class_counts).sum(0).unbind(1)
+            tp, fp, fn = self._gathered(torch.stack(self._val_class_counts)).sum(0).unbind(1)
             dice = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
             keys = self.hparams.class_keys or [str(c) for c in range(1, self.hparams.classes)]
             for key, value in zip(keys, dice, strict=True):
                 self.log(f"val/dice_{key}", value.float())
         self._val_counts, self._val_loss, self._val_class_counts = {}, [], []
 
+    def _gathered(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (per-image rows) from every DDP process, so each logs the whole epoch's
+        metrics (the samplers give every process the same number of images)."""
+        if self.trainer.world_size == 1:
+            return t
+        return self.all_gather(t).reshape(-1, *t.shape[1:])
+
     def _log_counts(self, stage: str, c: torch.Tensor) -> None:
+        c = self._gathered(c)
         tp, fp, fn, tn = c.sum(0)
         dice = dice_per_image(c).mean()
         acc = (tp + tn) / c.sum().clamp(min=1)
