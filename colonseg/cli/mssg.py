@@ -43,8 +43,7 @@ def mssg_propose(
     argmax/, and their MedSAM refinement in refined-<settings>/ (proposals/, overlays/). Reruns
     skip images already done.
     """
-    from colonseg.methods.mssg.propose import run_propose_folder
-    from colonseg.methods.mssg.refine import RefineSettings
+    from colonseg.methods.mssg.refine import RefineSettings, run_propose_folder
     from colonseg.methods.mssg.spm import SpmSettings
 
     settings = SpmSettings(scale=scale, channels=channels, iterations=iterations, clusters=clusters)

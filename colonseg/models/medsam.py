@@ -39,7 +39,17 @@ from colonseg.errors import ColonsegError
 from colonseg.models.registry import MODELS
 from colonseg.models.state_dict import read_state_dict
 
-__all__ = ["BACKBONES", "AutoMedSAM", "PromptModule", "backbone_size", "build_sam"]
+__all__ = [
+    "SAM_MEAN",
+    "SAM_STD",
+    "BACKBONES",
+    "AutoMedSAM",
+    "PromptModule",
+    "backbone_size",
+    "build_sam",
+]
+
+SAM_MEAN, SAM_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # SAM takes [0, 1] RGB images
 
 BACKBONES = {"litemedsam": 256, "medsam_vit_b": 1024}  # name → input side
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from colonseg.data.boxes import mask_boxes
 from colonseg.data.io import write_png
 from colonseg.data.sources import DataSource
 from colonseg.errors import ColonsegError
 from colonseg.methods.medsam_box.cache import EmbeddingCache
 from colonseg.methods.medsam_box.data import (
-    boxes_from_mask,
     collect_samples,
     jitter_boxes,
     read_sample,
@@ -28,9 +28,9 @@ def test_boxes_from_mask_one_per_region():
     mask = np.zeros((50, 60), np.uint8)
     mask[5:10, 7:20] = 1
     mask[30:45, 40:58] = 1
-    boxes = boxes_from_mask(mask)
+    boxes = mask_boxes(mask)
     assert sorted(map(tuple, boxes.tolist())) == [(7, 5, 19, 9), (40, 30, 57, 44)]
-    assert boxes_from_mask(np.zeros((8, 8), np.uint8)).shape == (0, 4)
+    assert mask_boxes(np.zeros((8, 8), np.uint8)).shape == (0, 4)
 
 
 def test_jitter_is_seeded_and_stays_in_the_image():
@@ -137,7 +137,7 @@ def test_predictor_segments_what_a_box_prompts():
     predictor = Predictor(create_model("automedsam"), meta, device="cpu", precision="fp32")
     assert predictor.takes_box
     image, mask = create_disc_image(160, seed=3)
-    x0, y0, x1, y1 = boxes_from_mask(mask)[0]
+    x0, y0, x1, y1 = mask_boxes(mask)[0]
     out = predictor.finish(predictor.box_probs(image, (x0, y0, x1 + 1, y1 + 1)), image)
     dice = 2 * (out.mask & mask).sum() / (out.mask.sum() + mask.sum())
     assert dice > 0.85

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 
+from colonseg.data.boxes import mask_boxes
 from colonseg.data.layouts import find_pairs
 from colonseg.data.synthetic import create_gland_image, write_glas_dataset
 from colonseg.errors import ColonsegError
 from colonseg.losses.grouping import omission_refine, push_loss, variation_loss
 from colonseg.methods.mssg.module import supervised_loss
 from colonseg.methods.mssg.propose import read_proposal, run_propose
-from colonseg.methods.mssg.refine import BoxRefiner, RefineSettings, gland_boxes, refined_proposal
+from colonseg.methods.mssg.refine import BoxRefiner, RefineSettings, refined_proposal
 from colonseg.methods.mssg.spm import (
     MSSG_HOLE_MAX,
     UNSURE,
@@ -208,12 +209,12 @@ def test_propose_caches_and_recomputes_changed_files(tmp_path):
     assert (out / "overlays" / "train_1.jpg").is_file()
 
 
-def test_gland_boxes_and_refined_proposal_by_hand():
+def test_mask_boxes_and_refined_proposal_by_hand():
     gland = np.zeros((20, 30), bool)
     gland[2:6, 3:9] = True  # 24 px
     gland[10:12, 20:21] = True  # 2 px: below min_area
-    boxes = gland_boxes(gland, min_area=0.01)  # 6 px of 600
-    assert boxes.tolist() == [[3, 2, 9, 6]]
+    boxes = mask_boxes(gland, 0.01)  # 6 px of 600
+    assert boxes.tolist() == [[3, 2, 8, 5]]  # inclusive: the last column and row inside
     proposal = np.zeros((20, 30), np.uint8)
     proposal[2, 3:9], proposal[15, 15] = 1, 1  # border inside and outside the refined gland
     out = refined_proposal(proposal, gland)

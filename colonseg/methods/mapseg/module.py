@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from colonseg.methods.supervised.module import batch_confusion, dice_per_image
+from colonseg.metrics.batch import batch_confusion, dice_per_image
 from colonseg.models.mapseg import MemSegNet
 
 __all__ = ["MapsegModule", "focal_loss"]

@@ -22,11 +22,9 @@ from tqdm import tqdm
 from colonseg.data.datamodule import prepare_images
 from colonseg.data.io import file_digest, write_atomic
 from colonseg.methods.medsam_box.data import BoxSample, read_sample
-from colonseg.models.medsam import AutoMedSAM
+from colonseg.models.medsam import SAM_MEAN, SAM_STD, AutoMedSAM
 
 __all__ = ["EmbeddingCache", "backbone_tag"]
-
-MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # SAM inputs are [0, 1] images
 
 
 def backbone_tag(net: AutoMedSAM) -> str:
@@ -82,7 +80,8 @@ class EmbeddingCache:
         bar = tqdm(total=len(todo), desc="caching embeddings", disable=not progress or not todo)
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            x = prepare_images([read_sample(s)[0] for s in chunk], size, MEAN, STD).to(device)
+            images = [read_sample(s)[0] for s in chunk]
+            x = prepare_images(images, size, SAM_MEAN, SAM_STD).to(device)
             with torch.inference_mode(), torch.autocast(device, enabled=device == "cuda"):
                 emb = net.embed(x).half().cpu().numpy()
             for s, e in zip(chunk, emb, strict=True):

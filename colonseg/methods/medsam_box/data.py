@@ -19,9 +19,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from colonseg.data.boxes import mask_boxes
 from colonseg.data.io import read_image, read_mask
 from colonseg.data.layouts import find_pairs
 from colonseg.data.sources import DataSource
@@ -29,7 +29,6 @@ from colonseg.errors import ColonsegError
 
 __all__ = [
     "BoxSample",
-    "boxes_from_mask",
     "collect_samples",
     "jitter_boxes",
     "read_sample",
@@ -37,7 +36,6 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-MIN_REGION_FRACTION = 1e-4  # mask regions smaller than this share of the image get no box
 
 
 @dataclass(frozen=True)
@@ -123,14 +121,6 @@ def read_sample(sample: BoxSample) -> tuple[np.ndarray, np.ndarray | None]:
     return image, read_sample_mask(sample)
 
 
-def boxes_from_mask(mask: np.ndarray) -> np.ndarray:
-    """One box per 8-connected foreground region (tiny specks skipped): ``(K, 4)`` float32."""
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    floor = MIN_REGION_FRACTION * mask.size
-    boxes = [(x, y, x + w - 1, y + h - 1) for x, y, w, h, area in stats[1:n] if area >= floor]
-    return np.array(boxes, np.float32).reshape(-1, 4)
-
-
 def jitter_boxes(
     boxes: np.ndarray, fraction: float, shape: tuple[int, int], rng: np.random.Generator
 ) -> np.ndarray:
@@ -194,7 +184,7 @@ def _nifti_samples(root: Path, pairs: list[tuple[Path, Path | None]]) -> list[Bo
                 "resample the label onto the image grid"
             )
         for k in range(labels.shape[-1]):
-            boxes = boxes_from_mask(labels[..., k])
+            boxes = mask_boxes(labels[..., k])
             if len(boxes):
                 name = f"{_nifti_stem(image)}_z{k:03d}"
                 samples.append(BoxSample(name, image, mask, boxes, labels.shape[:2], k))
@@ -227,6 +217,6 @@ def collect_samples(source: DataSource, boxes: str = "auto") -> list[BoxSample]:
             raise ColonsegError(f"{root}/kavsir_bboxes.json: no box for image {p.id}")
         else:
             mask = read_mask(p.mask)
-            b, shape = boxes_from_mask(mask), mask.shape
+            b, shape = mask_boxes(mask), mask.shape
         samples.append(BoxSample(p.id, p.image, p.mask, b, tuple(shape)))
     return samples

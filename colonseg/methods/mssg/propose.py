@@ -1,5 +1,6 @@
-"""``run_propose``: SPM over a folder of images, cached and resumable; ``run_propose_folder``
-adds the MedSAM refinement of the proposals (what ``colonseg mssg propose`` runs).
+"""``run_propose``: SPM over a folder of images, cached and resumable (with the MedSAM
+refinement, :func:`colonseg.methods.mssg.refine.run_propose_folder` is what ``colonseg mssg
+propose`` runs).
 
 The output folder holds, per image id: ``proposals/<id>.png`` (values 0 background, 1 border,
 2 interior: what MSG trains on), ``overlays/<id>.jpg`` (border green, interior yellow, to look
@@ -15,28 +16,21 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from colonseg.data.io import IMAGE_EXTENSIONS, file_digest, read_image, write_atomic, write_png
-from colonseg.data.layouts import Pair, find_pairs
-from colonseg.device import resolve_device
-from colonseg.errors import ColonsegError
+from colonseg.data.io import file_digest, read_image, write_atomic, write_png
+from colonseg.data.layouts import Pair
 from colonseg.methods.mssg.spm import SpmSettings, propose
 from colonseg.viz.overlays import overlay
-
-if TYPE_CHECKING:
-    from colonseg.methods.mssg.refine import RefineSettings
 
 __all__ = [
     "load_manifest",
     "proposal_overlay",
     "read_proposal",
     "run_propose",
-    "run_propose_folder",
     "settings_digest",
     "write_proposal",
 ]
@@ -134,45 +128,3 @@ def run_propose(
         "cached": len(pairs) - len(todo),
         "seconds_per_image": float(np.median(spent)) if spent else 0.0,
     }
-
-
-def run_propose_folder(
-    data: str | Path,
-    out_dir: str | Path,
-    settings: SpmSettings | None = None,
-    refine: RefineSettings | None = None,
-    split: str | None = None,
-    layout: str = "auto",
-    device: str = "auto",
-    progress: bool = True,
-) -> dict:
-    """SPM proposals for a folder of images (or a dataset's split), then their MedSAM
-    refinement, both cached in ``out_dir``.
-
-    Args:
-        data: a folder of images (``*_anno`` files skipped), or a dataset folder, read with
-            ``layout`` and ``split``.
-        refine: a :class:`~colonseg.methods.mssg.refine.RefineSettings`; default LiteMedSAM.
-            Its backbone "none" skips the refinement.
-        device: cpu, cuda or auto.
-
-    Returns:
-        ``{"images": n, "propose": run_propose's dict, "refined": folder | None,
-        "refine": run_refine's dict | None}``.
-    """
-    from colonseg.methods.mssg.refine import RefineSettings, refined_folder, run_refine
-
-    data, out = Path(data), Path(out_dir)
-    if not data.is_dir():
-        raise ColonsegError(f"{data}: folder not found")
-    plain = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if split or layout != "auto" or not plain:
-        pairs = find_pairs(data, layout, split, require_masks=False)
-    else:
-        pairs = [Pair(p.stem, p, None) for p in plain if not p.stem.endswith("_anno")]
-    refine = refine or RefineSettings()
-    device = resolve_device(device)
-    proposed = run_propose(pairs, out, settings, device, progress)
-    refined = refined_folder(out, refine)
-    done = run_refine(pairs, out, refined, refine, device, progress) if refined else None
-    return {"images": len(pairs), "propose": proposed, "refined": refined, "refine": done}

@@ -25,22 +25,29 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from colonseg.data.io import file_digest, read_image, write_atomic
-from colonseg.data.layouts import Pair
+from colonseg.data.boxes import mask_boxes
+from colonseg.data.datamodule import prepare_images
+from colonseg.data.io import IMAGE_EXTENSIONS, file_digest, read_image, write_atomic
+from colonseg.data.layouts import Pair, find_pairs
+from colonseg.device import resolve_device
 from colonseg.errors import ColonsegError
 from colonseg.methods.mssg.propose import (
     load_manifest,
     read_proposal,
+    run_propose,
     settings_digest,
     write_proposal,
 )
+from colonseg.methods.mssg.spm import SpmSettings
+from colonseg.models.medsam import SAM_MEAN, SAM_STD, AutoMedSAM
 
 __all__ = [
     "BoxRefiner",
     "RefineSettings",
-    "gland_boxes",
+    "propose_and_refine",
     "refined_folder",
     "refined_proposal",
+    "run_propose_folder",
     "run_refine",
 ]
 
@@ -72,15 +79,6 @@ def refined_folder(proposal_folder: str | Path, settings: RefineSettings) -> Pat
     return Path(proposal_folder) / f"refined-{settings_digest(settings)}"
 
 
-def gland_boxes(gland: np.ndarray, min_area: float) -> np.ndarray:
-    """Bounding boxes ``(K, 4)`` ``x0, y0, x1, y1`` (pixel edges) of the 8-connected regions of
-    ``gland`` covering at least ``min_area`` of the image."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(gland.astype(np.uint8), connectivity=8)
-    keep = stats[1:, cv2.CC_STAT_AREA] >= min_area * gland.size
-    x, y, w, h = (stats[1:, i][keep] for i in range(4))
-    return np.stack([x, y, x + w, y + h], 1).astype(np.float32)
-
-
 def refined_proposal(proposal: np.ndarray, glands: np.ndarray) -> np.ndarray:
     """A proposal map from refined glands: 1 where SPM's border (``proposal == 1``) lies inside
     them, 2 for the rest of them, 0 elsewhere."""
@@ -91,8 +89,6 @@ class BoxRefiner:
     """A frozen MedSAM-family model that turns each proposal gland's box into a mask."""
 
     def __init__(self, settings: RefineSettings, device: str = "cpu") -> None:
-        from colonseg.models.medsam import AutoMedSAM
-
         if settings.backbone == "none":
             raise ColonsegError("refine.backbone is 'none': there is no model to refine with")
         self.settings = settings
@@ -104,12 +100,11 @@ class BoxRefiner:
     def glands(self, image: np.ndarray, gland: np.ndarray) -> np.ndarray:
         """Refined glands ``(H, W) bool`` of an RGB ``uint8`` image and its proposal glands."""
         h, w = gland.shape
-        boxes = gland_boxes(gland, self.settings.min_area)
+        boxes = mask_boxes(gland, self.settings.min_area)
         if not len(boxes):
             return np.zeros((h, w), bool)
         s = self.size
-        x = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        emb = self.net.embed(torch.from_numpy(x.transpose(2, 0, 1))[None].to(self.device))
+        emb = self.net.embed(prepare_images([image], (s, s), SAM_MEAN, SAM_STD).to(self.device))
         scaled = torch.from_numpy(boxes * np.array([s / w, s / h, s / w, s / h], np.float32))
         union = None
         for chunk in scaled.split(self.settings.batch):
@@ -148,3 +143,57 @@ def run_refine(
         text = json.dumps(manifest, indent=1)
         write_atomic(manifest_path, lambda tmp, t=text: tmp.write_text(t))
     return {"computed": len(todo), "cached": len(pairs) - len(todo)}
+
+
+def propose_and_refine(
+    pairs: list[Pair],
+    out: Path,
+    settings: SpmSettings | None = None,
+    refine: RefineSettings | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """SPM proposals for ``pairs`` in ``out``, then their MedSAM refinement (unless the refine
+    backbone is "none"), both cached. Returns ``{"propose": run_propose's dict, "refined":
+    folder | None, "refine": run_refine's dict | None}``."""
+    refine = refine or RefineSettings()
+    proposed = run_propose(pairs, out, settings, device, progress)
+    refined = refined_folder(out, refine)
+    done = run_refine(pairs, out, refined, refine, device, progress) if refined else None
+    return {"propose": proposed, "refined": refined, "refine": done}
+
+
+def run_propose_folder(
+    data: str | Path,
+    out_dir: str | Path,
+    settings: SpmSettings | None = None,
+    refine: RefineSettings | None = None,
+    split: str | None = None,
+    layout: str = "auto",
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """SPM proposals for a folder of images (or a dataset's split), then their MedSAM
+    refinement, both cached in ``out_dir``.
+
+    Args:
+        data: a folder of images (``*_anno`` files skipped), or a dataset folder, read with
+            ``layout`` and ``split``.
+        refine: a :class:`~colonseg.methods.mssg.refine.RefineSettings`; default LiteMedSAM.
+            Its backbone "none" skips the refinement.
+        device: cpu, cuda or auto.
+
+    Returns:
+        ``{"images": n, "propose": run_propose's dict, "refined": folder | None,
+        "refine": run_refine's dict | None}``.
+    """
+    data, out = Path(data), Path(out_dir)
+    if not data.is_dir():
+        raise ColonsegError(f"{data}: folder not found")
+    plain = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if split or layout != "auto" or not plain:
+        pairs = find_pairs(data, layout, split, require_masks=False)
+    else:
+        pairs = [Pair(p.stem, p, None) for p in plain if not p.stem.endswith("_anno")]
+    result = propose_and_refine(pairs, out, settings, refine, resolve_device(device), progress)
+    return {"images": len(pairs), **result}

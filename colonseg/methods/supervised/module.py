@@ -18,35 +18,9 @@ from torch import nn
 from colonseg.data.labels import decide
 from colonseg.errors import ColonsegError
 from colonseg.losses import DeepSupervisionLoss, create_loss
+from colonseg.metrics.batch import batch_confusion, class_counts, dice_per_image
 
-__all__ = ["SupervisedModule", "batch_confusion", "class_counts", "dice_per_image"]
-
-
-def batch_confusion(probs: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per-image ``(tp, fp, fn, tn)`` counts, shape ``(B, 4)``, for binary maps ``(B, 1, H, W)``."""
-    pred = probs >= threshold
-    gt = target >= 0.5
-    dims = tuple(range(1, pred.ndim))
-    tp = (pred & gt).sum(dims)
-    fp = (pred & ~gt).sum(dims)
-    fn = (~pred & gt).sum(dims)
-    tn = (~pred & ~gt).sum(dims)
-    return torch.stack([tp, fp, fn, tn], 1).double()
-
-
-def class_counts(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
-    """``(tp, fp, fn)`` of each foreground class 1..classes-1 over a batch: ``(classes-1, 3)``."""
-    rows = []
-    for c in range(1, classes):
-        p, t = pred == c, target == c
-        rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
-    return torch.stack(rows).double()
-
-
-def dice_per_image(c: torch.Tensor) -> torch.Tensor:
-    tp, fp, fn = c[:, 0], c[:, 1], c[:, 2]
-    denom = 2 * tp + fp + fn
-    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(tp))
+__all__ = ["SupervisedModule"]
 
 
 class SupervisedModule(L.LightningModule):
