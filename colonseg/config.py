@@ -80,6 +80,7 @@ ALIASES: dict[str, str] = {
     "model.arch": "model.name",  # MSSG
     "trainer.lr": "optim.lr",  # MSSG
     "trainer.weight_decay": "optim.weight_decay",  # MSSG
+    "trainer.snapshots": "data.snapshots",  # Automatic MedSAM
 }
 
 

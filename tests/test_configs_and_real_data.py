@@ -1,30 +1,70 @@
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from colonseg.config import CONFIG_DIR
+import pytest
+import yaml
+
+from colonseg.config import ALIASES, CONFIG_DIR
 from colonseg.data.io import read_image, read_mask
 from colonseg.data.layouts import detect_layout, find_pairs
 from colonseg.engine.config import load_config
 from colonseg.errors import ColonsegError
+from colonseg.methods import METHODS
+from colonseg.methods.supervised import SupervisedModule
+from colonseg.models import create_model
 from tests.conftest import shared_dataset
 
+SHIPPED = sorted(CONFIG_DIR.rglob("*.yaml"))
+FIXTURES = Path(__file__).parent / "fixtures" / "old_configs"
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_configs_validate(path):
-    from colonseg.methods.supervised import SupervisedModule
-    from colonseg.models import create_model
 
+def _keys(node, prefix=""):
+    for k, v in node.items():
+        yield f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _keys(v, f"{prefix}{k}.")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_shipped_configs_validate_and_build(path):
+    """Every shipped config, in every sub-folder: in the one vocabulary (no upper-case key, no
+    alias), valid for its method, and its model builds."""
+    raw = yaml.safe_load(path.read_text())
+    keys = list(_keys(raw))
+    assert not [k for k in keys if k != k.lower()], "upper-case keys"
+    assert not [k for k in keys if k in ALIASES], "keys that are aliases"
     cfg = load_config(path)
-    assert cfg.data.train and cfg.model.name
-    net = create_model(
-        cfg.model.name,
-        encoder=cfg.model.encoder,
-        classes=cfg.model.classes,
-        pretrained=False,
-        **cfg.model.kwargs,
-    )
-    SupervisedModule(net, loss=cfg.loss.name, deep_supervision=cfg.loss.deep_supervision)
+    assert cfg.method in METHODS.names() and cfg.model.name and cfg.name and cfg.out_dir
+    assert {"max_epochs", "checkpoint_minutes", "devices"} <= set(cfg.trainer)
+    assert {"only", "checkpoint", "after_training"} <= set(cfg.test)
+    if cfg.method == "supervised":
+        net = create_model(cfg.model.name, encoder=cfg.model.encoder, classes=cfg.model.classes,
+                           pretrained=False, **cfg.model.kwargs)  # fmt: skip
+        SupervisedModule(net, loss=cfg.loss.name, deep_supervision=cfg.loss.deep_supervision)
+
+
+@pytest.mark.parametrize("method", ["supervised", "mapseg", "medsam_box", "mssg"])
+def test_run_folders_written_before_the_redesign_still_load(method):
+    """``config.yaml`` files of older run folders (their own keys, MAPSeg's upper-case ones)
+    load through the alias table onto today's names, with their values."""
+    old = yaml.safe_load((FIXTURES / f"{method}.yaml").read_text())
+    cfg = load_config(FIXTURES / f"{method}.yaml")
+    assert cfg.method == method
+    if method == "mapseg":
+        assert cfg.name == old["EXP_NAME"] and cfg.out_dir == old["RESULT_DIR"]
+        assert cfg.trainer.max_epochs == old["TRAIN"]["epochs"] and cfg.seed == old["TRAIN"]["seed"]
+        assert cfg.data.image_size == old["DATASET"]["resize"]
+        assert cfg.model.memory_size == old["MEMORY"]["nb_memory_sample"]
+        assert cfg.loss.focal == old["TRAIN"]["focal_weight"] and cfg.test.tta == old["TEST"]["tta"]
+    elif method == "supervised":
+        assert cfg.loss.name == old["optim"]["loss"] and cfg.seed == old["trainer"]["seed"]
+        assert cfg.loss.deep_supervision == old["optim"]["deep_supervision"]
+    elif method == "mssg":
+        assert cfg.model.name == old["model"]["arch"] and cfg.optim.lr == old["trainer"]["lr"]
+    else:
+        assert cfg.data.snapshots == old["trainer"]["snapshots"]
+        assert cfg.trainer.checkpoint_every == old["trainer"]["checkpoint_every"]
 
 
 def test_config_errors():
