@@ -16,6 +16,7 @@ __all__ = [
     "write_folder_dataset",
     "write_glas_dataset",
     "write_neopolyp_dataset",
+    "write_normal_frames",
 ]
 
 
@@ -110,4 +111,18 @@ def write_glas_dataset(
             seed += 1
             write_png(root / f"{part}_{i}.png", image)
             write_png(root / f"{part}_{i}_anno.png", labels)
+    return root
+
+
+def write_normal_frames(root: str | Path, n: int = 12, size: int = 72, seed: int = 0) -> Path:
+    """Write ``n`` "normal" endoscopy-like frames (a reddish textured disc on black, no lesion)
+    as ``root/normal/n<i>.png`` and one texture as ``root/textures/t/a.png`` (MAPSeg's inputs)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        frame = np.zeros((size, size, 3), np.uint8)
+        cv2.circle(frame, (size // 2, size // 2), size // 2 - 3, (180, 90, 70), -1)
+        frame = np.clip(frame + rng.normal(0, 8, frame.shape) * (frame > 0), 0, 255)
+        write_png(root / "normal" / f"n{i}.png", frame.astype(np.uint8))
+    write_png(root / "textures" / "t" / "a.png", rng.integers(0, 255, (20, 20, 3), np.uint8))
     return root

@@ -9,32 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import lightning as L
-import numpy as np
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
 from colonseg.cli.main import app
-from colonseg.data.io import write_png
-from colonseg.data.synthetic import write_folder_dataset, write_glas_dataset
+from colonseg.data.synthetic import (
+    write_folder_dataset,
+    write_glas_dataset,
+    write_normal_frames,
+)
 from colonseg.engine.config import load_config
 from colonseg.engine.train import run_train
 
 METHODS = ["supervised", "mapseg", "medsam_box", "mssg"]
-
-
-def _normal_frames(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        frame = np.zeros((72, 72, 3), np.uint8)
-        cv2.circle(frame, (36, 36), 33, (180, 90, 70), -1)
-        frame = np.clip(frame + rng.normal(0, 8, frame.shape) * (frame > 0), 0, 255)
-        write_png(root / "normal" / f"n{i}.png", frame.astype(np.uint8))
-    write_png(root / "textures" / "t" / "a.png", rng.integers(0, 255, (20, 20, 3), np.uint8))
-    return root
 
 
 def tiny_run(method: str, tmp: Path) -> tuple[str, list[str]]:
@@ -52,7 +42,7 @@ def tiny_run(method: str, tmp: Path) -> tuple[str, list[str]]:
                                     f"data.train=[{{path: {d}}}]", f"data.val=[{{path: {d}}}]",
                                     "data.image_size=64", "data.batch_size=2"]  # fmt: skip
     if method == "mapseg":
-        root = _normal_frames(tmp / "frames")
+        root = write_normal_frames(tmp / "frames")
         return "mapseg/polyp", [*common, f"data.root={root}", "data.normal=normal",
                                 "data.textures=textures", "data.image_size=64",
                                 "data.val_fraction=0.25", "data.batch_size=2",
@@ -182,3 +172,22 @@ def test_ddp_on_two_cpu_processes_writes_a_model_predict_loads(method, tmp_path)
     )
     assert predicted.exit_code == 0, predicted.output
     assert (tmp_path / "pred" / "masks" / "case_0.png").is_file()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_synthetic_quick_run_from_the_command_line(method, tmp_path):
+    config = {"supervised": "polyp_unet_lite0", "mapseg": "mapseg/polyp",
+              "medsam_box": "medsam_box/polyp", "mssg": "mssg/glas"}[method]  # fmt: skip
+    tiny = ["model.encoder=test_efficientnet", "model.pretrained=false"]
+    small = {"supervised": [*tiny, "model.kwargs={}"], "mapseg": [*tiny, "model.width=16"],
+             "medsam_box": [], "mssg": [*tiny, "refine.backbone=none", "spm.iterations=3"]}[
+        method
+    ]  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["train", config, f"out_dir={tmp_path}", "trainer.accelerator=cpu",
+              "trainer.progress_bar=false", *small, "--synthetic", "--quick"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    name = load_config(config).name
+    assert (tmp_path / f"{name}-quick" / "model" / "config.json").is_file()
+    assert "evaluate it with: colonseg evaluate" in result.output

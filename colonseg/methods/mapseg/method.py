@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from colonseg.data.io import read_image
 from colonseg.data.sources import DataSource
+from colonseg.data.synthetic import write_folder_dataset, write_normal_frames
 from colonseg.errors import ColonsegError
 from colonseg.methods.base import METHODS, Method, Stage
 from colonseg.methods.mapseg.config import SCREEN_POSTPROCESS, MapsegConfig
@@ -72,6 +73,26 @@ class Mapseg(Method):
         look_up_option(cfg.model.memory_match, ["frame", "patch"], "memory match")
         check_encoder(cfg.model.encoder)
         PostProcess.parse(cfg.postprocess)
+
+    def synthetic(self, cfg: DictConfig, root: Path) -> DictConfig:
+        """``cfg`` on 32 generated normal frames (a quarter held out) and 4 frames with discs
+        to test on, at 64² and at most 3 epochs."""
+        write_normal_frames(root, n=32, size=72)
+        write_folder_dataset(root / "polyps", n=4, size=64, seed=100)
+        cfg = cfg.copy()
+        d = cfg.data
+        d.root, d.target, d.normal, d.textures, d.shapes = (
+            str(root),
+            "-",
+            "normal",
+            "textures",
+            None,
+        )
+        d.image_size, d.val_fraction = 64, 0.25
+        cfg.model.memory_size = min(cfg.model.memory_size, 8)
+        cfg.test.datasets = [{"path": "polyps"}]
+        cfg.trainer.max_epochs = min(cfg.trainer.max_epochs, 3)
+        return cfg
 
     def datamodule(self, cfg: DictConfig, stage: Stage) -> MapsegDataModule:
         return MapsegDataModule(cfg)

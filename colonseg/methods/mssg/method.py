@@ -29,6 +29,7 @@ from colonseg.data.cache import default_cache_dir
 from colonseg.data.io import read_image, write_atomic, write_png
 from colonseg.data.layouts import Pair, find_pairs, hold_out
 from colonseg.data.sources import DataSource
+from colonseg.data.synthetic import write_glas_dataset
 from colonseg.device import resolve_device
 from colonseg.methods.base import METHODS, Method, Stage
 from colonseg.methods.mssg.baselines import baselines, write_snapshots
@@ -154,6 +155,17 @@ class Mssg(Method):
         look_up_option(cfg.model.name, MODELS.names(), "model")
         check_encoder(cfg.model.encoder)
         refine_settings(cfg)  # refuses an unknown backbone
+
+    def synthetic(self, cfg: DictConfig, root: Path) -> DictConfig:
+        """``cfg`` on a generated GlaS-layout set (8 train, 2 + 2 test images of 96 × 128),
+        its proposals cached beside it, at most 3 epochs."""
+        parts = {"train": 8, "testA": 2, "testB": 2}
+        cfg = cfg.copy()
+        cfg.data.path = str(write_glas_dataset(root / "glas", parts))
+        cfg.data.proposals = str(root / "spm")
+        cfg.data.size = [96, 128]
+        cfg.trainer.max_epochs = min(cfg.trainer.max_epochs, 3)
+        return cfg
 
     def rounds(self, cfg: DictConfig) -> int:
         return cfg.trainer.rounds
