@@ -28,7 +28,7 @@ class SupervisedModule(L.LightningModule):
 
     Example:
         >>> module = SupervisedModule(create_model("unet"), loss="bce_dice")
-        >>> L.Trainer(max_epochs=1).fit(module, datamodule)
+        >>> create_trainer(cfg, run_dir).fit(module, datamodule)   # colonseg.engine.trainer
     """
 
     def __init__(
