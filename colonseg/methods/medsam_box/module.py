@@ -141,6 +141,14 @@ class MedsamBoxModule(L.LightningModule):
         self.net, self.loss = net, loss
         self._val: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._targets: dict[str, torch.Tensor] = {}  # box-prompted masks, when boxes are fixed
+        self.strict_loading = False  # the frozen SAM is not in the training checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the frozen SAM (its package's or the user's weights) out of ``last.ckpt``: a
+        resumable checkpoint of the prompt module is a few MB, not the backbone's size."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("net.sam.")]:
+            del state[key]
 
     def _prompt_targets(self, emb: torch.Tensor, batch: dict) -> torch.Tensor:
         """SAM's masks from the true boxes (computed once per image unless boxes are jittered)."""
