@@ -4,6 +4,7 @@ mining and the optional MedSAM refinement); the rest are the shared names."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from colonseg.config import RunConfig, TestConfig, TrainerConfig
 from colonseg.methods.mssg.refine import RefineSettings
@@ -37,6 +38,9 @@ class ModelConfig:
     pretrained: bool = True
     encoder_weights: str | None = None
     embed_dim: int = 32
+    # more architecture options; the paper's PSPNet (dilated, full-depth encoder):
+    # model.name=pspnet model.kwargs="{encoder_depth: 5, output_stride: 8}"
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

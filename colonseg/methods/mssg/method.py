@@ -176,7 +176,8 @@ class Mssg(Method):
     def module(self, cfg: DictConfig, dm: MssgDataModule) -> MssgModule:
         m = cfg.model
         net = create_model(m.name, encoder=m.encoder, classes=1, pretrained=m.pretrained,
-                           encoder_weights=m.encoder_weights)  # fmt: skip
+                           encoder_weights=m.encoder_weights,
+                           **OmegaConf.to_container(m.kwargs))  # fmt: skip
         return MssgModule(net, embed_dim=m.embed_dim, lr=cfg.optim.lr,
                           weight_decay=cfg.optim.weight_decay, seed=cfg.seed,
                           **OmegaConf.to_container(cfg.loss))  # fmt: skip
@@ -185,7 +186,8 @@ class Mssg(Method):
         d = cfg.data
         return {
             "arch": cfg.model.name,
-            "init_kwargs": {"encoder": cfg.model.encoder, "classes": 1},
+            "init_kwargs": {"encoder": cfg.model.encoder, "classes": 1,
+                            **OmegaConf.to_container(cfg.model.kwargs)},  # fmt: skip
             "size": (int(d.size[0]), int(d.size[1])),
             "mean": dm.mean,
             "std": dm.std,
