@@ -38,6 +38,10 @@ def test_shipped_model_is_documented_and_small(name):
         expected = {"kvasir-seg/dice", "cvc-clinicdb/dice"}
     assert expected <= set(config["metrics"])
     PostProcess.parse(config.get("postprocess", ""))  # a valid default post-processing spec
+    # it says which images it learnt from, so that evaluate can warn when it scores them
+    assert config["trained_on"] and all(
+        len(d) == 16 and int(d, 16) >= 0 for v in config["trained_on"].values() for d in v
+    )
 
 
 @pytest.mark.parametrize("name", list_zoo())

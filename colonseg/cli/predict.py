@@ -75,7 +75,7 @@ def evaluate(
     Writes per_case.csv, summary.json, table.md and report.html.
     """
     from colonseg.data.sources import DataSource
-    from colonseg.engine.evaluate import run_evaluate
+    from colonseg.engine.evaluate import run_evaluate, trained_on_overlap
 
     split = split or []
     if len(split) > len(data):
@@ -90,6 +90,10 @@ def evaluate(
     typer.echo(f"{model}: {predictor.settings()}")
     typer.echo((out / "table.md").read_text())
     typer.echo(f"report: {out / 'report.html'}")
+    seen, total = trained_on_overlap(predictor.meta, sources)
+    if seen:
+        typer.echo(f"warning: {seen} of {total} evaluated images were used to train {model}",
+                   err=True)  # fmt: skip
 
 
 @friendly

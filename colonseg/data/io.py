@@ -23,6 +23,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "file_digest",
+    "image_digest",
     "read_image",
     "read_instances",
     "read_mask",
@@ -207,6 +208,12 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def image_digest(path: str | os.PathLike) -> str:
+    """The first 16 hex digits of a file's SHA-256: how a checkpoint names the images it was
+    trained on (a copy or a renamed file is recognised; 64 bits make a collision negligible)."""
+    return file_digest(path)[:16]
 
 
 def unique_stems(stems: list[str]) -> list[str]:

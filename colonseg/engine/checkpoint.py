@@ -15,9 +15,11 @@
 ``postprocess`` the Predictor's default post-processing (see :mod:`colonseg.postprocess`);
 ``tta`` the Predictor's default test-time augmentation (``none``, ``flip`` or ``d4``, see
 :mod:`colonseg.engine.tta`; older checkpoints say ``true``/``false``: flip / none);
-``packaged`` the submodules whose weights are not stored because they are frozen ImageNet weights
-that the installed packages provide (MAPSeg's encoder): loading builds the model with
-``pretrained=True`` and takes them from there.
+``trained_on`` the images the model was trained on, per dataset, as
+:func:`colonseg.data.io.image_digest` (``evaluate`` warns when it scores them); ``packaged`` the
+submodules whose weights are not stored because they are frozen ImageNet weights that the
+installed packages provide (MAPSeg's encoder): loading builds the model with ``pretrained=True``
+and takes them from there.
 
 Example:
     >>> save_pretrained(model, meta, "runs/x/model")
@@ -45,6 +47,7 @@ __all__ = [
     "ModelMeta",
     "ZOO_DIR",
     "list_zoo",
+    "merge_trained_on",
     "load_pretrained",
     "resolve_model_path",
     "save_pretrained",
@@ -83,6 +86,8 @@ class ModelMeta:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     packaged: list[str] = field(default_factory=list)  # submodules not stored (see above)
+    # the images it was trained on: dataset name → sorted image digests (data.io.image_digest)
+    trained_on: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -114,7 +119,18 @@ class ModelMeta:
             provenance=dict(d.get("provenance", {})),
             metrics=dict(d.get("metrics", {})),
             packaged=list(d.get("packaged", [])),
+            trained_on={str(k): list(v) for k, v in d.get("trained_on", {}).items()},
         )
+
+
+def merge_trained_on(*records: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The union of ``trained_on`` records (a fine-tuned model's and its parent's, an
+    ensemble's members')."""
+    merged: dict[str, set[str]] = {}
+    for record in records:
+        for name, digests in record.items():
+            merged.setdefault(name, set()).update(digests)
+    return {name: sorted(digests) for name, digests in merged.items()}
 
 
 def _is_packaged(key: str, packaged: list[str]) -> bool:

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from colonseg.engine.checkpoint import load_pretrained, save_pretrained, stored_dtypes
+from colonseg.engine.checkpoint import (
+    load_pretrained,
+    merge_trained_on,
+    save_pretrained,
+    stored_dtypes,
+)
 from colonseg.errors import ColonsegError
 from colonseg.models.ensemble import Ensemble
 
@@ -48,6 +53,7 @@ def combine_checkpoints(models: Sequence[str | Path], out: str | Path, half: boo
             ],
         },
         metrics={},
+        trained_on=merge_trained_on(*(m.trained_on for _, m in loaded)),
     )
     # without half, each member's tensors keep the dtype its own file stored them in
     dtypes = {

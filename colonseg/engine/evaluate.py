@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from colonseg.data.io import read_image, read_instances, write_atomic
+from colonseg.data.io import image_digest, read_image, read_instances, write_atomic
 from colonseg.data.labels import read_label, scheme_for_masks
 from colonseg.data.layouts import detect_layout, find_pairs
 from colonseg.data.sources import DataSource
+from colonseg.engine.checkpoint import ModelMeta
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.metrics import (
@@ -53,7 +54,7 @@ from colonseg.metrics import (
 from colonseg.viz.overlays import compare, thumbnail
 from colonseg.viz.report import write_report
 
-__all__ = ["run_evaluate", "SUMMARY_KEYS"]
+__all__ = ["SUMMARY_KEYS", "run_evaluate", "trained_on_overlap"]
 
 SUMMARY_KEYS = (
     "dice", "iou", "mdice_256", "precision", "recall", "f1", "accuracy", "specificity",
@@ -63,6 +64,17 @@ _CASE_KEYS = (
     "dice", "iou", "mdice_256", "precision", "recall", "f1", "accuracy", "specificity",
     "s_measure", "e_measure_mean", "wfm", "mae", "hd95", "peak",
 )  # fmt: skip
+
+
+def trained_on_overlap(meta: ModelMeta, sources: list[DataSource]) -> tuple[int, int]:
+    """How many of the images in ``sources`` the model was trained on (by the digests its
+    checkpoint records, so copies and renamed files count), and how many images there are."""
+    seen = {d for digests in meta.trained_on.values() for d in digests}
+    files = []
+    for s in sources:
+        layout = detect_layout(s.path) if s.layout == "auto" else s.layout
+        files += [p.image for p in find_pairs(s.path, layout, s.split)]
+    return (sum(image_digest(f) in seen for f in files) if seen else 0), len(files)
 
 
 def _evaluate_source(predictor: Predictor, source: DataSource, progress: bool):

@@ -23,8 +23,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from colonseg.config import save_config
-from colonseg.data.io import write_atomic
-from colonseg.engine.checkpoint import ModelMeta, load_pretrained, save_pretrained
+from colonseg.data.io import image_digest, write_atomic
+from colonseg.engine.checkpoint import (
+    ModelMeta,
+    load_pretrained,
+    merge_trained_on,
+    save_pretrained,
+)
 from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.trainer import EpochTimer, check_resumable, create_trainer
@@ -55,7 +60,8 @@ def _init_from(net: torch.nn.Module, source: str, arch: str) -> dict:
             f"{arch} (e.g. {fresh[0]}); only output heads may differ"
         )
     net.load_state_dict({k: (own[k] if k in fresh else theirs[k]) for k in own})
-    return {"path": source, "provenance": meta.provenance, "reinitialised": fresh}
+    return {"path": source, "provenance": meta.provenance, "reinitialised": fresh,
+            "trained_on": meta.trained_on}  # fmt: skip
 
 
 def _log_rows(path: Path, upto_epoch: int | None = None) -> list[dict]:
@@ -148,9 +154,12 @@ def _fit_stage(
     dm.setup("fit")
     module = method.module(cfg, dm)
     record = method.checkpoint(cfg, dm)
+    trained_on = {name: sorted({image_digest(f) for f in files})
+                  for name, files in method.training_images(cfg, dm).items()}  # fmt: skip
     parent = None
     if cfg.model.get("init_from"):
         parent = _init_from(module.net, cfg.model.init_from, record["arch"])
+        trained_on = merge_trained_on(trained_on, parent.pop("trained_on"))
     meta = ModelMeta(
         **{k: v for k, v in record.items() if k != "provenance"},
         threshold=record.get("threshold", cfg.threshold),
@@ -164,6 +173,7 @@ def _fit_stage(
             "round": stage.number,
             "command": command,
         },
+        trained_on=trained_on,
     )
     copies = _ModelCopies(out, meta, cfg.trainer.monitor, cfg.trainer.checkpoint_every)
     trainer = create_trainer(cfg, out, [copies, *method.callbacks(cfg, dm, out), *callbacks])

@@ -72,6 +72,11 @@ class Method:
         The engine adds the run's name, method, epochs, command and metrics."""
         raise NotImplementedError
 
+    def training_images(self, cfg: DictConfig, dm: L.LightningDataModule) -> dict[str, list]:
+        """The image files the model learns from, per dataset name (recorded in the checkpoint
+        as digests, so that ``evaluate`` can warn when it scores them)."""
+        return {}
+
     def callbacks(self, cfg: DictConfig, dm: L.LightningDataModule, out: Path) -> list:
         """Extra Lightning callbacks (snapshots, ...)."""
         return []

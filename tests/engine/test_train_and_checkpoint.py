@@ -29,6 +29,7 @@ def test_two_step_training_writes_a_usable_run(tiny_cfg):
     cfg = json.loads((run / "model" / "config.json").read_text())
     assert cfg["arch"] == "unet" and cfg["preprocessing"]["size"] == [64, 64]
     assert cfg["provenance"]["command"] == "colonseg train tiny"
+    assert [len(v) for v in cfg["trained_on"].values()] == [8]  # the 8 training images
 
     net, meta = load_pretrained(run / "model")
     x = torch.rand(1, 3, 64, 64)
@@ -164,11 +165,17 @@ def test_init_from_copies_a_trained_checkpoint(tmp_path):
 
     kwargs = {"encoder": "test_efficientnet", "classes": 1}
     trained = create_model("unet", pretrained=False, **kwargs).eval()
-    meta = ModelMeta(arch="unet", init_kwargs=kwargs, provenance={"epochs": 3})
+    meta = ModelMeta(arch="unet", init_kwargs=kwargs, provenance={"epochs": 3},
+                     trained_on={"a": ["0123456789abcdef"]})  # fmt: skip
     save_pretrained(trained, meta, tmp_path / "m")
     fresh = create_model("unet", pretrained=False, **kwargs).eval()
     parent = _init_from(fresh, str(tmp_path / "m"), "unet")
-    assert parent == {"path": str(tmp_path / "m"), "provenance": {"epochs": 3}, "reinitialised": []}
+    assert parent == {
+        "path": str(tmp_path / "m"),
+        "provenance": {"epochs": 3},
+        "reinitialised": [],
+        "trained_on": {"a": ["0123456789abcdef"]},
+    }  # the parent's data travels on
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), trained(x))
@@ -209,3 +216,20 @@ def test_learning_curves_draw_only_the_metrics_a_run_logged(tmp_path):
     one_panel = Image.open(plot_curves(csv, tmp_path / "loss.png", ("loss",))).size[0]
     # loss and dice logged: accuracy and f1 get no empty panel
     assert Image.open(plot_curves(csv, tmp_path / "all.png")).size[0] == 2 * one_panel
+
+
+def test_evaluate_warns_when_it_scores_the_training_images(tiny_cfg, tmp_path):
+    from typer.testing import CliRunner
+
+    from colonseg.cli.main import app
+    from colonseg.data.synthetic import write_folder_dataset
+
+    model = run_train(tiny_cfg)["model_dir"]
+    train = tiny_cfg.data.train[0].path
+    other = write_folder_dataset(tmp_path / "other", n=3, size=64, seed=50)
+    args = ["evaluate", "--model", str(model), "--out", str(tmp_path / "eval")]
+    seen = CliRunner().invoke(app, [*args, "--data", train, "--data", str(other)])
+    assert seen.exit_code == 0, seen.output
+    assert f"warning: 8 of 11 evaluated images were used to train {model}" in seen.output
+    unseen = CliRunner().invoke(app, [*args, "--data", str(other)])
+    assert unseen.exit_code == 0 and "warning" not in unseen.output

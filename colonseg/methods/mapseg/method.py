@@ -132,6 +132,9 @@ class Mapseg(Method):
             gamma=cfg.loss.focal_gamma,
         )
 
+    def training_images(self, cfg: DictConfig, dm: MapsegDataModule) -> dict[str, list]:
+        return {Path(dm.train_files[0]).parent.name: list(dm.train_files)}  # normal frames
+
     def checkpoint(self, cfg: DictConfig, dm: MapsegDataModule) -> dict:
         m, size = cfg.model, cfg.data.image_size
         return {

@@ -141,6 +141,12 @@ class MedsamBox(Method):
             schedule=cfg.optim.schedule,
         )
 
+    def training_images(self, cfg: DictConfig, dm: MedsamDataModule) -> dict[str, list]:
+        sources = [DataSource(s.path, s.split, s.layout) for s in [*cfg.data.train, *cfg.data.val]]
+        # the held-out share chose the epoch: it counts too
+        return {src.display_name(): [s.image for s in collect_samples(src, cfg.data.boxes)]
+                for src in sources}  # fmt: skip
+
     def checkpoint(self, cfg: DictConfig, dm: MedsamDataModule) -> dict:
         return {
             "arch": "automedsam",

@@ -182,12 +182,19 @@ class Mssg(Method):
                           weight_decay=cfg.optim.weight_decay, seed=cfg.seed,
                           **OmegaConf.to_container(cfg.loss))  # fmt: skip
 
+    def training_images(self, cfg: DictConfig, dm: MssgDataModule) -> dict[str, list]:
+        name = Path(cfg.data.path).resolve().name
+        return {f"{name}:{cfg.data.train_split}": [p.image for p in dm.pairs]}
+
     def checkpoint(self, cfg: DictConfig, dm: MssgDataModule) -> dict:
         d = cfg.data
         return {
             "arch": cfg.model.name,
-            "init_kwargs": {"encoder": cfg.model.encoder, "classes": 1,
-                            **OmegaConf.to_container(cfg.model.kwargs)},  # fmt: skip
+            "init_kwargs": {
+                "encoder": cfg.model.encoder,
+                "classes": 1,
+                **OmegaConf.to_container(cfg.model.kwargs),
+            },  # fmt: skip
             "size": (int(d.size[0]), int(d.size[1])),
             "mean": dm.mean,
             "std": dm.std,

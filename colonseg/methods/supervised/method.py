@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from colonseg.data.datamodule import SegmentationDataModule
 from colonseg.data.labels import SCHEMES, get_scheme
+from colonseg.data.layouts import find_pairs
 from colonseg.data.sources import DataSource
 from colonseg.data.synthetic import write_folder_dataset
 from colonseg.data.transforms import AUGMENTATIONS
@@ -104,6 +105,11 @@ class Supervised(Method):
             classes=cfg.model.classes,
             class_keys=list(get_scheme(cfg.data.labels).keys[1:]),
         )
+
+    def training_images(self, cfg: DictConfig, dm: SegmentationDataModule) -> dict[str, list]:
+        sources = [DataSource(**s) for s in cfg.data.train]
+        return {s.display_name(): [p.image for p in find_pairs(s.path, s.layout, s.split)]
+                for s in sources}  # fmt: skip
 
     def checkpoint(self, cfg: DictConfig, dm: SegmentationDataModule) -> dict:
         scheme = get_scheme(cfg.data.labels)
