@@ -4,9 +4,11 @@
 Every connected region of the ground truth (4-connected, as the MVTec reference labels them)
 counts once, whatever its size: at a threshold, its overlap is the share of its pixels above the
 threshold, and PRO is the mean overlap over all regions of the dataset. The false-positive rate
-is over every background pixel. Scores are binned (``bins`` equal bins on [0, 1]) so images
-stream through: each region adds its histogram divided by its size, the background adds its
-histogram, and the curve follows from reversed cumulative sums.
+is over every background pixel. Scores are binned as for the pixel AUROC
+(:func:`colonseg.metrics.auroc.bin_index`: 2^14 log-spaced bins per octave of the float32 score)
+so images stream through: each region adds its histogram divided by its size, the background adds
+its histogram, and the curve follows from reversed cumulative sums. The curve is exact at every
+bin edge; ``benchmarks/auroc_exactness.py`` measures the difference from the exact curve.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from colonseg.metrics.auroc import bin_index
+from colonseg.metrics.auroc import N_BINS, bin_index
 
 __all__ = ["AUPROMeter"]
 
@@ -23,20 +25,20 @@ class AUPROMeter:
     """Accumulates ``update(prob, target)``; ``compute()`` gives the AUPRO up to ``max_fpr``
     (NaN when no region or no background pixel was seen)."""
 
-    def __init__(self, max_fpr: float = 0.3, bins: int = 10_000) -> None:
-        self.max_fpr, self.bins = max_fpr, bins
-        self.overlap = np.zeros(bins)  # Σ over regions of (region histogram / region size)
+    def __init__(self, max_fpr: float = 0.3) -> None:
+        self.max_fpr = max_fpr
+        self.overlap = np.zeros(N_BINS)  # Σ over regions of (region histogram / region size)
         self.regions = 0
-        self.neg = np.zeros(bins, np.int64)
+        self.neg = np.zeros(N_BINS, np.int64)
 
     def update(self, prob: np.ndarray, target: np.ndarray) -> None:
-        idx = bin_index(prob, self.bins)
+        idx = bin_index(prob)
         t = np.asarray(target).astype(np.uint8) > 0
-        self.neg += np.bincount(idx[~t], minlength=self.bins)
+        self.neg += np.bincount(idx[~t], minlength=N_BINS)
         n, labels = cv2.connectedComponents(t.astype(np.uint8), connectivity=4)
         for region in range(1, n):
             inside = idx[labels == region]
-            self.overlap += np.bincount(inside, minlength=self.bins) / len(inside)
+            self.overlap += np.bincount(inside, minlength=N_BINS) / len(inside)
         self.regions += n - 1
 
     def compute(self) -> float:
