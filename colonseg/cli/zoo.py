@@ -71,11 +71,13 @@ def data_of(provenance: dict, method: str) -> str:
             notes.append(f"{train['images']} images")
     else:
         return "-"
+    refine = (provenance.get("refine") or {}).get("backbone", "none")
     notes += {
         "mapseg": ["no polyp labels"],
-        "medsam_box": ["boxes only"],
-        "mssg": ["no labels"],
-    }.get(method, [])
+        "medsam_box": ["boxes only", "frozen LiteMedSAM (learnt from masks)"],
+        "mssg": ["no labels"] if refine == "none" else
+                ["no GlaS labels", f"{refine} refinement (learnt from masks)"],
+    }.get(method, [])  # fmt: skip
     return f"{names}: {', '.join(notes)}" if notes else names
 
 
