@@ -38,7 +38,7 @@ POLYP = ["images/clinicdb_14.jpg", "images/kvasir_cju0u82z3cuma0835wlxrnrjv.jpg"
 IMAGES = {
     "default": POLYP,
     "mapseg_polyp": POLYP,
-    "mssg_glas": ["glas/testA_19.jpg", "glas/testB_7.jpg"],
+    "mssg_medsam_glas": ["glas/testA_19.jpg", "glas/testB_7.jpg"],
     "neopolyp_unet_lite0": [
         "neopolyp/images/bkai_021bab9f.jpg",
         "neopolyp/images/bkai_0bd55b13.jpg",

@@ -29,7 +29,7 @@ def test_models_prints_a_table_of_the_zoo():
     rows = {line[0]: line[1:] for line in lines[2:] if line[0] in ZOO}
     assert rows["default"][:3] == ["supervised", "unet", "tf_efficientnet_lite0"]
     assert rows["mapseg_polyp"][:2] == ["mapseg", "2x"]
-    assert rows["mssg_glas"][0] == "mssg" and rows["polyp_automedsam"][0] == "medsam_box"
+    assert rows["mssg_medsam_glas"][0] == "mssg" and rows["polyp_automedsam"][0] == "medsam_box"
     assert set(rows) == set(ZOO) and "?" not in result.output and "…" not in result.output
 
 

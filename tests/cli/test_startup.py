@@ -70,12 +70,14 @@ def test_train_help_lists_the_shipped_configs():
 
 def test_zoo_rows_have_every_cell():
     rows = {row[0]: row for row in zoo_rows()}
-    assert {"default", "mapseg_polyp", "mssg_glas", "polyp_automedsam"} <= set(rows)
+    assert {"default", "mapseg_polyp", "mssg_medsam_glas", "polyp_automedsam"} <= set(rows)
     for row in rows.values():
         assert all(cell and cell != "-" and "?" not in cell for cell in row), row
     assert rows["mapseg_polyp"][1:3] == ("mapseg", "2x mapseg tf_efficientnet_lite0")
     assert rows["default"][3] == "kvasir-seg + cvc-clinicdb: pranet_train"
-    assert "no labels" in rows["mssg_glas"][3] and "boxes only" in rows["polyp_automedsam"][3]
+    refined, box = rows["mssg_medsam_glas"][3], rows["polyp_automedsam"][3]
+    assert "no GlaS labels, litemedsam refinement (learnt from masks)" in refined
+    assert "boxes only" in box and "LiteMedSAM" in box
 
 
 def test_zoo_cells_from_config_json():
