@@ -188,7 +188,7 @@ def _fit_stage(
     if csv_path.is_file():
         plot_curves(csv_path, out / "curves.png", method.curve_panels)
         metrics["history"] = epoch_table(csv_path)
-    if not (cfg.trainer.monitor and (out / "model" / "config.json").is_file()):
+    if copies.best == float("-inf"):  # no monitored epoch saved model/: the last one is it
         meta.metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
         save_pretrained(module.net, meta, out / "model")
     return out / "model", metrics, timer.seconds
