@@ -168,3 +168,16 @@ def test_page_settings_reach_a_copy_of_the_cached_predictor_and_tta_changes_the_
     np.testing.assert_allclose(logic.predict_probs(predictor, image), plain)
     out = logic.configure(predictor, 0.9, "none", "flip").finish(flipped, image)
     assert out.mask.shape == (48, 40) and predictor.threshold == 0.5
+
+
+def test_the_app_listens_on_this_machine_unless_told_and_hides_error_details():
+    from colonseg.app.logic import server_options
+
+    options, warning = server_options(["--server.port", "8600"])
+    assert "--server.address=127.0.0.1" in options and warning is None
+    assert "--client.showErrorDetails=false" in options and options[-2:] == ["--server.port", "8600"]
+    for extra in (["--server.address", "0.0.0.0"], ["--server.address=10.1.2.3"]):
+        options, warning = server_options(extra)
+        assert "--server.address=127.0.0.1" not in options
+        assert "other hosts can reach it, and it has no login" in warning
+    assert server_options(["--server.address=localhost"])[1] is None

@@ -43,6 +43,7 @@ __all__ = [
     "regions_summary",
     "safe_name",
     "selected_box",
+    "server_options",
     "zip_results",
 ]
 
@@ -51,6 +52,36 @@ MAX_APP_PIXELS = 40_000_000  # 40 megapixels: larger frames are refused with a m
 MAX_UNZIPPED_MB = 500  # an uploaded checkpoint zip may not expand beyond this (zip bombs)
 CHECKPOINT_TYPES = ("onnx", "zip")
 _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
+def server_options(extra: list[str]) -> tuple[list[str], str | None]:
+    """Streamlit's options for ``colonseg app`` plus the user's ``extra`` ones, and a warning to
+    print when the app will be reachable from other hosts.
+
+    The app listens on 127.0.0.1 unless ``--server.address`` is given; errors that are not a
+    one-line :class:`ColonsegError` reach the browser without their details (traceback and
+    server paths stay in the server's log).
+    """
+    options = [
+        "--server.headless=true",
+        f"--server.maxUploadSize={MAX_UPLOAD_MB}",
+        "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=minimal",
+        "--client.showErrorDetails=false",
+    ]
+    address = None
+    for i, arg in enumerate(extra):
+        if arg.startswith("--server.address"):
+            address = arg.split("=", 1)[1] if "=" in arg else (extra[i + 1 : i + 2] or [""])[0]
+    if address is None:
+        options.append("--server.address=127.0.0.1")
+    warning = None
+    if address not in (None, "127.0.0.1", "localhost", "::1"):
+        warning = (
+            f"warning: the app listens on {address or 'every interface'}: other hosts can reach "
+            "it, and it has no login"
+        )
+    return options + list(extra), warning
 
 
 def safe_name(name: str, fallback: str = "upload") -> str:

@@ -110,18 +110,18 @@ def ensemble(
 
 @app.command("app", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def web_app(ctx: typer.Context) -> None:
-    """Start the web app (Streamlit). Extra options go to Streamlit: --server.port 8600."""
+    """Start the web app (Streamlit) on this machine only.
+
+    Extra options go to Streamlit: --server.port 8600. --server.address 0.0.0.0 opens it to the
+    network (it has no login: a warning says so).
+    """
     from colonseg.app import logic
 
     page = Path(logic.__file__).with_name("page.py")
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(page),
-        "--server.headless=true",
-        f"--server.maxUploadSize={logic.MAX_UPLOAD_MB}",
-        "--browser.gatherUsageStats=false",
-        "--client.toolbarMode=minimal",
-        *ctx.args,
-    ]  # fmt: skip
+    options, warning = logic.server_options(list(ctx.args))
+    if warning:
+        typer.echo(warning, err=True)
+    command = [sys.executable, "-m", "streamlit", "run", str(page), *options]
     os.execv(sys.executable, command)  # Streamlit takes over this process (signals reach it)
 
 
