@@ -81,6 +81,33 @@ def cached_onnx(net: nn.Module, meta: ModelMeta) -> Path:
     return path if path.is_file() else _export(net, meta, path)
 
 
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file any of whose tensors keeps its data in a file outside the model's
+    folder (an absolute path, ``..``, or a link leading out): onnxruntime would read it."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises protobuf's and its own types
+        raise ColonsegError(
+            f"{path}: not a loadable ONNX model ({exc.__class__.__name__})"
+        ) from None
+    folder = path.resolve().parent
+    tensors = list(proto.graph.initializer)
+    for node in proto.graph.node:
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    for tensor in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ColonsegError(
+                f"{path}: tensor '{tensor.name}' keeps its data outside the model's folder "
+                f"({location!r}); refused"
+            )
+
+
 class OnnxModel:
     """An onnxruntime session with the torch-model call the Predictor uses:
     ``model(x: (B, 3, H, W) float tensor) -> logits tensor``."""
@@ -89,6 +116,7 @@ class OnnxModel:
         import onnxruntime as ort
 
         self.path = Path(path)
+        check_external_data(self.path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0))
         try:

@@ -65,3 +65,30 @@ def test_automedsam_export_is_refused_in_one_line(tmp_path):
     assert result.exit_code != 0
     assert "automedsam cannot be exported to ONNX" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "a.onnx").exists()
+
+
+def test_onnx_whose_external_data_points_outside_its_folder_is_refused(checkpoint, tmp_path):
+    import onnx
+
+    path = export_onnx(checkpoint, tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    weights = proto.graph.initializer[0]
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(weights.raw_data)  # a file outside the model's folder
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    weights.ClearField("raw_data")
+    weights.data_location = onnx.TensorProto.EXTERNAL
+    for location in ("../secret.bin", str(secret)):
+        del weights.external_data[:]
+        weights.external_data.add(key="location", value=location)
+        evil = model_dir / "evil.onnx"
+        evil.write_bytes(proto.SerializeToString())
+        with pytest.raises(ColonsegError, match="keeps its data outside the model's folder"):
+            Predictor.from_pretrained(evil)
+    # the same data beside the model loads
+    (model_dir / "w.bin").write_bytes(secret.read_bytes())
+    del weights.external_data[:]
+    weights.external_data.add(key="location", value="w.bin")
+    evil.write_bytes(proto.SerializeToString())
+    assert Predictor.from_pretrained(evil).meta.arch == "unet"
