@@ -258,12 +258,18 @@ def write_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
 
 
 def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of image files."""
+    """Expand files and folders (recursively) into a sorted list of image files. Hidden files
+    inside folders (``.name``: a write stopped midway leaves ``.stem.XXXX.png``; macOS leaves
+    ``._name``) are never read as inputs."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             files += sorted(
-                p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS
+                and not p.name.startswith(".")
+                and p.is_file()
             )
         elif item.is_file():
             files.append(item)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -220,3 +221,52 @@ def test_with_fov_the_model_never_sees_text_burnt_into_the_mucosa():
     # the text is gone from what the model sees: its brightness no longer there
     brighter = (blind - clean).mean().item()
     assert brighter > 0.002 and abs((fov - clean).mean().item()) < 0.2 * brighter
+
+
+def test_hidden_files_of_stopped_writes_are_never_read_as_inputs(tmp_path):
+    from colonseg.data.io import collect_images
+    from colonseg.data.synthetic import write_folder_dataset
+
+    root = write_folder_dataset(tmp_path / "d", n=2, size=32)
+    (root / "images" / ".case_0.ab12cd.png").write_bytes(b"half a png")  # left by kill -9
+    (root / "images" / "._case_1.png").write_bytes(b"macOS resource fork")
+    assert [p.name for p in collect_images([root / "images"])] == ["case_0.png", "case_1.png"]
+    from colonseg.data.layouts import find_pairs
+
+    assert len(find_pairs(root)) == 2
+
+
+def test_decoding_workers_end_when_predict_is_killed(tmp_path):
+    """A worker asks the kernel for SIGKILL when its parent dies (prctl PDEATHSIG)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os, sys, time\n"
+        "from colonseg.engine.predict_files import end_with_parent\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    end_with_parent()\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:  # reaped by init: a zombie counts as ended
+            if f.read().split()[2] == "Z":
+                break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")
