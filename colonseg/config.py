@@ -35,6 +35,7 @@ __all__ = [
     "TestConfig",
     "TrainerConfig",
     "apply_aliases",
+    "flatten",
     "list_configs",
     "merge_config",
     "read_config",
@@ -153,7 +154,7 @@ def resolve_alias(key: str) -> str:
 def apply_aliases(data: dict) -> dict:
     """A YAML mapping with every aliased key renamed (nested keys are matched as dotted keys)."""
     out: dict = {}
-    for key, value in _flatten(data).items():
+    for key, value in flatten(data).items():
         node = out
         *parents, last = resolve_alias(key).split(".")
         for p in parents:
@@ -162,12 +163,12 @@ def apply_aliases(data: dict) -> dict:
     return out
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
+def flatten(data: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists and empty mappings are leaves."""
     flat: dict = {}
     for k, v in data.items():
         if isinstance(v, dict) and v:
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = v
     return flat

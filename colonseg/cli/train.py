@@ -64,6 +64,9 @@ def train(
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Print the resolved config and exit.")
     ] = False,
+    allow_changed: Annotated[
+        bool, typer.Option("--allow-changed", help="--resume even if the config changed.")
+    ] = False,
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="Train on generated data (no dataset needed).")
     ] = False,
@@ -78,4 +81,5 @@ def train(
         return
     from colonseg.engine.train import run_train
 
-    print_train_result(run_train(cfg, resume=resume, synthetic=synthetic))
+    result = run_train(cfg, resume=resume, synthetic=synthetic, allow_changed=allow_changed)
+    print_train_result(result)

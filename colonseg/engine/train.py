@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from colonseg.config import save_config
 from colonseg.data.io import image_digest, write_atomic
@@ -194,12 +194,40 @@ def _fit_stage(
     return out / "model", metrics, timer.seconds
 
 
+#: Keys that may change between a run and its resumption: where and how it runs, not what it is.
+_RESUMABLE_CHANGES = ("test.", "trainer.progress_bar", "trainer.logger", "trainer.accelerator",
+                      "trainer.devices", "trainer.strategy", "trainer.checkpoint_minutes",
+                      "data.num_workers")  # fmt: skip
+
+
+def _check_same_config(cfg: DictConfig, saved: Path) -> None:
+    """Refuse, in one line, to resume a run with a config other than the one it started with."""
+    if not saved.is_file():
+        return  # check_resumable names the missing run
+    from colonseg.config import flatten
+
+    before = flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    after = flatten(OmegaConf.to_container(cfg, resolve=True))
+    keys = sorted(set(before) | set(after))
+    changed = [
+        k for k in keys if before.get(k) != after.get(k) and not k.startswith(_RESUMABLE_CHANGES)
+    ]
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k)!r} → {after.get(k)!r}" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ColonsegError(
+            f"{saved}: the run was started with another config ({shown}{more}); resume with its "
+            "own config, or pass --allow-changed"
+        )
+
+
 def run_train(
     cfg: DictConfig,
     resume: bool = False,
     synthetic: bool = False,
     callbacks: list | None = None,
     command: str | None = None,
+    allow_changed: bool = False,
 ) -> dict:
     """Train the model the config describes (or with ``test.only`` evaluate one); return
     ``{"run_dir", "model_dir", "metrics", "summary", "epoch_seconds", "evaluate_command"}``
@@ -207,7 +235,8 @@ def run_train(
 
     ``callbacks`` are extra Lightning callbacks; ``synthetic`` trains on generated data written
     into the run dir; ``command`` is the command line recorded in the checkpoint (default: this
-    process's own).
+    process's own). ``resume`` refuses a config that differs from the run's own ``config.yaml``
+    (but in where and how it runs) unless ``allow_changed``.
     """
     method: Method = METHODS.get(cfg.method)()
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -218,6 +247,8 @@ def run_train(
         return {"run_dir": run_dir, "model_dir": model_dir,
                 **_evaluate(cfg, method, model_dir, run_dir / "test")}  # fmt: skip
     command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    if resume and not allow_changed:
+        _check_same_config(cfg, run_dir / "config.yaml")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     rounds, model_dir, seconds = method.rounds(cfg), None, []

@@ -43,7 +43,12 @@ def test_two_step_training_writes_a_usable_run(tiny_cfg):
 def test_resume_continues_from_last_checkpoint(tiny_cfg):
     run_train(tiny_cfg)
     tiny_cfg.trainer.max_epochs = 2
-    result = run_train(tiny_cfg, resume=True)
+    with pytest.raises(ColonsegError, match=r"another config \(trainer.max_epochs: 1 → 2\)"):
+        run_train(tiny_cfg, resume=True)  # refused in one line: the run started with 1 epoch
+    tiny_cfg.trainer.progress_bar = True  # where and how it runs may change
+    with pytest.raises(ColonsegError, match="--allow-changed"):
+        run_train(tiny_cfg, resume=True)
+    result = run_train(tiny_cfg, resume=True, allow_changed=True)
     ckpt = torch.load(result["run_dir"] / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
 
@@ -123,7 +128,7 @@ def test_pranet_recipe_trains_with_deep_supervision_and_scales(tiny_cfg):
     cfg.model.kwargs = {}  # merging keeps the U-Net's decoder_channels; replace instead
     run_train(cfg)
     cfg.trainer.max_epochs = 2
-    result = run_train(cfg, resume=True)  # the checkpoint's hyper-parameters load back
+    result = run_train(cfg, resume=True, allow_changed=True)  # the hyper-parameters load back
     assert result["metrics"]["train/loss_epoch"] > 0
     net, meta = load_pretrained(result["model_dir"])
     assert meta.arch == "pranet" and net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
