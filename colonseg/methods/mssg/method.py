@@ -91,6 +91,15 @@ def propose(cfg: DictConfig, pairs: list[Pair], device: str) -> dict:
     return propose_and_refine(unique, proposal_dir(cfg), spm, refine, device)["propose"]
 
 
+def _method_words(backbone: str) -> str:
+    """What the checkpoint says it is: MSSG as published, or assisted by a foundation model."""
+    if backbone == "none":
+        return "mssg as published (SPM proposals + MSG grouping; no annotation, no foundation model)"  # noqa: E501
+    return (f"mssg with {backbone} refinement (SPM proposals refined by {backbone}, a foundation "
+            "model trained with masks on public medical images, then MSG grouping; no GlaS "
+            "annotation used)")  # fmt: skip
+
+
 class MssgDataModule(L.LightningDataModule):
     """Training images with their proposals: round 1 the (refined) SPM proposals, made in
     ``prepare_data``; later rounds the previous round's glands, written there into the round's
@@ -200,8 +209,7 @@ class Mssg(Method):
             "std": dm.std,
             "class_names": ["gland"],
             "provenance": {
-                "method": "mssg (SPM proposals, MedSAM box refinement unless refine.backbone "
-                "is none, MSG grouping; no annotation used)",
+                "method": _method_words(cfg.refine.backbone),
                 "train": {
                     "images": len(dm.train_pairs),
                     "source": str(d.path),
