@@ -120,8 +120,8 @@ def engine(monkeypatch):
 
         return OmegaConf.create({"name": config, "trainer": {"max_epochs": 1}})
 
-    def run_train(cfg, resume=False, synthetic=False):
-        calls["run"] = (cfg.name, resume, synthetic)
+    def run_train(cfg, resume=False, synthetic=False, allow_changed=False):
+        calls["run"] = (cfg.name, resume, synthetic, allow_changed)
         return {"model_dir": "runs/m/model", "metrics": {}, "summary": {},
                 "evaluate_command": "colonseg evaluate --model runs/m/model"}  # fmt: skip
 
@@ -135,11 +135,12 @@ def engine(monkeypatch):
 
 
 def test_train_passes_every_option_to_the_engine(engine):
-    args = ["train", "mssg/glas", "trainer.max_epochs=2", "--quick", "--resume", "--synthetic"]
+    args = ["train", "mssg/glas", "trainer.max_epochs=2", "--quick", "--resume", "--synthetic",
+            "--allow-changed"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert engine["load"] == ("mssg/glas", ["trainer.max_epochs=2"], True)
-    assert engine["run"] == ("mssg/glas", True, True)
+    assert engine["run"] == ("mssg/glas", True, True, True)
     assert (
         result.output.splitlines()[-1] == "evaluate it with: colonseg evaluate --model runs/m/model"
     )
