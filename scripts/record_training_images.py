@@ -52,5 +52,6 @@ def main() -> None:
     counts = ", ".join(f"{k} ({len(v)})" for k, v in config["trained_on"].items())
     print(f"{folder / 'config.json'}: trained on {counts}")
 
+
 if __name__ == "__main__":
     main()

@@ -94,7 +94,9 @@ def propose(cfg: DictConfig, pairs: list[Pair], device: str) -> dict:
 def _method_words(backbone: str) -> str:
     """What the checkpoint says it is: MSSG as published, or assisted by a foundation model."""
     if backbone == "none":
-        return "mssg as published (SPM proposals + MSG grouping; no annotation, no foundation model)"  # noqa: E501
+        return (
+            "mssg as published (SPM proposals + MSG grouping; no annotation, no foundation model)"  # noqa: E501
+        )
     return (f"mssg with {backbone} refinement (SPM proposals refined by {backbone}, a foundation "
             "model trained with masks on public medical images, then MSG grouping; no GlaS "
             "annotation used)")  # fmt: skip
