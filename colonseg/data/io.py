@@ -259,8 +259,8 @@ def write_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
 
 def collect_images(inputs: list[str | Path]) -> list[Path]:
     """Expand files and folders (recursively) into a sorted list of image files. Hidden files
-    inside folders (``.name``: a write stopped midway leaves ``.stem.XXXX.png``; macOS leaves
-    ``._name``) are never read as inputs."""
+    inside folders (``.name``: a write stopped midway leaves its hidden temporary file; macOS
+    leaves ``._name``) are never read as inputs."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():

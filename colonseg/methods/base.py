@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,15 @@ class Stage:
         self.out, self.number, self.previous = out, number, previous
 
 
-class Method:
-    """Base class: override what differs. ``schema`` is a :class:`~colonseg.config.RunConfig`
+class Method(ABC):
+    """Base class: a method gives ``datamodule``, ``module`` and ``checkpoint`` and overrides the
+    other hooks where it differs. ``schema`` is a :class:`~colonseg.config.RunConfig`
     subclass; ``curve_panels`` the logged names that ``curves.png`` plots."""
 
     schema: type = RunConfig
     curve_panels: tuple[str, ...] = ("loss", "dice")
 
-    def validate(self, cfg: DictConfig) -> None:
+    def validate(self, cfg: DictConfig) -> None:  # noqa: B027 - optional hook, nothing to check
         """Check names and combinations before any data is read (raise ColonsegError)."""
 
     def synthetic(self, cfg: DictConfig, root: Path) -> DictConfig:
@@ -59,18 +61,19 @@ class Method:
         """How many trainings one run makes (each from scratch; see :class:`Stage`)."""
         return 1
 
+    @abstractmethod
     def datamodule(self, cfg: DictConfig, stage: Stage) -> L.LightningDataModule:
-        raise NotImplementedError
+        """The LightningDataModule of one training (``stage``)."""
 
+    @abstractmethod
     def module(self, cfg: DictConfig, dm: L.LightningDataModule) -> L.LightningModule:
         """The LightningModule; its ``net`` attribute is the model the checkpoint stores."""
-        raise NotImplementedError
 
+    @abstractmethod
     def checkpoint(self, cfg: DictConfig, dm: L.LightningDataModule) -> dict:
         """What the checkpoint records: :class:`~colonseg.engine.checkpoint.ModelMeta` fields
         (``arch``, ``init_kwargs``, ``size``, ``mean``, ``std``, ...) and ``provenance`` extras.
         The engine adds the run's name, method, epochs, command and metrics."""
-        raise NotImplementedError
 
     def training_images(self, cfg: DictConfig, dm: L.LightningDataModule) -> dict[str, list]:
         """The image files the model learns from, per dataset name (recorded in the checkpoint
