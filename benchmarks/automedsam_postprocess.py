@@ -39,7 +39,7 @@ def main() -> None:
     cfg = load_config(args.run / "config.yaml")  # older run folders load through the aliases
     net, _ = load_pretrained(args.run / "model")
     cache = EmbeddingCache(cfg.data.cache_dir or default_cache_dir() / "medsam", net)
-    train = _samples(cfg.data.train, cfg.data.boxes)
+    train = [x for v in _samples(cfg.data.train, cfg.data.boxes).values() for x in v]
     _, held = hold_out(train, cfg.data.val_fraction, cfg.seed)
     scores: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in SPECS}
     for sample in held:

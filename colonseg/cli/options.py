@@ -28,10 +28,7 @@ __all__ = [
     "WeightsOpt",
     "fail",
     "friendly",
-    "list_shipped_configs",
 ]
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def fail(message: str) -> None:
@@ -51,12 +48,6 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc))
 
     return wrapper
-
-
-def list_shipped_configs() -> list[str]:
-    """Names of the YAML configs shipped in ``colonseg/configs/`` (``mapseg/polyp``)."""
-    return sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
-                  for p in CONFIG_DIR.rglob("*.yaml"))  # fmt: skip
 
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]

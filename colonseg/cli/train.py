@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from colonseg.cli.options import friendly, list_shipped_configs
+from colonseg.cli.options import friendly
+from colonseg.config import list_configs
 
 __all__ = ["TRAIN_HELP", "print_train_result", "train"]
 
@@ -20,7 +21,7 @@ Example: colonseg train polyp_unet_lite0 trainer.max_epochs=5. Every method (sup
 mapseg, medsam_box, mssg) takes the same keys: name, out_dir, seed, data.*, model.*, optim.*,
 trainer.*, test.*. Add --quick for a smoke run, --print-config to see every key.
 
-Shipped configs: {", ".join(list_shipped_configs())}.
+Shipped configs: {", ".join(list_configs())}.
 """
 
 

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from colonseg.config import save_config
+from colonseg.config import flatten, save_config
 from colonseg.data.io import image_digest, write_atomic
 from colonseg.engine.checkpoint import (
     ModelMeta,
@@ -204,8 +204,6 @@ def _check_same_config(cfg: DictConfig, saved: Path) -> None:
     """Refuse, in one line, to resume a run with a config other than the one it started with."""
     if not saved.is_file():
         return  # check_resumable names the missing run
-    from colonseg.config import flatten
-
     before = flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     after = flatten(OmegaConf.to_container(cfg, resolve=True))
     keys = sorted(set(before) | set(after))

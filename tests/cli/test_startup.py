@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import colonseg
 from colonseg.cli.main import app
-from colonseg.cli.options import list_shipped_configs
 from colonseg.cli.train import print_train_result
 from colonseg.cli.zoo import data_of, headline_of, method_of, zoo_rows
+from colonseg.config import list_configs
 
 runner = CliRunner()
 
@@ -57,7 +57,7 @@ def test_help_fits_80_columns_uncut(command):
 
 
 def test_train_help_lists_the_shipped_configs():
-    names = list_shipped_configs()
+    names = list_configs()
     assert {"mapseg/polyp", "mssg/glas", "medsam_box/polyp", "polyp_unet_lite0"} <= set(names)
     result = runner.invoke(app, ["train", "--help"], terminal_width=80)
     assert result.exit_code == 0

@@ -38,10 +38,12 @@ from colonseg.registry import look_up_option
 __all__ = ["MedsamBox", "MedsamDataModule"]
 
 
-def _samples(sources, boxes: str) -> list[BoxSample]:
-    out: list[BoxSample] = []
+def _samples(sources, boxes: str) -> dict[str, list[BoxSample]]:
+    """The box samples of each source, by the source's display name."""
+    out: dict[str, list[BoxSample]] = {}
     for s in sources:
-        out += collect_samples(DataSource(s.path, s.split, s.layout), boxes)
+        source = DataSource(s.path, s.split, s.layout)
+        out[source.display_name()] = collect_samples(source, boxes)
     return out
 
 
@@ -68,7 +70,10 @@ class MedsamDataModule(L.LightningDataModule):
         d = cfg.data
         if not d.train:
             raise ColonsegError("medsam_box: data.train lists no dataset")
-        self.train, self.val = _samples(d.train, d.boxes), _samples(d.val, d.boxes)
+        train, val = _samples(d.train, d.boxes), _samples(d.val, d.boxes)
+        self.by_source = {**train, **val}
+        self.train = [x for samples in train.values() for x in samples]
+        self.val = [x for samples in val.values() for x in samples]
         if not self.val and d.val_fraction > 0:
             self.train, self.val = hold_out(self.train, d.val_fraction, cfg.seed)
         self.train_set: BoxEmbeddings | None = None
@@ -142,10 +147,8 @@ class MedsamBox(Method):
         )
 
     def training_images(self, cfg: DictConfig, dm: MedsamDataModule) -> dict[str, list]:
-        sources = [DataSource(s.path, s.split, s.layout) for s in [*cfg.data.train, *cfg.data.val]]
         # the held-out share chose the epoch: it counts too
-        return {src.display_name(): [s.image for s in collect_samples(src, cfg.data.boxes)]
-                for src in sources}  # fmt: skip
+        return {name: [s.image for s in samples] for name, samples in dm.by_source.items()}
 
     def checkpoint(self, cfg: DictConfig, dm: MedsamDataModule) -> dict:
         return {
