@@ -25,6 +25,7 @@ __all__ = [
     "SizeOpt",
     "TTAOpt",
     "ThresholdOpt",
+    "SamCheckpointOpt",
     "WeightsOpt",
     "fail",
     "friendly",
@@ -59,6 +60,13 @@ BackendOpt = Annotated[
 ]
 WeightsOpt = Annotated[
     Path | None, typer.Option(help="Other weights: .safetensors, .pth or .ckpt.")
+]
+SamCheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Your medsam_vit_b.pth, for an Automatic MedSAM model built on it (a path stored "
+        "in a checkpoint is never opened)."
+    ),
 ]
 TTAOpt = Annotated[
     str | None,

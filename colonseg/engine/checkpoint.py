@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from colonseg.data.io import write_atomic
+from colonseg.engine.checkpoint_schema import (
+    MAX_CONFIG_BYTES,
+    check_config_json,
+    checked_init_kwargs,
+)
 from colonseg.engine.tta import tta_mode
 from colonseg.errors import ColonsegError
 from colonseg.models.state_dict import read_state_dict
@@ -195,32 +201,117 @@ def stored_dtypes(model: str | Path) -> dict[str, torch.dtype]:
         ) from None
 
 
+def _read_config(folder: Path) -> ModelMeta:
+    """``folder/config.json``, size-limited and checked against the schema before use."""
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ColonsegError(f"{folder}: no config.json beside the weights (arch unknown)")
+    if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ColonsegError(f"{cfg_path}: {cfg_path.stat().st_size} bytes, too large for a config")
+    try:
+        d = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ColonsegError(f"{cfg_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ColonsegError(f"{cfg_path}: not a text file") from None
+    if isinstance(d, dict) and d.get("format") == FORMAT:
+        check_config_json(d, cfg_path)
+    return ModelMeta.from_json(d if isinstance(d, dict) else {}, cfg_path)
+
+
+def _memory_sides(arch: str, kwargs: dict, prefix: str = "") -> dict[str, int]:
+    """State-dict prefix of every MAPSeg memory → the side of its stored frames."""
+    if arch == "mapseg" and kwargs.get("memory", True):
+        return {f"{prefix}memory.": int(kwargs.get("size", 256))}
+    sides = {}
+    for i, member in enumerate(kwargs.get("members", [])):
+        sides |= _memory_sides(
+            member["arch"], member.get("init_kwargs", {}), f"{prefix}members.{i}."
+        )
+    return sides
+
+
+def _check_weight_header(path: Path, meta: ModelMeta) -> dict[str, tuple[int, ...]]:
+    """Shapes of a ``.safetensors`` file's tensors from its header (no tensor is read), after
+    checking any stored MAPSeg memory frames' PNG headers (nothing is decoded)."""
+    from colonseg.models.mapseg import check_memory_streams
+
+    try:
+        with safe_open(str(path), "np") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            for prefix, side in _memory_sides(meta.arch, meta.init_kwargs).items():
+                if prefix + "encoded" in shapes and prefix + "lengths" in shapes:
+                    if len(shapes[prefix + "lengths"]) != 1 or shapes[prefix + "lengths"][0] > 64:
+                        raise ColonsegError(f"{path}: {prefix}lengths has the wrong shape")
+                    try:
+                        check_memory_streams(
+                            f.get_tensor(prefix + "encoded"), f.get_tensor(prefix + "lengths"), side
+                        )
+                    except ColonsegError as exc:
+                        where = prefix.removesuffix("memory.")  # an ensemble member's
+                        raise ColonsegError(f"{path}: {where}{exc}") from None
+    except ColonsegError:
+        raise
+    except Exception as exc:
+        raise ColonsegError(
+            f"{path}: corrupt safetensors file ({exc.__class__.__name__})"
+        ) from None
+    return shapes
+
+
+def _check_shapes(
+    path: Path, shapes: dict[str, tuple[int, ...]], reference: dict, packaged: list[str]
+) -> None:
+    """Refuse a weight file whose tensors do not fit the architecture, before reading them
+    (a 1-D buffer the model creates empty, like a MAPSeg memory's PNG stream, has any length)."""
+    expected = {k: tuple(v.shape) for k, v in reference.items() if not _is_packaged(k, packaged)}
+    missing = sorted(set(expected) - set(shapes))  # unexpected keys: load_state_dict says
+    if missing:
+        raise ColonsegError(
+            f"{path}: weights do not fit the architecture (missing {missing[0]}; "
+            f"{len(missing)} tensors missing)"
+        )
+    for key, shape in shapes.items():
+        want = expected.get(key, shape)
+        if shape != want and not (len(want) == 1 and want[0] == 0 and len(shape) == 1):
+            raise ColonsegError(
+                f"{path}: weights do not fit the architecture ({key} is {list(shape)}, "
+                f"the model's is {list(want)})"
+            )
+
+
 def load_pretrained(
-    model: str | Path, weights: str | Path | None = None
+    model: str | Path,
+    weights: str | Path | None = None,
+    files: Mapping[str, str | Path] | None = None,
 ) -> tuple[nn.Module, ModelMeta]:
     """Rebuild a model from a checkpoint folder or zoo name, in eval mode.
+
+    ``config.json`` is checked against :mod:`colonseg.engine.checkpoint_schema` and the weight
+    file's tensor shapes against the architecture before any weight is read, so a crafted
+    checkpoint ends in a one-line error within a second and bounded memory.
 
     Args:
         model: zoo name, checkpoint folder, or its ``config.json``.
         weights: another weight file (``.safetensors``, ``.pth``, Lightning ``.ckpt``) for the same
             architecture; ``.pth`` files load with ``torch.load(weights_only=True)``.
+        files: files the user named for the checkpoint's file fields (``sam_checkpoint``: a
+            user's own ``medsam_vit_b.pth``); a path stored in ``config.json`` is never opened.
     """
     from colonseg.models import create_model
 
     folder = resolve_model_path(model)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ColonsegError(f"{folder}: no config.json beside the weights (arch unknown)")
-    try:
-        meta = ModelMeta.from_json(json.loads(cfg_path.read_text()), cfg_path)
-    except json.JSONDecodeError as exc:
-        raise ColonsegError(f"{cfg_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    net = create_model(meta.arch, **{**meta.init_kwargs, "pretrained": bool(meta.packaged)})
+    meta = _read_config(folder)
+    init_kwargs = checked_init_kwargs(meta.arch, meta.init_kwargs, folder / "config.json", files)
     wpath = Path(weights) if weights is not None else folder / "weights.safetensors"
     if not wpath.is_file():
         raise ColonsegError(f"{wpath}: weight file not found")
-    state = read_state_dict(wpath)
+    shapes = _check_weight_header(wpath, meta) if wpath.suffix == ".safetensors" else None
+    net = create_model(meta.arch, **{**init_kwargs, "pretrained": bool(meta.packaged)})
     reference = net.state_dict()
+    if shapes is not None:
+        _check_shapes(wpath, shapes, reference, meta.packaged)
+    state = read_state_dict(wpath)
     packaged = {k: v for k, v in reference.items() if _is_packaged(k, meta.packaged)}
     state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
     state = {**packaged, **state}

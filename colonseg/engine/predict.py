@@ -14,7 +14,7 @@ and ``out.probs`` (class probabilities); ``out.prob`` is then 1 - p(background).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +127,11 @@ class Predictor:
         model: str | Path = "default",
         weights: str | Path | None = None,
         backend: str = "torch",
+        files: Mapping[str, str | Path] | None = None,
         **kwargs,
     ) -> Predictor:
-        """Load a zoo name, checkpoint folder (see :func:`load_pretrained`) or exported ``.onnx``.
+        """Load a zoo name, checkpoint folder (see :func:`load_pretrained`, also for ``files``)
+        or exported ``.onnx``.
 
         ``backend="onnx"`` runs a torch checkpoint through onnxruntime, exporting it once into
         the cache; an ``.onnx`` file always runs on onnxruntime.
@@ -143,7 +145,7 @@ class Predictor:
                 raise ColonsegError(f"{model}: an ONNX model carries its weights (drop --weights)")
             onnx_model = OnnxModel(model)
             return cls(onnx_model, onnx_model.meta(), **kwargs)
-        net, meta = load_pretrained(model, weights)
+        net, meta = load_pretrained(model, weights, files)
         if backend == "onnx":
             return cls(OnnxModel(cached_onnx(net, meta)), meta, **kwargs)
         return cls(net, meta, **kwargs)

@@ -30,6 +30,7 @@ from colonseg.engine.checkpoint import (
     merge_trained_on,
     save_pretrained,
 )
+from colonseg.engine.checkpoint_schema import PATH_KEYS
 from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
 from colonseg.engine.trainer import EpochTimer, check_resumable, create_trainer
@@ -41,13 +42,19 @@ from colonseg.viz.curves import epoch_table, plot_curves
 __all__ = ["evaluate_command", "run_train"]
 
 
-def _init_from(net: torch.nn.Module, source: str, arch: str) -> dict:
+def named_files(cfg: DictConfig) -> dict[str, str]:
+    """The files a run's config names for its model (``model.sam_checkpoint``): loading the
+    run's own checkpoint may open them, as the user named them (see ``load_pretrained``)."""
+    return {k: str(cfg.model[k]) for k in PATH_KEYS if cfg.model.get(k)}
+
+
+def _init_from(net: torch.nn.Module, source: str, arch: str, files: dict | None = None) -> dict:
     """Copy a trained checkpoint of the same architecture into ``net``; return its provenance.
 
     Tensors whose shapes differ (only the output heads, e.g. a binary model initialising a
     3-class one) keep their fresh initialisation and are listed under ``reinitialised``.
     """
-    trained, meta = load_pretrained(source)
+    trained, meta = load_pretrained(source, files=files)
     if meta.arch != arch:
         raise ColonsegError(f"{source}: a {meta.arch} checkpoint cannot initialise {arch}")
     own, theirs = net.state_dict(), trained.state_dict()
@@ -129,7 +136,9 @@ def _evaluate(cfg: DictConfig, method: Method, model_dir: Path, out: Path) -> di
     sources = [s for s in method.test_sources(cfg) if Path(s.path).is_dir()]
     if not sources:
         return {"summary": {}}
-    predictor = Predictor.from_pretrained(model_dir, **method.predictor_options(cfg))
+    predictor = Predictor.from_pretrained(
+        model_dir, files=named_files(cfg), **method.predictor_options(cfg)
+    )
     title = f"{cfg.method}: {model_dir}"
     summary = run_evaluate(predictor, sources, out, progress=False, title=title)
     extra = method.evaluate_extra(cfg, predictor, summary, out)
@@ -158,7 +167,7 @@ def _fit_stage(
                   for name, files in method.training_images(cfg, dm).items()}  # fmt: skip
     parent = None
     if cfg.model.get("init_from"):
-        parent = _init_from(module.net, cfg.model.init_from, record["arch"])
+        parent = _init_from(module.net, cfg.model.init_from, record["arch"], named_files(cfg))
         trained_on = merge_trained_on(trained_on, parent.pop("trained_on"))
     meta = ModelMeta(
         **{k: v for k, v in record.items() if k != "provenance"},
@@ -255,7 +264,9 @@ def run_train(
         if r < rounds and (out / "model" / "config.json").is_file():
             model_dir = out / "model"  # an earlier round of a resumed run
             continue
-        previous = Predictor.from_pretrained(model_dir) if model_dir else None
+        previous = (
+            Predictor.from_pretrained(model_dir, files=named_files(cfg)) if model_dir else None
+        )
         last = out / "checkpoints" / "last.ckpt"
         stage = Stage(out, r, previous)
         model_dir, metrics, took = _fit_stage(

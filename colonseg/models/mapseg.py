@@ -40,6 +40,32 @@ from colonseg.models.timm_features import TimmFeatures
 __all__ = ["CoordinateAttention", "MemSegNet", "MemoryBank"]
 
 
+def check_memory_streams(data: np.ndarray, lengths: np.ndarray, side: int) -> None:
+    """Refuse stored memory frames that are not ``len(lengths)`` 8-bit RGB PNGs of
+    ``side × side`` (their headers are read, nothing is decoded).
+
+    Raises:
+        ColonsegError: naming the frame and what its header says.
+    """
+    if lengths.ndim != 1 or (lengths < 0).any() or int(lengths.sum()) != len(data):
+        raise ColonsegError(f"memory frames: {len(data)} stored bytes do not match their lengths")
+    if not len(data):
+        return  # no frames stored: the memory is filled at training time
+    start = 0
+    for i, n in enumerate(lengths.tolist()):
+        head = bytes(data[start : start + min(n, 29)])
+        start += n
+        if len(head) < 29 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+            raise ColonsegError(f"memory frame {i}: not a PNG stream")
+        w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        depth, colour = head[24], head[25]
+        if (w, h) != (side, side) or depth != 8 or colour != 2:
+            raise ColonsegError(
+                f"memory frame {i}: its PNG header says {w}×{h}, {depth}-bit, colour type "
+                f"{colour}; this model's memory frames are {side}×{side} 8-bit RGB"
+            )
+
+
 class MemoryBank(nn.Module):
     """Multi-level features of ``size`` normal frames, and the frames they come from.
 
@@ -87,15 +113,25 @@ class MemoryBank(nn.Module):
         self.encoded = torch.from_numpy(np.concatenate(streams)).to(self.lengths.device)
         self.lengths.copy_(torch.tensor([len(b) for b in streams]))
 
+    @property
+    def frame_side(self) -> int:
+        """The side of the stored frames: the finest level (stride 4) times 4."""
+        return int(self.items()[0].shape[-1]) * 4
+
     def frames(self) -> np.ndarray:
-        """The stored frames, ``(N, H, W, 3)`` uint8 RGB (``N`` = 0 when none are stored)."""
+        """The stored frames, ``(N, H, W, 3)`` uint8 RGB (``N`` = 0 when none are stored).
+
+        Each PNG's header is checked before it is decoded (:func:`check_memory_streams`), so a
+        crafted checkpoint cannot make colonseg decode a decompression bomb."""
         if not self.encoded.numel():
             return np.zeros((0, 0, 0, 3), np.uint8)
         data = self.encoded.cpu().numpy()
-        ends = np.cumsum(self.lengths.cpu().numpy())
+        lengths = self.lengths.cpu().numpy()
+        check_memory_streams(data, lengths, self.frame_side)
+        ends = np.cumsum(lengths)
         return np.stack([
             cv2.imdecode(data[end - n : end], cv2.IMREAD_COLOR)[..., ::-1]
-            for end, n in zip(ends, self.lengths.tolist(), strict=True)
+            for end, n in zip(ends, lengths.tolist(), strict=True)
         ])  # fmt: skip
 
     def _load_from_state_dict(
