@@ -8,7 +8,9 @@ and averaged over images; ``mdice_256`` is the PraNet toolbox mean over 256 thre
 metrics come from pysodmetrics; ``pixel_auroc`` pools every pixel of the dataset and ``aupro`` is
 the MVTec per-region overlap up to FPR 0.3 (both for anomaly maps); ``miou`` (with ``iou_bg``,
 ``iou_fg``) is MSSG's: IoU of background and of foreground, each pooled over the dataset,
-averaged. On GlaS (instance-labelled annotations) the challenge's ``object_f1``,
+averaged; ``accuracy_pooled`` and ``f1_pooled`` are pixel accuracy and F1 at the threshold from
+the same pooled matrix (Keras / scikit-learn style, as the spatial-attention U-Net reference
+reports them). On GlaS (instance-labelled annotations) the challenge's ``object_f1``,
 ``object_dice`` and ``object_hausdorff`` are added (:mod:`colonseg.metrics.glas`).
 The empty-mask rule is in :mod:`colonseg.metrics.functional`. All metrics are
 computed at each image's original resolution.
@@ -49,6 +51,7 @@ from colonseg.metrics import (
     hd95,
     mean_dice_256,
     mean_iou,
+    pooled_binary_scores,
     scores_from_matrix,
 )
 from colonseg.viz.overlays import compare, thumbnail
@@ -121,6 +124,7 @@ def _evaluate_source(predictor: Predictor, source: DataSource, progress: bool):
     ordered["pixel_auroc"] = auroc.compute()
     ordered["aupro"] = aupro.compute()
     ordered.update(mean_iou(pooled.matrix))
+    ordered.update(pooled_binary_scores(pooled.matrix))
     if glands is not None:
         ordered.update(glands.compute())
     if classes is not None:

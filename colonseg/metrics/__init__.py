@@ -13,7 +13,12 @@ from colonseg.metrics.functional import (
     mean_dice_256,
 )
 from colonseg.metrics.glas import ObjectMeter, object_scores
-from colonseg.metrics.multiclass import ConfusionMeter, mean_iou, scores_from_matrix
+from colonseg.metrics.multiclass import (
+    ConfusionMeter,
+    mean_iou,
+    pooled_binary_scores,
+    scores_from_matrix,
+)
 from colonseg.metrics.sod import SODMeter
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "hd95",
     "mean_dice_256",
     "mean_iou",
+    "pooled_binary_scores",
     "object_scores",
     "scores_from_matrix",
 ]

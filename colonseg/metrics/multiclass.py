@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ConfusionMeter", "mean_iou", "scores_from_matrix"]
+__all__ = ["ConfusionMeter", "mean_iou", "pooled_binary_scores", "scores_from_matrix"]
 
 
 class ConfusionMeter:
@@ -75,3 +75,17 @@ def mean_iou(matrix: np.ndarray) -> dict[str, float]:
     if len(iou) == 2:
         out["iou_bg"], out["iou_fg"] = float(iou[0]), float(iou[1])
     return out
+
+
+def pooled_binary_scores(matrix: np.ndarray) -> dict[str, float]:
+    """Pixel accuracy and F1 of a binary confusion matrix pooled over a whole dataset: what a
+    Keras ``accuracy`` metric or ``sklearn.metrics.f1_score`` on every flattened test pixel
+    reports (the spatial-attention U-Net reference's style). Per-image ``accuracy``/``f1`` weigh
+    every image alike instead; pooled ones weigh large images and large polyps more."""
+    (tn, fp), (fn, tp) = matrix.astype(np.float64)
+    total, positives = tn + fp + fn + tp, 2 * tp + fp + fn
+    return {
+        "accuracy_pooled": float((tp + tn) / total) if total else float("nan"),
+        "f1_pooled": float(2 * tp / positives) if positives else float("nan"),
+    }
+

@@ -179,3 +179,22 @@ def test_compute_dice_on_arrays_and_tensor_batches():
     assert compute_dice(batch, target) == pytest.approx((2 / 3 + 0.0) / 2)
     with pytest.raises(ValueError, match="differ in shape"):
         compute_dice(a, b[:2])
+
+
+def test_pooled_accuracy_and_f1_equal_scikit_learn_on_every_flattened_pixel():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from colonseg.metrics import ConfusionMeter, pooled_binary_scores
+
+    rng = np.random.default_rng(0)
+    meter, truths, preds = ConfusionMeter(2), [], []
+    for shape in ((20, 30), (50, 10), (8, 8)):  # images of different sizes weigh by pixels
+        truth = (rng.random(shape) < 0.3).astype(np.uint8)
+        pred = (rng.random(shape) < 0.4).astype(np.uint8)
+        meter.update(pred, truth)
+        truths.append(truth.ravel())
+        preds.append(pred.ravel())
+    scores = pooled_binary_scores(meter.matrix)
+    y, p = np.concatenate(truths), np.concatenate(preds)
+    assert scores["accuracy_pooled"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
+    assert scores["f1_pooled"] == pytest.approx(f1_score(y, p), abs=1e-12)
