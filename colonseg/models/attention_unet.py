@@ -1,5 +1,7 @@
 """``attention_unet``: U-Net with spatial attention (SA-UNet, Guo et al., ICPR 2020) in the
 bottleneck and additive attention gates (Attention U-Net, Oktay et al., MIDL 2018) on every skip.
+``drop_block`` > 0 adds SA-UNet's DropBlock (block size 7) after the decoder's conv blocks at
+strides 16 to 2 (none at full resolution); it has no weights, so checkpoints are the same.
 
 The attention maps are kept for inspection: ``forward_with_attention`` returns them with the
 logits, each ``(B, 1, H, W)`` in [0, 1] at input size, ready to colour as heat maps.
@@ -8,6 +10,7 @@ logits, each ``(B, 1, H, W)`` in [0, 1] at input size, ready to colour as heat m
 from __future__ import annotations
 
 import torch
+from timm.layers import DropBlock2d
 from torch import nn
 
 from colonseg.errors import ColonsegError
@@ -33,10 +36,12 @@ class AttentionGate(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    def __init__(self, cin: int, skip: int, cout: int) -> None:
+    def __init__(self, cin: int, skip: int, cout: int, drop_block: float = 0.0) -> None:
         super().__init__()
         self.gate = AttentionGate(cin, skip, max(8, skip // 2)) if skip else None
         self.convs = nn.Sequential(ConvBNAct(cin + skip, cout), ConvBNAct(cout, cout))
+        # SA-UNet's DropBlock (block 7) after each conv block; identity at inference
+        self.drop = DropBlock2d(drop_block, 7) if drop_block > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None):
         x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -45,7 +50,9 @@ class DecoderStage(nn.Module):
             x = resize_to(x, skip)
             skip, att = self.gate(x, skip)
             x = torch.cat([x, skip], 1)
-        return self.convs(x), att
+        for conv in self.convs:
+            x = self.drop(conv(x))
+        return x, att
 
 
 class AttentionUNet(nn.Module):
@@ -60,6 +67,7 @@ class AttentionUNet(nn.Module):
         encoder_weights: str | None = None,
         decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
         attention_kernel: int = 7,
+        drop_block: float = 0.0,
     ) -> None:
         super().__init__()
         self.encoder = TimmFeatures(
@@ -74,7 +82,8 @@ class AttentionUNet(nn.Module):
         skips = [*ch[-2::-1], 0]  # strides 16, 8, 4, 2, then full resolution (no skip)
         widths = [ch[-1], *decoder_channels]
         self.stages = nn.ModuleList(
-            DecoderStage(widths[i], skips[i], widths[i + 1]) for i in range(len(skips))
+            DecoderStage(widths[i], skips[i], widths[i + 1], drop_block if i < 4 else 0.0)
+            for i in range(len(skips))
         )
         self.head = nn.Conv2d(widths[-1], classes, 3, padding=1)
 

@@ -145,3 +145,36 @@ def test_reference_encoders(name, encoder):
     model = create_model(name, encoder=encoder, pretrained=False).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_attention_unet_maps_have_the_input_size_lie_in_0_1_and_follow_the_input():
+    torch.manual_seed(0)
+    net = create_model("attention_unet", encoder="test_efficientnet", pretrained=False).eval()
+    x = torch.rand(2, 3, 64, 96)
+    x[1] = 0.1  # a dark frame with one bright disk, against noise
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(96), indexing="ij")
+    x[1, :, (yy - 30) ** 2 + (xx - 40) ** 2 < 200] = 0.9
+    with torch.no_grad():
+        logits, maps = net.forward_with_attention(x)
+        torch.testing.assert_close(logits, net(x))  # the maps are the forward pass's own
+    names = ["spatial_attention", *(f"gate_stride{s}" for s in (16, 8, 4, 2))]
+    assert sorted(maps) == sorted(names)
+    for name, m in maps.items():
+        assert m.shape == (2, 1, 64, 96), name
+        assert 0 <= m.min() and m.max() <= 1, name
+        # two different images get different maps (a constant map would not)
+        assert not torch.allclose(m[0], m[1]), name
+        assert m[1].std() > 0, name
+
+
+def test_attention_unet_drop_block_acts_in_training_only_and_adds_no_weights():
+    torch.manual_seed(0)
+    plain = create_model("attention_unet", encoder="test_efficientnet", pretrained=False)
+    dropped = create_model(
+        "attention_unet", encoder="test_efficientnet", pretrained=False, drop_block=0.2
+    )
+    dropped.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), dropped.eval()(x))
+        assert (plain.train()(x) - dropped.train()(x)).abs().max() > 1e-3
