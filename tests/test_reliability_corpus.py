@@ -3,6 +3,7 @@ must end in correct handling or a one-line :class:`ColonsegError` naming the fil
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -168,6 +169,67 @@ def test_palette_mask_is_read_by_index_not_by_brightness(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), mask)
 
 
+# --- no silent wrong reads (issue 31) --------------------------------------------------------
+
+
+def test_five_channel_tiff_is_refused_not_read_as_a_strip(tmp_path):
+    five = np.random.default_rng(0).integers(0, 256, (64, 48, 5), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "pages.tif", five)  # tifffile's default: 64 pages of 48x5
+    _one_line_error(read_image, tmp_path / "pages.tif", "TIFF holds several images")
+    tifffile.imwrite(tmp_path / "bands.tif", five, photometric="minisblack", planarconfig="contig")
+    _one_line_error(read_image, tmp_path / "bands.tif", "image has 5 channels; expected 1")
+
+
+@pytest.mark.parametrize("bits", [10, 12])
+def test_10_and_12_bit_data_in_a_16_bit_png_keeps_its_brightness(tmp_path, bits):
+    rgb = _rgb()
+    stored = np.round(rgb * (((1 << bits) - 1) / 255)).astype(np.uint16)
+    _write(tmp_path / "deep.png", stored)
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), rgb)
+
+
+def test_0_1_mask_saved_as_jpeg_is_not_read_as_empty(tmp_path):
+    mask = _disc_mask(128)
+    Image.fromarray(mask).save(tmp_path / "m.jpg", quality=75)
+    assert np.asarray(Image.open(tmp_path / "m.jpg")).max() == 2  # noise above the label 1
+    assert (read_mask(tmp_path / "m.jpg") == mask).mean() > 0.99
+
+
+def _ignored(mask):
+    out = mask.copy()
+    out[:4] = 255  # 0/1 labels, 255 = ignore (unlabelled rows)
+    return out
+
+
+def test_mask_with_an_ignore_value_is_refused(tmp_path):
+    _write(tmp_path / "m.png", _ignored(_disc_mask()))
+    msg = _one_line_error(read_mask, tmp_path / "m.png", "'ignore' value")
+    assert "{0, 1, 255}" in msg and "expected 0/1 or 0/255" in msg
+
+
+def test_label_stored_only_in_the_alpha_channel_is_read(tmp_path):
+    mask = _disc_mask()
+    rgba = np.zeros((*mask.shape, 4), np.uint8)
+    rgba[..., 3] = mask * 255  # RGB all black; the label is the opacity
+    cv2.imwrite(str(tmp_path / "a.png"), rgba)
+    np.testing.assert_array_equal(read_mask(tmp_path / "a.png"), mask)
+
+
+def test_rgb_mask_whose_channels_disagree_is_refused_unless_known_class_colours(tmp_path):
+    mask = _disc_mask()
+    colour = np.zeros((*mask.shape, 3), np.uint8)
+    colour[mask > 0] = (255, 0, 0)
+    colour[:6, :6] = (0, 0, 255)  # a blue class of no known scheme
+    _write(tmp_path / "rb.png", colour)
+    msg = _one_line_error(read_mask, tmp_path / "rb.png", "several label colours")
+    assert "red" in msg and "blue" in msg
+    colour[:6, :6] = (0, 255, 0)  # NeoPolyp red + green: polyp either way
+    _write(tmp_path / "rg.png", colour)
+    expected = mask.copy()
+    expected[:6, :6] = 1
+    np.testing.assert_array_equal(read_mask(tmp_path / "rg.png"), expected)
+
+
 # --- dataset folders ------------------------------------------------------------------------
 
 
@@ -192,6 +254,63 @@ def test_duplicate_stems_and_missing_partners(tmp_path):
     (root / "masks" / "case_1.png").unlink()
     with pytest.raises(ColonsegError, match="case_1.png: no matching mask"):
         find_pairs(root)
+
+
+def test_check_reports_empty_constant_and_ambiguous_masks(tmp_path):
+    root = write_folder_dataset(tmp_path / "d", n=4, size=32)
+    masks = root / "masks"
+    _write(masks / "case_0.png", np.zeros((32, 32), np.uint8))
+    _write(masks / "case_1.png", np.full((32, 32), 255, np.uint8))
+    _write(masks / "case_2.png", _ignored(create_disc_image(32, seed=2)[1]))
+    report = run_check(root)
+    assert report["warnings"] == [f"{masks / 'case_0.png'}: empty mask (all background)"]
+    assert len(report["problems"]) == 2
+    assert report["problems"][0].startswith(f"{masks / 'case_1.png'}: constant mask")
+    assert report["problems"][1].startswith(f"{masks / 'case_2.png'}: mask values {{0, 1, 255}}")
+    for i in range(4):
+        _write(masks / f"case_{i}.png", np.zeros((32, 32), np.uint8))
+    assert run_check(root)["problems"] == [
+        f"{root}: all 4 masks are empty (all background): a misread mask encoding?"
+    ]
+
+
+def test_image_only_folders_are_valid_unlabelled_datasets(tmp_path):
+    from typer.testing import CliRunner
+
+    from colonseg.cli.main import app
+
+    nested = write_folder_dataset(tmp_path / "normal", n=3, size=32)
+    for m in (nested / "masks").iterdir():
+        m.unlink()
+    (nested / "masks").rmdir()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(2):
+        _write(flat / f"frame_{i}.jpg", _rgb())
+    for root, layout, n in ((nested, "folder", 3), (flat, "images", 2)):
+        report = run_check(root)
+        assert (report["unlabelled"], report["n_pairs"], report["problems"]) == (True, n, [])
+        result = CliRunner().invoke(app, ["datasets", "check", str(root)])
+        assert result.exit_code == 0, result.output
+        assert result.output == f"{root}: layout {layout}, unlabelled: {n} images\n"
+    (flat / "frame_1.jpg").write_bytes(b"")
+    assert run_check(flat)["problems"] == [f"{flat / 'frame_1.jpg'}: file is empty (0 bytes)"]
+
+
+def test_ambiguous_mask_stops_evaluation_with_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from colonseg.cli.main import app
+
+    root = write_folder_dataset(tmp_path / "d", n=2, size=32)
+    _write(root / "masks" / "case_0.png", _ignored(create_disc_image(32, seed=0)[1]))
+    args = ["evaluate", "--data", str(root), "--out", str(tmp_path / "out"), "--model", "default"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"{root / 'masks' / 'case_0.png'}: mask values {{0, 1, 255}}" in result.output
+    errors = [line for line in re.split(r"[\r\n]", result.output) if line.startswith("error")]
+    assert "Traceback" not in result.output and len(errors) == 1  # (the rest: a progress bar)
+    assert not (tmp_path / "out" / "summary.json").exists()
 
 
 # --- NIfTI ----------------------------------------------------------------------------------
@@ -349,10 +468,12 @@ def test_folder_prediction_continues_past_every_bad_file(tmp_path):
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "text.png").write_text("hello")
     (folder / "bomb.png").write_bytes(_png_claiming(50_000, 50_000))
+    five = np.random.default_rng(0).integers(0, 256, (32, 32, 5), dtype=np.uint8)
+    tifffile.imwrite(folder / "bands.tif", five, photometric="minisblack", planarconfig="contig")
     args = ["predict", str(folder), "--out", str(tmp_path / "out"), "--model", "default"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
-    for bad in ("empty.jpg", "text.png", "bomb.png"):
+    for bad in ("empty.jpg", "text.png", "bomb.png", "bands.tif: image has 5 channels"):
         assert bad in result.output
     assert "Traceback" not in result.output
     written = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())

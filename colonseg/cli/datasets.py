@@ -23,14 +23,22 @@ def datasets_check(
     layout: Annotated[str, typer.Option(help="Layout name (default: detect).")] = "auto",
     split: Annotated[str | None, typer.Option(help="Split file or name.")] = None,
 ) -> None:
-    """Check a dataset folder: layout, pairs and problems.
+    """Check a dataset folder: layout, pairs, problems and warnings.
 
-    Reports the layout found, the number of image/mask pairs and every problem (exit 1 if any).
+    Reads every image and mask as training does. Problems (exit 1): unreadable files, masks of
+    an ambiguous encoding, size mismatches, missing masks, masks that are foreground everywhere,
+    or every mask empty. Warnings (exit 0): single empty masks. A folder of images without masks
+    is a valid unlabelled dataset ("unlabelled: N images").
     """
     from colonseg.data.check import run_check
 
     report = run_check(path, layout, split)
-    typer.echo(f"{path}: layout {report['layout']}, {report['n_pairs']} pairs")
+    if report["unlabelled"]:
+        typer.echo(f"{path}: layout {report['layout']}, unlabelled: {report['n_pairs']} images")
+    else:
+        typer.echo(f"{path}: layout {report['layout']}, {report['n_pairs']} pairs")
+    for warning in report["warnings"]:
+        typer.echo(f"warning: {warning}")
     for problem in report["problems"]:
         typer.echo(f"problem: {problem}")
     if report["problems"]:

@@ -14,6 +14,7 @@ from colonseg.cli.options import (
     OutOpt,
     PostOpt,
     PrecisionOpt,
+    SamCheckpointOpt,
     SizeOpt,
     ThresholdOpt,
     TTAOpt,
@@ -35,6 +36,7 @@ def create_predictor(
     threshold: float | None,
     precision: str,
     postprocess: str | None,
+    sam_checkpoint: Path | None = None,
 ):
     """The Predictor that ``predict`` and ``evaluate`` share, from their common options."""
     from colonseg.engine.predict import Predictor
@@ -49,6 +51,7 @@ def create_predictor(
         threshold=threshold,
         precision=precision,
         postprocess=postprocess,
+        files={"sam_checkpoint": sam_checkpoint} if sam_checkpoint else None,
     )
 
 
@@ -62,6 +65,7 @@ def evaluate(
     ] = None,
     layout: Annotated[str, typer.Option(help="Layout of every --data (default: detect).")] = "auto",
     weights: WeightsOpt = None,
+    sam_checkpoint: SamCheckpointOpt = None,
     tta: TTAOpt = None,
     size: SizeOpt = None,
     device: DeviceOpt = "auto",
@@ -84,7 +88,16 @@ def evaluate(
         DataSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
     ]
     predictor = create_predictor(
-        model, weights, backend, tta, size, device, threshold, precision, postprocess
+        model,
+        weights,
+        backend,
+        tta,
+        size,
+        device,
+        threshold,
+        precision,
+        postprocess,
+        sam_checkpoint,
     )
     run_evaluate(predictor, sources, out, title=f"colonseg evaluate — {model}")
     typer.echo(f"{model}: {predictor.settings()}")
@@ -104,6 +117,7 @@ def predict(
     out: OutOpt,
     model: ModelOpt = "default",
     weights: WeightsOpt = None,
+    sam_checkpoint: SamCheckpointOpt = None,
     tta: TTAOpt = None,
     size: SizeOpt = None,
     device: DeviceOpt = "auto",
@@ -127,12 +141,20 @@ def predict(
     workers: Annotated[
         int | None, typer.Option(min=0, help="Image-decoding processes (default: automatic).")
     ] = None,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            help="Resume a stopped run into the same --out: skip images whose outputs all exist, "
+            "videos that are done; a --frame-masks export goes on at its first missing frame."
+        ),
+    ] = False,
 ) -> None:
     """Segment images and videos.
 
     Images: masks/, probs/ and overlays/ (mask + heat map) as PNG. Videos (mp4, avi, mov, mkv):
     <name>_overlay.mp4, <name>_frames.csv (per-frame polyp area and confidence) and, with
-    --frame-masks, <name>_masks/.
+    --frame-masks, <name>_masks/. A run stopped midway (Ctrl-C, kill -9) leaves no half-written
+    file under its final name; rerun it with --skip-existing to finish it.
     """
     from colonseg.engine.predict_files import run_predict
     from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
@@ -140,18 +162,35 @@ def predict(
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_EXTENSIONS]
     images = [p for p in inputs if p not in videos]
     predictor = create_predictor(
-        model, weights, backend, tta, size, device, threshold, precision, postprocess
+        model,
+        weights,
+        backend,
+        tta,
+        size,
+        device,
+        threshold,
+        precision,
+        postprocess,
+        sam_checkpoint,
     )
     for video in videos:
-        r = run_predict_video(predictor, video, out, frame_masks, batch_size)
-        typer.echo(f"{video}: {r['frames']} frames ({r['polyp_frames']} with polyp) → {r['video']}")
+        r = run_predict_video(predictor, video, out, frame_masks, batch_size,
+                              skip_existing=skip_existing)  # fmt: skip
+        if r["skipped"]:
+            typer.echo(f"{video}: skipped, already done → {r['video']}")
+            continue
+        resumed = f"; resumed at frame {r['resumed_at']}" if r["resumed_at"] else ""
+        typer.echo(f"{video}: {r['frames']} frames ({r['polyp_frames']} with polyp{resumed}) → "
+                   f"{r['video']}")  # fmt: skip
     if not images:
         return
     result = run_predict(
         predictor, images, out, save_attention=attention, rle_csv=rle_csv,
-        batch_size=batch_size, workers=workers,
+        batch_size=batch_size, workers=workers, skip_existing=skip_existing,
     )  # fmt: skip
     typer.echo(f"{len(result['written'])} images → {out}")
+    if result["skipped"]:
+        typer.echo(f"skipped {len(result['skipped'])} already done")
     for _, message in result["failed"]:
         typer.echo(f"skipped: {message}", err=True)
     if result["failed"] and not skip_bad:

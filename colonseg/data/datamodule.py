@@ -10,6 +10,9 @@ Masks are class maps under the label scheme ``labels`` (``binary``: {0, 1}; ``ne
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from colonseg.data.cache import load_resized_pairs
@@ -29,9 +33,30 @@ __all__ = [
     "ArraySegmentationDataset",
     "EpochShuffle",
     "SegmentationDataModule",
+    "end_with_parent",
     "normalize",
     "prepare_images",
+    "worker_init",
 ]
+
+
+def end_with_parent(worker_id: int = 0) -> None:
+    """In a DataLoader worker: ask Linux to end this process when its parent dies, so a killed
+    run (``kill -9``) leaves no data-loading process behind (a no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def worker_init(worker_id: int) -> None:
+    """A training DataLoader worker's ``worker_init_fn``: :func:`end_with_parent`, then the seeds
+    Lightning gives workers after ``seed_everything(workers=True)`` (it adds them only to loaders
+    without a ``worker_init_fn``)."""
+    end_with_parent()
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
 
 
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -172,6 +197,7 @@ class SegmentationDataModule(L.LightningDataModule):
             drop_last=shuffle and len(ds) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # EpochShuffle hands them their seeds
+            worker_init_fn=worker_init,
         )
 
     def train_dataloader(self) -> DataLoader:

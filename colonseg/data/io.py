@@ -1,8 +1,17 @@
 """Reading images and masks robustly, and writing outputs atomically.
 
 Every reader returns plain numpy arrays (images ``(H, W, 3) uint8`` RGB, masks ``(H, W) uint8``
-in {0, 1}) or raise :class:`~colonseg.errors.ColonsegError` with a one-line message naming
-the file.
+in {0, 1}) or raises :class:`~colonseg.errors.ColonsegError` with a one-line message naming
+the file; a file is never read as something it is not:
+
+- channels: 1 (grey), 3 (RGB) or 4 (RGBA); any other count, and TIFFs holding several images
+  (pages, a z-stack, a 5-band series), are refused.
+- bit depth: deeper pixels are scaled by their real depth, declared (PNG ``sBIT``, TIFF
+  ``BitsPerSample``) or inferred from the brightest pixel (10-bit data in a 16-bit PNG keeps its
+  brightness); pixels of unknown scale are refused. The rules: :mod:`colonseg.data.headers`.
+- masks: :func:`~colonseg.data.mask_encodings.binarize_mask` reads 0/1, 0/255, JPEG-noisy,
+  palette, label-map, alpha-only and RGB class-colour masks, and refuses ambiguous encodings
+  ('ignore' values, several unknown colours) with a message saying what was found.
 """
 
 from __future__ import annotations
@@ -13,10 +22,13 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
+from colonseg.data.headers import channel_message, read_header, significant_bits, to_uint8
+from colonseg.data.mask_encodings import binarize_mask
 from colonseg.errors import ColonsegError
 
 __all__ = [
@@ -30,8 +42,8 @@ __all__ = [
     "unique_stems",
     "write_png",
     "write_atomic",
-    "binarize_mask",
     "collect_images",
+    "remove_stale_temp",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -39,19 +51,6 @@ MAX_PIXELS = 100_000_000  # decompression-bomb guard: 100 megapixels
 _TIFF = (".tif", ".tiff")
 # OpenCV's codecs log every damaged file to stderr; the ColonsegError raised instead says it once
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.integer):
-        top = 65535 if arr.dtype.itemsize >= 2 and arr.max() > 255 else 255
-        return (arr.astype(np.float64) * (255.0 / top)).round().astype(np.uint8)
-    arr = arr.astype(np.float64)
-    scale = 255.0 if arr.max() <= 1.0 else 1.0
-    return np.clip(arr * scale, 0, 255).round().astype(np.uint8)
 
 
 # EXIF orientation (tag 274) → the numpy steps that show the image the way viewers do
@@ -66,52 +65,53 @@ _ORIENT = {
 }
 
 
-def _header(path: Path, max_pixels: int) -> tuple[int, bool]:
-    """Read the header only (PIL opens lazily): refuse images over ``max_pixels`` before any
-    pixel is decoded (a decompression bomb never reaches memory); return the EXIF orientation
-    and whether the file is a palette image. Files PIL cannot identify return ``(1, False)`` and
-    are left to the decoders."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            (w, h), palette = im.size, im.mode in ("P", "PA")
-            orientation = int(im.getexif().get(274, 1) or 1)
-    except Image.DecompressionBombError:
-        w, h, palette, orientation = max_pixels + 1, 1, False, 1
-    except Exception:  # noqa: BLE001 - unidentified or damaged header: the decoders decide
-        return 1, False
-    if w * h > max_pixels:
-        raise ColonsegError(
-            f"{path}: image too large ({w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
-            f"{max_pixels / 1e6:.0f}; downscale it first)"
-        )
-    return (orientation if orientation in _ORIENT else 1), palette
+class _Pixels(NamedTuple):
+    array: np.ndarray  # (H, W) or (H, W, C) with C in 1, 3, 4, as stored (not scaled)
+    bits: int  # significant bits of integer pixels
+    lossy: bool
+    palette: np.ndarray | None  # (N, 3) colours when ``array`` holds palette indices
 
 
-def _decode(path: Path, max_pixels: int = MAX_PIXELS, palette_labels: bool = False) -> np.ndarray:
-    """Decode any supported file into a uint8 array, (H, W) or (H, W, C) in RGB(A) order, turned
-    upright by its EXIF orientation. ``palette_labels``: a palette image gives ``(H, W)`` 0/1,
-    1 where the palette colour is not black (its indices are labels, not intensities)."""
+def _decode_stored(
+    path: Path, max_pixels: int = MAX_PIXELS, palette_indices: bool = False
+) -> _Pixels:
+    """Decode a file into its stored pixels, upright by its EXIF orientation, checking the
+    shape and channel count. ``palette_indices``: a palette image gives its indices."""
     if not path.is_file():
         raise ColonsegError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ColonsegError(f"{path}: file is empty (0 bytes)")
-    orientation, palette = _header(path, max_pixels)
-    if palette and palette_labels:
-        arr = _palette_foreground(path)
+    head = read_header(path, max_pixels)
+    palette, declared = None, head.bits
+    if head.palette and palette_indices:
+        arr, palette = _palette_indices(path)
     else:
-        arr = _decode_pixels(path)
+        arr, by_opencv = _decode_pixels(path)
+        if by_opencv and declared and path.suffix.lower() in _TIFF:
+            declared = 16  # OpenCV scales a 12-bit TIFF up to 16 bits; tifffile does not
     if arr.ndim not in (2, 3) or arr.shape[0] * arr.shape[1] > max_pixels:
         raise ColonsegError(
             f"{path}: unsupported image shape {arr.shape} (2-D images up to {max_pixels} pixels)"
         )
-    if orientation != 1:
-        arr = np.ascontiguousarray(_ORIENT[orientation](arr))
-    return _to_uint8(arr)
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
+        raise ColonsegError(channel_message(path, arr.shape[2]))
+    if head.orientation != 1:
+        arr = np.ascontiguousarray(_ORIENT[head.orientation](arr))
+    bits = 8
+    if arr.dtype.kind in "ui":  # wider than 16 bits: kept for label maps, refused as images
+        wide = arr.dtype.itemsize > 2
+        bits = 8 * arr.dtype.itemsize if wide else significant_bits(arr, declared, path)
+    return _Pixels(arr, bits, head.lossy, palette)
 
 
-def _palette_foreground(path: Path) -> np.ndarray:
+def _decode(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode any supported file into a uint8 array, (H, W) or (H, W, C) in RGB(A) order, turned
+    upright by its EXIF orientation and scaled by its bit depth."""
+    pixels = _decode_stored(path, max_pixels)
+    return to_uint8(pixels.array, pixels.bits, path)
+
+
+def _palette_indices(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     try:
@@ -120,17 +120,17 @@ def _palette_foreground(path: Path) -> np.ndarray:
             colours = np.asarray(im.getpalette() or [0, 0, 0], np.uint8).reshape(-1, 3)
     except Exception as exc:  # noqa: BLE001 - truncated palette PNGs fail while decoding
         raise ColonsegError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-    coloured = np.zeros(256, np.uint8)
-    coloured[: len(colours)] = colours.max(axis=1) > 0
-    return coloured[index]
+    return index, colours
 
 
-def _decode_pixels(path: Path) -> np.ndarray:
+def _decode_pixels(path: Path) -> tuple[np.ndarray, bool]:
+    """The pixels, and whether OpenCV decoded them (tifffile decodes the TIFFs it cannot)."""
     data = np.fromfile(path, dtype=np.uint8)
     try:
         arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:  # e.g. a header claiming a size beyond OpenCV's limits
         arr = None
+    by_opencv = arr is not None
     if arr is not None:
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
@@ -149,55 +149,59 @@ def _decode_pixels(path: Path) -> np.ndarray:
             arr = np.moveaxis(arr, 0, -1)
     if arr is None or arr.size == 0:
         raise ColonsegError(f"{path}: not a readable image (corrupt, truncated or not an image)")
-    return arr
+    return arr, by_opencv
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image as ``(H, W, 3) uint8`` RGB, upright by its EXIF orientation (grayscale is
-    repeated, alpha dropped); images over ``max_pixels`` are refused before decoding."""
+    repeated, alpha dropped, deeper pixels scaled by their bit depth); images over
+    ``max_pixels`` are refused before decoding, as are channel counts other than 1, 3 or 4."""
     arr = _decode(Path(path), max_pixels)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     elif arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] >= 4:
+    elif arr.shape[2] == 4:
         arr = arr[..., :3]
     return np.ascontiguousarray(arr)
 
 
-def binarize_mask(arr: np.ndarray, label_map: bool = False) -> np.ndarray:
-    """Binarise a decoded mask: threshold at 128, or nonzero for 0/1 masks and label maps.
-
-    Colour masks count a pixel as foreground when any channel is >= 128 (so BKAI's red and green
-    polyps are both foreground). ``label_map=True`` (lossless single-channel files whose values
-    stay below 128, e.g. GlaS instance labels 0..k) makes every nonzero pixel foreground.
-    """
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2)
-    if arr.max() <= 1 or (label_map and arr.max() < 128):
-        return (arr > 0).astype(np.uint8)
-    return (arr >= 128).astype(np.uint8)
-
-
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask as ``(H, W) uint8`` in {0, 1} (see :func:`binarize_mask` for the rule)."""
+    """Read a binary mask as ``(H, W) uint8`` in {0, 1}.
+
+    The encoding rules (0/1, 0/255, JPEG noise, palette, label maps, alpha-only labels, RGB
+    class colours) are those of :func:`~colonseg.data.mask_encodings.binarize_mask`.
+
+    Raises:
+        ColonsegError: unreadable file, or an ambiguous encoding (an 'ignore' value beside the
+            labels, several colours of no known scheme, labels too dark for the threshold).
+    """
     path = Path(path)
-    arr = _decode(path, palette_labels=True)
-    lossless = path.suffix.lower() not in (".jpg", ".jpeg")
-    return binarize_mask(arr, label_map=lossless and arr.ndim == 2)
+    pixels = _decode_stored(path, palette_indices=True)
+    arr = pixels.array
+    if arr.dtype.kind == "f":
+        arr = to_uint8(arr, source=path)
+    return binarize_mask(
+        arr, lossy=pixels.lossy, bits=pixels.bits, palette=pixels.palette, source=str(path)
+    )
 
 
 def read_instances(path: str | os.PathLike) -> np.ndarray:
     """Read an instance-labelled annotation (GlaS: 0 background, 1..k one per gland) as
-    ``(H, W) int32``; a binary 0/255 mask gets its connected regions as instances."""
+    ``(H, W) int32``; a binary mask (0 and full scale, e.g. 0/255, or any JPEG) gets its
+    connected regions as instances. 16-bit label maps keep their labels."""
     path = Path(path)
-    arr = _decode(path)
+    pixels = _decode_stored(path)
+    arr = pixels.array
+    if arr.dtype.kind == "f" or (arr.dtype.kind == "i" and arr.size and arr.min() < 0):
+        arr = to_uint8(arr, source=path)  # floats scaled, negative labels refused
     if arr.ndim == 3:
-        if np.ptp(arr[..., :3].astype(np.int16), axis=-1).any():
+        if np.ptp(arr[..., :3].astype(np.int64), axis=-1).any():
             raise ColonsegError(f"{path}: colour annotation; expected instance labels (grey)")
         arr = arr[..., 0]
-    if path.suffix.lower() in (".jpg", ".jpeg") or set(np.unique(arr)) <= {0, 255}:
-        return cv2.connectedComponents(binarize_mask(arr), connectivity=8)[1].astype(np.int32)
+    if pixels.lossy or set(np.unique(arr).tolist()) <= {0, (1 << pixels.bits) - 1}:
+        binary = binarize_mask(arr, lossy=pixels.lossy, bits=pixels.bits, source=str(path))
+        return cv2.connectedComponents(binary, connectivity=8)[1].astype(np.int32)
     return arr.astype(np.int32)
 
 
@@ -278,3 +282,26 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
     if not files:
         raise ColonsegError(f"{', '.join(map(str, inputs))}: no images found")
     return files
+
+
+def remove_stale_temp(folder: str | os.PathLike, names: list[str] | None = None) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`write_atomic` calls left in ``folder``
+    (not its subfolders): hidden files named like them, ``.<stem>.<8 random characters><suffix>``;
+    with ``names``, only those of these final file names. Return the paths removed.
+
+    Call it on a folder a run writes into, as the run starts: a temporary file that another run
+    writing there at that moment is still filling would be lost, and that write would fail.
+    """
+    import re
+
+    shape = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?")  # mkstemp's names
+    wanted = None if names is None else {(Path(n).stem, Path(n).suffix) for n in names}
+    removed = []
+    for p in sorted(Path(folder).glob(".*")) if Path(folder).is_dir() else []:
+        match = shape.fullmatch(p.name)
+        if match is None or p.is_symlink() or not p.is_file():
+            continue
+        if wanted is None or (match["stem"], match["suffix"] or "") in wanted:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

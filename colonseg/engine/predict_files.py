@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import os
-import signal
-import sys
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from colonseg.data.io import collect_images, read_image, unique_stems, write_png
+from colonseg.data.datamodule import end_with_parent
+from colonseg.data.io import (
+    collect_images,
+    read_image,
+    remove_stale_temp,
+    unique_stems,
+    write_png,
+)
+from colonseg.data.labels import read_label
 from colonseg.data.rle import submission_rows, write_submission
 from colonseg.engine.predict import Predictor
 from colonseg.errors import ColonsegError
 from colonseg.viz.overlays import heatmap, overlay_prediction
 
 __all__ = ["run_predict"]
-
-
-def end_with_parent(worker_id: int = 0) -> None:
-    """In a DataLoader worker: ask Linux to end this process when its parent dies, so a killed
-    ``predict`` (``kill -9``) leaves no decoding process behind (a no-op elsewhere)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 class _ImageFiles(Dataset):
@@ -57,6 +53,7 @@ def run_predict(
     batch_size: int = 8,
     workers: int | None = None,
     progress: bool = True,
+    skip_existing: bool = False,
 ) -> dict:
     """Predict every image; write ``masks/``, ``probs/`` and ``overlays/`` PNGs under ``out_dir``.
 
@@ -72,24 +69,47 @@ def run_predict(
     Images are decoded by ``workers`` DataLoader processes (default: none for fewer than 64
     files, else up to 4) and predicted ``batch_size`` at a time. Unreadable files are skipped
     and reported in ``result["failed"]`` as ``(path, message)``.
+
+    Every PNG is written atomically (a hidden temporary file renamed into place); the temporary
+    files that a killed run left in the folders this run writes are deleted as it starts.
+    ``skip_existing`` resumes such a run: an image whose outputs of every requested kind exist
+    is not predicted again (listed in ``result["skipped"]``; its RLE rows are read back from
+    its mask; ``area_fraction`` covers the images predicted in this run). The outputs are
+    trusted as they are: after changing the model or its settings, run without it.
     """
     out_dir = Path(out_dir)
     if save_attention and not predictor.has_attention:
         raise ColonsegError(f"{predictor.meta.arch}: this architecture has no attention maps")
     files = collect_images(inputs)
     names = dict(zip(files, unique_stems([f.stem for f in files]), strict=True))
+    requested = {"probs": save_probs, "overlays": save_overlays, "attention": save_attention}
+    kinds = ["masks", *(kind for kind, on in requested.items() if on)]
+    for kind in kinds:
+        remove_stale_temp(out_dir / kind)
+    if rle_csv is not None:
+        remove_stale_temp(Path(rle_csv).parent, [Path(rle_csv).name])
+    scheme = predictor.scheme
+    done = {
+        f for f in files
+        if skip_existing and all((out_dir / k / f"{names[f]}.png").is_file() for k in kinds)
+    }  # fmt: skip
+    skipped = [f for f in files if f in done]
+    rle_rows: dict[str, list] = {}
+    for f in skipped if rle_csv is not None else []:
+        classes = read_label(out_dir / "masks" / f"{names[f]}.png", scheme)
+        rle_rows[names[f]] = submission_rows(names[f], classes, scheme.num_classes)
+    todo = [f for f in files if f not in done]
     if workers is None:
-        workers = 0 if len(files) < 64 else min(4, os.cpu_count() or 1)
+        workers = 0 if len(todo) < 64 else min(4, os.cpu_count() or 1)
     loader = DataLoader(
-        _ImageFiles(files),
+        _ImageFiles(todo),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=list,
         worker_init_fn=end_with_parent,
     )
-    scheme = predictor.scheme
-    written, failed, areas, rle_rows = [], [], {}, []
-    bar = tqdm(total=len(files), desc="predict", unit="image", disable=not progress)
+    written, failed, areas = [], [], {}
+    bar = tqdm(total=len(todo), desc="predict", unit="image", disable=not progress)
     for batch in loader:
         failed += [(str(f), err) for f, _, err in batch if err is not None]
         good = [(f, image) for f, image, err in batch if err is None]
@@ -110,11 +130,12 @@ def run_predict(
                 strip = np.concatenate([heatmap(image, m) for m in maps.values()], axis=1)
                 write_png(out_dir / "attention" / f"{stem}.png", strip)
             if rle_csv is not None:
-                rle_rows += submission_rows(stem, out.classes, scheme.num_classes)
+                rle_rows[stem] = submission_rows(stem, out.classes, scheme.num_classes)
             areas[stem] = float(out.mask.mean())
             written.append(str(f))
         bar.update(len(batch))
     bar.close()
     if rle_csv is not None:
-        write_submission(rle_csv, rle_rows)
-    return {"out_dir": out_dir, "written": written, "failed": failed, "area_fraction": areas}
+        write_submission(rle_csv, [row for f in files for row in rle_rows.get(names[f], [])])
+    return {"out_dir": out_dir, "written": written, "failed": failed, "area_fraction": areas,
+            "skipped": [str(f) for f in skipped]}  # fmt: skip

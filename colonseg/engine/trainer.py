@@ -5,11 +5,13 @@ capabilities: a rolling ``checkpoints/last.ckpt`` at each epoch end, every
 ``trainer.checkpoint_minutes`` of training and when the run is stopped (Ctrl-C, SIGTERM), so a
 stopped run loses minutes, not an epoch; ``--resume`` from it; per-epoch reseeding; the time of
 each epoch; CSV + TensorBoard logs; DDP (``trainer.strategy=ddp``) and mixed precision.
+Every checkpoint is written to a hidden temporary file beside it and renamed over it, so a run
+killed while writing one (``kill -9``, the out-of-memory killer) keeps the previous one whole;
+the next run deletes the temporary file it left.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -17,13 +19,16 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from colonseg.data.io import remove_stale_temp, write_atomic
 from colonseg.device import native_bf16
 from colonseg.errors import ColonsegError
 
 __all__ = [
+    "AtomicCheckpointIO",
     "EpochSeed",
     "EpochTimer",
     "SafeCheckpoint",
@@ -70,10 +75,23 @@ class EpochTimer(L.Callback):
         )
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer with its temporary file beside the checkpoint, renamed over
+    it (:func:`~colonseg.data.io.write_atomic`). Lightning's own writes it to the system temporary
+    folder and moves it: a plain copy, which a kill can cut short, when the run folder is on
+    another file system; and what a kill leaves there is never cleaned."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:  # Lightning's TypeError
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
 class SafeCheckpoint(L.Callback):
     """Writes the rolling ``last.ckpt`` every ``minutes`` of training and when the run stops on
     an exception (Ctrl-C, SIGTERM) with steps trained since the last checkpoint, atomically (a
-    temporary file renamed over the old one), on rank 0. ``minutes`` 0: only on a stop."""
+    temporary file renamed over the old one), on rank 0. ``minutes`` 0: only on a stop. As
+    training starts, rank 0 deletes the temporary files of ``last.ckpt`` that a killed run left."""
 
     def __init__(self, path: Path, minutes: float) -> None:
         self.path, self.minutes = Path(path), minutes
@@ -82,16 +100,15 @@ class SafeCheckpoint(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
             state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, lambda tmp: torch.save(state, tmp))
         self._last, self._saved_step = time.monotonic(), trainer.global_step
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint):
         self._saved_step = trainer.global_step  # any checkpoint (the epoch-end one) counts
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            remove_stale_temp(self.path.parent, [self.path.name])
         self._last, self._saved_step = time.monotonic(), trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
@@ -165,6 +182,7 @@ def create_trainer(cfg: DictConfig, out: Path, callbacks: list | None = None) ->
         gradient_clip_algorithm=t.gradient_clip_algorithm,
         logger=loggers or False,
         callbacks=every + list(callbacks or []),
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         default_root_dir=out,

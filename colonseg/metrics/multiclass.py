@@ -88,4 +88,3 @@ def pooled_binary_scores(matrix: np.ndarray) -> dict[str, float]:
         "accuracy_pooled": float((tp + tn) / total) if total else float("nan"),
         "f1_pooled": float(2 * tp / positives) if positives else float("nan"),
     }
-

@@ -80,9 +80,7 @@ def test_encoder_weights_named_in_config_json_are_not_needed_and_not_opened(tmp_
     assert sum(p.abs().sum() for p in net.parameters()) > 0
 
 
-def test_weight_shapes_are_checked_from_the_header_before_any_tensor_is_read(
-    tmp_path, monkeypatch
-):
+def test_weight_shapes_are_checked_from_the_header_before_any_tensor_is_read(tmp_path, monkeypatch):
     import colonseg.engine.checkpoint as checkpoint
 
     folder = _saved(tmp_path / "m")

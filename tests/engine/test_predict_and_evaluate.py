@@ -270,3 +270,72 @@ def test_decoding_workers_end_when_predict_is_killed(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the worker outlived its killed parent")
+
+
+def test_a_killed_runs_temporary_files_are_deleted_and_no_other_file(
+    predictor, tiny_dataset_dir, tmp_path
+):
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "other").mkdir()
+    stale = [out / "masks" / ".case_0.k3j5x9q_.png", tmp_path / ".s.a1b2c3d4.csv"]  # kill -9
+    kept = [
+        out / "masks" / ".case_0.backup.png",  # hidden, but not the shape write_atomic names
+        out / "masks" / "case_0.k3j5x9q2.png",  # not hidden
+        out / "masks" / ".case_0.k3j5x9q2.png.txt",
+        out / "other" / ".case_0.k3j5x9q2.png",  # a folder predict does not write to
+        tmp_path / ".notes.a1b2c3d4.csv",  # beside the RLE CSV, but not its temporary file
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"half a file")
+    run_predict(predictor, [tiny_dataset_dir / "images"], out, rle_csv=tmp_path / "s.csv",
+                progress=False)  # fmt: skip
+    assert [p for p in stale if p.exists()] == []
+    assert [p for p in kept if not p.exists()] == []
+
+
+def test_skip_existing_predicts_only_what_a_stopped_run_left_undone(
+    predictor, tiny_dataset_dir, tmp_path, monkeypatch
+):
+    images, out, rle = tiny_dataset_dir / "images", tmp_path / "out", tmp_path / "s.csv"
+    run_predict(predictor, [images], out, rle_csv=rle, progress=False)
+    full_rle = rle.read_text()
+    (out / "masks" / "case_1.png").unlink()  # stopped before its mask
+    (out / "overlays" / "case_2.png").unlink()  # stopped between its mask and its overlay
+    rle.unlink()
+    untouched = (out / "masks" / "case_0.png").stat().st_mtime_ns
+    predicted, real = [], predictor.predict_batch
+    monkeypatch.setattr(predictor, "predict_batch", lambda x: predicted.append(len(x)) or real(x))
+
+    result = run_predict(predictor, [images], out, rle_csv=rle, skip_existing=True, progress=False)
+    assert sum(predicted) == 2 and len(result["skipped"]) == 6
+    assert sorted(Path(f).name for f in result["written"]) == ["case_1.png", "case_2.png"]
+    assert (out / "masks" / "case_0.png").stat().st_mtime_ns == untouched
+    assert rle.read_text() == full_rle  # the skipped images' rows are read back from their masks
+    assert all((out / k / "case_1.png").is_file() for k in ("masks", "probs", "overlays"))
+
+    for kind in ("probs", "overlays"):
+        (out / kind / "case_5.png").unlink()
+    predicted.clear()  # not asked for: a missing probability map or overlay is no reason
+    run_predict(predictor, [images], out, save_probs=False, save_overlays=False,
+                skip_existing=True, progress=False)  # fmt: skip
+    assert predicted == []
+    result = run_predict(predictor, [images], out, skip_existing=True, progress=False)
+    assert sum(predicted) == 1 and result["written"] == [str(images / "case_5.png")]
+
+
+def test_predict_cli_skip_existing_says_how_many_were_done(predictor, tiny_dataset_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from colonseg.cli.main import app
+    from colonseg.engine.checkpoint import save_pretrained
+
+    model = save_pretrained(predictor.model, predictor.meta, tmp_path / "model")
+    out = tmp_path / "out"
+    args = ["predict", str(tiny_dataset_dir / "images"), "--out", str(out), "--model", str(model),
+            "--device", "cpu"]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (out / "masks" / "case_3.png").unlink()
+    result = CliRunner().invoke(app, [*args, "--skip-existing"])
+    assert result.exit_code == 0, result.output
+    assert "1 images →" in result.output and "skipped 7 already done" in result.output

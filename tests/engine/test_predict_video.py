@@ -69,3 +69,55 @@ def test_truncated_video_leaves_no_output_under_its_final_name(predictor, tmp_pa
         run_predict_video(predictor, cut, tmp_path / "out")
     left = list((tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
     assert left == [], f"a failed video leaves nothing behind, found {left}"
+
+
+class StopAfter:
+    """Counts the frames a Predictor is asked for; raises KeyboardInterrupt (Ctrl-C) at the
+    batch after ``stop`` frames."""
+
+    def __init__(self, predictor, stop: int | None = None) -> None:
+        self.predictor, self.stop, self.frames = predictor, stop, 0
+
+    def __call__(self, images):
+        if self.stop is not None and self.frames >= self.stop:
+            raise KeyboardInterrupt
+        self.frames += len(images)
+        return type(self.predictor).predict_batch(self.predictor, images)
+
+
+def test_a_stopped_frame_export_resumes_at_its_first_missing_frame(
+    predictor, tmp_path, monkeypatch
+):
+    video = _write_video(tmp_path / "clip.avi")
+    clean = run_predict_video(predictor, video, tmp_path / "clean", save_masks=True, batch_size=5)
+    out = tmp_path / "out"
+    stopped = StopAfter(predictor, stop=10)
+    monkeypatch.setattr(predictor, "predict_batch", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict_video(predictor, video, out, save_masks=True, batch_size=5)
+    assert not (out / "clip_frames.csv").exists() and not (out / "clip_overlay.mp4").exists()
+    assert len(list((out / "clip_masks").glob("*.png"))) == 10
+    stale = out / ".clip_overlay.x1y2z3w4.mp4"  # what kill -9 leaves instead of Ctrl-C
+    user = out / ".clip_overlay.mine.mp4"
+    stale.write_bytes(b"half a video")
+    user.write_bytes(b"a user's file")
+
+    counted = StopAfter(predictor)
+    monkeypatch.setattr(predictor, "predict_batch", counted)
+    result = run_predict_video(predictor, video, out, save_masks=True, batch_size=5,
+                               skip_existing=True)  # fmt: skip
+    assert counted.frames == 2 and result["resumed_at"] == 10 and result["frames"] == 12
+    assert result["csv"].read_text() == clean["csv"].read_text()
+    with av.open(str(result["video"])) as back:
+        assert sum(1 for _ in back.decode(video=0)) == 12
+    assert len(list((out / "clip_masks").glob("*.png"))) == 12
+    assert not (out / "clip_masks" / "frames.partial.csv").exists()
+    assert not stale.exists() and user.exists()
+
+    written = result["csv"].stat().st_mtime_ns
+    again = run_predict_video(predictor, video, out, save_masks=True, skip_existing=True)
+    assert again["skipped"] and again["frames"] == 12 and counted.frames == 2  # done: not read
+    assert result["csv"].stat().st_mtime_ns == written
+    (out / "clip_masks" / "000011.png").unlink()  # complete means: every frame has its mask
+    run_predict_video(predictor, video, out, save_masks=True, batch_size=5, skip_existing=True)
+    assert counted.frames == 3 and (out / "clip_masks" / "000011.png").is_file()

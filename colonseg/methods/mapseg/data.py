@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from colonseg.data.datamodule import normalize
+from colonseg.data.datamodule import normalize, worker_init
 from colonseg.data.field_of_view import valid_area
 from colonseg.data.io import read_image
 from colonseg.data.layouts import hold_out
@@ -169,9 +169,12 @@ class MapsegDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
         return DataLoader(self.train_set, d.batch_size, shuffle=True, drop_last=True,
-                          num_workers=d.num_workers)  # fmt: skip
+                          num_workers=d.num_workers, worker_init_fn=worker_init)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.val_set, self.cfg.data.batch_size, num_workers=self.cfg.data.num_workers
+            self.val_set,
+            self.cfg.data.batch_size,
+            num_workers=self.cfg.data.num_workers,
+            worker_init_fn=worker_init,
         )

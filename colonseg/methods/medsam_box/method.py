@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from colonseg.data.cache import default_cache_dir
+from colonseg.data.datamodule import worker_init
 from colonseg.data.io import write_atomic
 from colonseg.data.layouts import hold_out
 from colonseg.data.sources import DataSource
@@ -91,14 +92,14 @@ class MedsamDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
         return DataLoader(self.train_set, d.batch_size, shuffle=True, collate_fn=collate,
-                          num_workers=d.num_workers)  # fmt: skip
+                          num_workers=d.num_workers, worker_init_fn=worker_init)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader | list:
         d = self.cfg.data
         if not len(self.val_set):
             return []
         return DataLoader(self.val_set, d.batch_size, collate_fn=collate,
-                          num_workers=d.num_workers)  # fmt: skip
+                          num_workers=d.num_workers, worker_init_fn=worker_init)  # fmt: skip
 
 
 @METHODS.register("medsam_box")

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from colonseg.data.cache import default_cache_dir
+from colonseg.data.datamodule import worker_init
 from colonseg.data.io import read_image, write_atomic, write_png
 from colonseg.data.layouts import Pair, find_pairs, hold_out
 from colonseg.data.sources import DataSource
@@ -147,13 +148,14 @@ class MssgDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
         return DataLoader(self.train_set, d.batch_size, shuffle=True, drop_last=True,
-                          num_workers=d.num_workers)  # fmt: skip
+                          num_workers=d.num_workers, worker_init_fn=worker_init)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader | list:
         d = self.cfg.data
         if not self.val_pairs:
             return []
-        return DataLoader(self.val_set, d.batch_size, num_workers=d.num_workers)
+        return DataLoader(self.val_set, d.batch_size, num_workers=d.num_workers,
+                          worker_init_fn=worker_init)  # fmt: skip
 
 
 @METHODS.register("mssg")
