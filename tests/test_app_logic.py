@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import gc
 import io
+import os
+import time
 import zipfile
 
 import cv2
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from colonseg.app import logic
+from colonseg.app import logic, server
 from colonseg.data.synthetic import create_disc_image
 from colonseg.engine.checkpoint import ModelMeta, save_pretrained
 from colonseg.engine.predict import Prediction, Predictor
@@ -171,7 +176,7 @@ def test_page_settings_reach_a_copy_of_the_cached_predictor_and_tta_changes_the_
 
 
 def test_the_app_listens_on_this_machine_unless_told_and_hides_error_details():
-    from colonseg.app.logic import server_options
+    from colonseg.app.server import server_options
 
     options, warning = server_options(["--server.port", "8600"])
     assert "--server.address=127.0.0.1" in options and warning is None
@@ -180,5 +185,217 @@ def test_the_app_listens_on_this_machine_unless_told_and_hides_error_details():
     for extra in (["--server.address", "0.0.0.0"], ["--server.address=10.1.2.3"]):
         options, warning = server_options(extra)
         assert "--server.address=127.0.0.1" not in options
-        assert "other hosts can reach it, and it has no login" in warning
+        assert "other hosts can reach it, and it has no login: add --auth TOKEN" in warning
+        warning = server_options(extra, auth=True)[1]
+        assert "it asks for the access token" in warning and "no login" not in warning
     assert server_options(["--server.address=localhost"])[1] is None
+
+
+def test_settings_come_from_the_environment_with_defaults_and_one_line_errors():
+    assert server.AppSettings.from_env({}) == server.AppSettings(None, 3000, 300.0, 3)
+    env = {"COLONSEG_APP_TOKEN": "s3cret", "COLONSEG_APP_MAX_VIDEO_FRAMES": "10",
+           "COLONSEG_APP_MAX_VIDEO_SECONDS": "2.5", "COLONSEG_APP_MAX_MODELS": "1"}  # fmt: skip
+    settings = server.AppSettings.from_env(env)
+    assert settings == server.AppSettings("s3cret", 10, 2.5, 1)
+    assert server.AppSettings.from_env(settings.to_env()) == settings
+    assert server.AppSettings.from_env({"COLONSEG_APP_TOKEN": ""}).token is None
+    with pytest.raises(ColonsegError, match="^COLONSEG_APP_MAX_MODELS='two': not a whole number"):
+        server.AppSettings.from_env({"COLONSEG_APP_MAX_MODELS": "two"})
+    with pytest.raises(ColonsegError, match="max_video_frames must be positive"):
+        server.AppSettings(max_video_frames=0)
+    with pytest.raises(ColonsegError, match="the access token is empty"):
+        server.AppSettings(token="  ")
+
+
+def test_only_the_right_token_passes_compared_in_constant_time(monkeypatch):
+    settings = server.AppSettings(token="correct horse")
+    assert server.token_matches("correct horse", settings)
+    for wrong in ("", "correct", "correct horse ", "Correct horse", "correct horse battery"):
+        assert not server.token_matches(wrong, settings)
+    assert server.token_matches("anything", server.AppSettings())  # no token set: no login
+    calls = []
+    monkeypatch.setattr(server.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or True)
+    assert server.token_matches("x", settings) and calls == [(b"x", b"correct horse")]
+
+
+def test_app_command_hands_its_settings_to_the_page_by_environment_not_argv(monkeypatch):
+    from typer.testing import CliRunner
+
+    from colonseg.cli.main import app
+
+    started = {}
+
+    def execve(path, argv, env):
+        started.update(argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setenv("COLONSEG_APP_MAX_MODELS", "2")
+    args = ["app", "--auth", "tok3n", "--max-video-frames", "50", "--server.address", "0.0.0.0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "tok3n" not in " ".join(started["argv"]) and "--server.address" in started["argv"]
+    assert server.AppSettings.from_env(started["env"]) == server.AppSettings("tok3n", 50, 300.0, 2)
+    assert "it asks for the access token" in result.output
+    result = CliRunner().invoke(app, ["app", "--auth", ""])
+    assert result.exit_code == 2 and "the access token is empty" in result.output
+
+
+def _video(path, colours, fps: float = 10.0, size: tuple[int, int] = (64, 48)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for colour in colours:
+        writer.write(np.full((size[1], size[0], 3), colour, np.uint8))
+    writer.release()
+    return path
+
+
+def test_a_video_longer_than_the_limits_is_refused_from_its_header(tmp_path):
+    clip = _video(tmp_path / "clip.mp4", [(0, 0, 0)] * 12, fps=10)
+    assert server.video_header(clip) == (12, 10.0)
+    server.check_video_header("clip.mp4", 12, 10.0, server.AppSettings())
+    message = r"^clip.mp4: video too long \(12 frames, 1 s at 10 fps\); the limit is 10 frames"
+    with pytest.raises(ColonsegError, match=message):
+        server.check_video_header(
+            "clip.mp4", *server.video_header(clip), server.AppSettings(None, 10)
+        )
+    with pytest.raises(ColonsegError, match="the limit is 3000 frames and 1 s$"):
+        server.check_video_header("clip.mp4", 12, 10.0, server.AppSettings(max_video_seconds=1))
+    assert server.video_header(tmp_path / "missing.mp4") == (0, 0.0)
+
+
+def test_decoding_stops_at_the_frame_cap_whatever_the_header_says(tmp_path):
+    from colonseg.engine.predict_video import run_predict_video
+
+    clip = _video(tmp_path / "clip.mp4", [(k * 8, 0, 0) for k in range(30)])
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    meta = ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64))
+    predictor = Predictor(net, meta, device="cpu", precision="fp32")
+    seen = []
+    real = predictor.predict_batch
+    predictor.predict_batch = lambda images: seen.extend(images) or real(images)
+    settings = server.AppSettings(max_video_frames=20)
+    capped = server.limit_video_frames(predictor, "clip.mp4", settings, header=(10, 10.0))
+    message = "^clip.mp4: video too long: decoding passed 20 frames although its header states 10"
+    with pytest.raises(ColonsegError, match=message):
+        run_predict_video(capped, clip, tmp_path / "out", progress=False)
+    assert len(seen) <= 20, "frames beyond the cap reached the model"
+    assert not list((tmp_path / "out").glob("*.mp4"))
+    # within the limits (here 4 s at 10 fps = 40 frames) the whole video is segmented
+    capped = server.limit_video_frames(
+        predictor, "clip.mp4", server.AppSettings(None, 100, 4.0), (30, 10.0)
+    )
+    assert run_predict_video(capped, clip, tmp_path / "ok", progress=False)["frames"] == 30
+    seconds = server.limit_video_frames(
+        predictor, "c", server.AppSettings(None, 100, 2.0), (5, 10.0)
+    )
+    with pytest.raises(ColonsegError, match="decoding passed 20 frames"):
+        run_predict_video(seconds, clip, tmp_path / "s", progress=False)
+    frame = server.read_video_frame(clip, 5, "clip.mp4")
+    assert frame.shape == (48, 64, 3) and abs(int(frame[..., 2].mean()) - 40) < 8  # BGR → RGB
+    with pytest.raises(ColonsegError, match="^clip.mp4: frame 99 could not be decoded"):
+        server.read_video_frame(clip, 99, "clip.mp4")
+
+
+def test_the_model_cache_holds_at_most_n_models_and_drops_the_least_recently_used():
+    loads = []
+    cache = server.ModelCache(
+        max_entries=3, load=lambda name: loads.append(name) or f"model {name}"
+    )
+    for name in ("a", "b", "c"):
+        assert cache.get(name) == f"model {name}"
+    assert cache.get("a") == "model a" and loads == ["a", "b", "c"]  # a hit: no second load
+    cache.get("d")  # the 4th distinct model: b, the least recently used, is dropped
+    assert cache.keys() == ["c", "a", "d"] and "b" not in cache
+    cache.get("b")
+    assert loads == ["a", "b", "c", "d", "b"] and cache.keys() == ["a", "d", "b"]
+
+    def fail(name):
+        raise ColonsegError(f"{name}: broken")
+
+    broken = server.ModelCache(max_entries=1, load=fail)
+    with pytest.raises(ColonsegError, match="x: broken"):
+        broken.get("x")
+    assert broken.keys() == []
+
+
+def test_a_session_upload_folder_goes_when_the_session_does(tmp_path):
+    uploads = server.UploadFolder(tmp_path)
+    folder = uploads.path
+    assert folder.name.startswith("colonseg-app-") and folder.stat().st_mode & 0o777 == 0o700
+    saved = uploads.save("../../clip 1.mp4", b"video")
+    assert saved.read_bytes() == b"video" and saved.name == "clip_1.mp4"
+    assert saved.parent.parent == folder
+    inode = saved.stat().st_ino
+    assert uploads.save("../../clip 1.mp4", b"video").stat().st_ino == inode  # written once
+    del uploads
+    gc.collect()
+    assert not folder.exists(), "the session's uploads outlived it"
+    uploads = server.UploadFolder(tmp_path)
+    uploads.remove()
+    assert not uploads.path.exists()
+
+
+def test_start_up_sweep_removes_stale_upload_folders_only(tmp_path):
+    old, fresh, active = (tmp_path / f"colonseg-app-{n}" for n in ("old", "fresh", "active"))
+    for folder in (old, fresh, active):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "clip.mp4").write_bytes(b"x")
+    other = tmp_path / "someone-else"
+    other.mkdir()
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    link = tmp_path / "colonseg-app-link"
+    link.symlink_to(outside)
+    hours_ago = time.time() - 2 * 3600
+    for path in (
+        old,
+        old / "sub",
+        old / "sub" / "clip.mp4",
+        other,
+        outside,
+        active,
+        active / "sub",
+    ):
+        os.utime(path, (hours_ago, hours_ago))
+    os.utime(link, (hours_ago, hours_ago), follow_symlinks=False)
+    # active: an old folder, but a file in it was written a moment ago
+    assert server.sweep_uploads(tmp_path, max_age_s=3600) == [old]
+    assert not old.exists() and fresh.exists() and active.exists() and other.exists()
+    assert (outside / "keep").exists() and link.is_symlink()
+
+
+def _attention_predictor() -> Predictor:
+    """A tiny untrained attention_unet whose batch-norm statistics are calibrated on noise, so
+    its attention maps respond to the input (with the initial statistics they sit at 0.5)."""
+    torch.manual_seed(0)
+    net = create_model("attention_unet", encoder="test_efficientnet", pretrained=False)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(4, 3, 64, 64))
+    meta = ModelMeta("attention_unet", {"encoder": "test_efficientnet"}, size=(64, 64))
+    return Predictor(net.eval(), meta, device="cpu", precision="fp32")
+
+
+def test_attention_maps_follow_the_image_at_its_size_within_0_1():
+    predictor = _attention_predictor()
+    disc = cv2.resize(create_disc_image(64)[0], (70, 50))
+    noise = np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)
+    a, b = logic.attention_maps(predictor, disc), logic.attention_maps(predictor, noise)
+    assert list(a) == list(logic.ATTENTION_LABELS)  # bottleneck, then strides 16 … 2
+    for key in a:
+        assert a[key].shape == (50, 70) and a[key].dtype == np.float32
+        assert 0 <= a[key].min() and a[key].max() <= 1
+        assert a[key].std() > 1e-3, f"{key}: a flat map"
+        assert np.abs(a[key] - b[key]).max() > 1e-2, f"{key}: the same map for two images"
+    picture = logic.attention_heatmap(disc, a["gate_stride8"])
+    assert picture.shape == (50, 70, 3) and picture.dtype == np.uint8
+    assert not np.array_equal(picture, logic.attention_heatmap(disc, b["gate_stride8"]))
+    plain = Predictor(
+        create_model("unet", encoder="test_efficientnet", pretrained=False),
+        ModelMeta("unet", {"encoder": "test_efficientnet"}, size=(64, 64)),
+        device="cpu",
+    )
+    assert logic.attention_maps(plain, disc) == {}  # no attention: the page shows no panel

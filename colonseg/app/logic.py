@@ -1,7 +1,11 @@
-"""What the web app does, without Streamlit: read uploads safely, predict, summarise, package.
+"""What the web app does with images and predictions, without Streamlit: read uploaded images
+and models safely, predict, summarise, draw the panels and package the downloads.
 
 Every function takes and returns plain values so that it is tested without a browser; the
-Streamlit page (:mod:`colonseg.app.page`) only lays the results out.
+Streamlit page (:mod:`colonseg.app.page`) only lays the results out. What keeps a shared server
+within its limits (access token, video length, models in memory, uploaded files on disk) is in
+:mod:`colonseg.app.server`, which also holds :func:`safe_name` and :data:`MAX_UPLOAD_MB`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from colonseg.app.server import MAX_UPLOAD_MB, safe_name
 from colonseg.data.io import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
@@ -31,8 +35,14 @@ from colonseg.postprocess import PostProcess
 from colonseg.viz.overlays import contours, heatmap, overlay_prediction
 
 __all__ = [
+    "ATTENTION_LABELS",
+    "CHECKPOINT_TYPES",
+    "MAX_APP_PIXELS",
+    "MAX_UNZIPPED_MB",
     "MAX_UPLOAD_MB",
     "Panels",
+    "attention_heatmap",
+    "attention_maps",
     "check_upload",
     "configure",
     "decode_upload",
@@ -43,54 +53,20 @@ __all__ = [
     "regions_summary",
     "safe_name",
     "selected_box",
-    "server_options",
     "zip_results",
 ]
 
-MAX_UPLOAD_MB = 50  # per file; Streamlit's own limit (server.maxUploadSize) is set to match
 MAX_APP_PIXELS = 40_000_000  # 40 megapixels: larger frames are refused with a message
 MAX_UNZIPPED_MB = 500  # an uploaded checkpoint zip may not expand beyond this (zip bombs)
 CHECKPOINT_TYPES = ("onnx", "zip")
 _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
-
-
-def server_options(extra: list[str]) -> tuple[list[str], str | None]:
-    """Streamlit's options for ``colonseg app`` plus the user's ``extra`` ones, and a warning to
-    print when the app will be reachable from other hosts.
-
-    The app listens on 127.0.0.1 unless ``--server.address`` is given; errors that are not a
-    one-line :class:`ColonsegError` reach the browser without their details (traceback and
-    server paths stay in the server's log).
-    """
-    options = [
-        "--server.headless=true",
-        f"--server.maxUploadSize={MAX_UPLOAD_MB}",
-        "--browser.gatherUsageStats=false",
-        "--client.toolbarMode=minimal",
-        "--client.showErrorDetails=false",
-    ]
-    address = None
-    for i, arg in enumerate(extra):
-        if arg.startswith("--server.address"):
-            address = arg.split("=", 1)[1] if "=" in arg else (extra[i + 1 : i + 2] or [""])[0]
-    if address is None:
-        options.append("--server.address=127.0.0.1")
-    warning = None
-    if address not in (None, "127.0.0.1", "localhost", "::1"):
-        warning = (
-            f"warning: the app listens on {address or 'every interface'}: other hosts can reach "
-            "it, and it has no login"
-        )
-    return options + list(extra), warning
-
-
-def safe_name(name: str, fallback: str = "upload") -> str:
-    """A file name safe to write or offer for download: the last path component of ``name``
-    (``/`` or ``\\``), characters other than letters, digits, ``._-`` replaced by ``_``, no
-    leading dots (no hidden files, no ``..``), at most 120 characters."""
-    base = re.split(r"[/\\]", name)[-1]
-    base = re.sub(r"[^\w.\-]", "_", base, flags=re.ASCII).lstrip(".")
-    return base[-120:] or fallback
+ATTENTION_LABELS = {
+    "spatial_attention": "Bottleneck, stride 32",
+    "gate_stride16": "Skip gate, stride 16",
+    "gate_stride8": "Skip gate, stride 8",
+    "gate_stride4": "Skip gate, stride 4",
+    "gate_stride2": "Skip gate, stride 2",
+}
 
 
 def check_upload(name: str, data: bytes, extensions: tuple[str, ...]) -> None:
@@ -245,3 +221,24 @@ def zip_results(results: dict[str, Panels]) -> bytes:
             archive.writestr(f"masks/{stem}.png", png_bytes(p.mask))
             archive.writestr(f"overlays/{stem}.png", png_bytes(p.overlay))
     return buf.getvalue()
+
+
+def attention_maps(
+    predictor: Predictor, image: np.ndarray, fov: bool | None = None
+) -> dict[str, np.ndarray]:
+    """The model's attention maps for ``image``, each ``(H, W)`` float32 in [0, 1] at the
+    image's size, keyed as in :data:`ATTENTION_LABELS` (bottleneck first); ``{}`` for a model
+    without attention maps (only ``attention_unet`` has them). ``fov`` as in
+    :func:`predict_probs`."""
+    if not predictor.has_attention:
+        return {}
+    if fov is not None:
+        predictor = copy.copy(predictor)
+        predictor.post = dataclasses.replace(predictor.post, fov=fov)
+    return predictor.attention_maps(image)
+
+
+def attention_heatmap(image: np.ndarray, attention: np.ndarray) -> np.ndarray:
+    """One attention map coloured over the image (JET, 0 blue to 1 red, as ``predict
+    --attention`` writes them)."""
+    return heatmap(image, attention)

@@ -109,20 +109,58 @@ def ensemble(
 
 
 @app.command("app", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def web_app(ctx: typer.Context) -> None:
+def web_app(
+    ctx: typer.Context,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            metavar="TOKEN",
+            envvar="COLONSEG_APP_TOKEN",
+            show_envvar=True,
+            help="Access token the page asks for first (for a shared server).",
+        ),
+    ] = None,
+    max_video_frames: Annotated[
+        int | None, typer.Option(min=1, help="Refuse longer videos (default 3000 frames).")
+    ] = None,
+    max_video_seconds: Annotated[
+        float | None, typer.Option(min=1, help="Refuse longer videos (default 300 s).")
+    ] = None,
+    max_models: Annotated[
+        int | None, typer.Option(min=1, help="Models held in memory at once (default 3).")
+    ] = None,
+) -> None:
     """Start the web app (Streamlit) on this machine only.
 
     Extra options go to Streamlit: --server.port 8600. --server.address 0.0.0.0 opens it to the
-    network (it has no login: a warning says so).
+    network: add --auth TOKEN (or set COLONSEG_APP_TOKEN) so that the page asks for the token.
+    The limits can also be set as COLONSEG_APP_MAX_VIDEO_FRAMES, _MAX_VIDEO_SECONDS, _MAX_MODELS.
     """
-    from colonseg.app import logic
+    import dataclasses
 
-    page = Path(logic.__file__).with_name("page.py")
-    options, warning = logic.server_options(list(ctx.args))
+    from colonseg.app import server
+    from colonseg.errors import ColonsegError
+
+    given = {
+        "token": auth,
+        "max_video_frames": max_video_frames,
+        "max_video_seconds": max_video_seconds,
+        "max_models": max_models,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        settings = dataclasses.replace(server.AppSettings.from_env(os.environ), **given)
+    except ColonsegError as exc:
+        fail(str(exc))
+    page = Path(server.__file__).with_name("page.py")
+    options, warning = server.server_options(list(ctx.args), auth=settings.token is not None)
     if warning:
         typer.echo(warning, err=True)
     command = [sys.executable, "-m", "streamlit", "run", str(page), *options]
-    os.execv(sys.executable, command)  # Streamlit takes over this process (signals reach it)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(server.ENV_PREFIX)}
+    # the page reads its settings here: the token stays off Streamlit's command line
+    os.execve(sys.executable, command, {**env, **settings.to_env()})
 
 
 @app.command()
