@@ -16,24 +16,29 @@ from pathlib import Path
 import numpy as np
 
 
-def read_dice(run: Path) -> dict[str, dict[str, float]]:
-    """``{dataset: {image id: dice}}`` from a run's ``per_case.csv``."""
+def read_dice(run: Path, metric: str = "dice") -> dict[str, dict[str, float]]:
+    """``{dataset: {image id: score}}`` from a run's ``per_case.csv``; ``metric`` is its column
+    (``dice``: Dice at the threshold; ``mdice_256``: the PraNet mean over 256 thresholds)."""
     table = run / "per_case.csv"
     if not table.is_file():
         raise SystemExit(f"error: {table}: not found (run `colonseg evaluate --out {run}` first)")
     out: dict[str, dict[str, float]] = defaultdict(dict)
     with table.open() as f:
         for row in csv.DictReader(f):
-            out[row["dataset"]][row["id"]] = float(row["dice"])
+            out[row["dataset"]][row["id"]] = float(row[metric])
     return out
+
+
+def bootstrap_means(diff: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """``n_boot`` means of ``diff`` resampled over images with replacement."""
+    rng = np.random.default_rng(seed)
+    return diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
 
 
 def paired(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     """Mean of ``b - a`` with a percentile bootstrap 95 % interval over images."""
     diff = b - a
-    rng = np.random.default_rng(seed)
-    boots = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
+    lo, hi = np.percentile(bootstrap_means(diff, n_boot, seed), [2.5, 97.5])
     return {
         "mean": float(diff.mean()),
         "lo": float(lo),

@@ -1,4 +1,4 @@
-"""``colonseg datasets``: inspect dataset folders."""
+"""``colonseg datasets``: inspect dataset folders and make their cross-validation splits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from colonseg.cli.options import friendly
 __all__ = ["datasets_app"]
 
 datasets_app = typer.Typer(
-    no_args_is_help=True, rich_markup_mode=None, help="Inspect dataset folders."
+    no_args_is_help=True, rich_markup_mode=None, help="Inspect and split dataset folders."
 )
 
 
@@ -43,3 +43,47 @@ def datasets_check(
         typer.echo(f"problem: {problem}")
     if report["problems"]:
         raise typer.Exit(1)
+
+
+@datasets_app.command("split")
+@friendly
+def datasets_split(
+    path: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
+    val: Annotated[
+        float, typer.Option(help="Share of each fold's train part held out as fold{K}_tune.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for equal-size groups and tune sets.")] = 0,
+    groups: Annotated[
+        Path | None, typer.Option(help="CSV of stem,group rows (video or patient).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the files (default: PATH/splits).")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="Layout name (default: detect).")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace fold files that differ.")] = False,
+) -> None:
+    """Write K-fold split files, no video in two folds.
+
+    Files fold{K}_train.txt and fold{K}_val.txt, one stem a line. Groups (videos, patients)
+    come from --groups, or from CVC-ClinicDB's ORIGINAL_README.txt table; otherwise every frame
+    is its own group (a warning says so). fold{K}_val is fold K, held out (nnU-Net's
+    convention); --val also writes fold{K}_tune, whole groups moved out of fold{K}_train for
+    model selection. Train on a fold with `colonseg train ... data.fold=K`.
+    """
+    from colonseg.data.splits import run_split
+
+    r = run_split(path, folds, val, seed, groups, out, layout, overwrite)
+    if r["groups_from"]:
+        typer.echo(f"{path}: {r['n_stems']} images in {r['n_groups']} groups "
+                   f"(from {r['groups_from']}); {folds} folds in {r['out']}")  # fmt: skip
+    else:
+        typer.echo(f"{path}: {r['n_stems']} images, ungrouped; {folds} folds in {r['out']}")
+        typer.echo(
+            "warning: no groups (no --groups CSV, no sequence table): frames of one video may "
+            "be in two folds, which flatters the scores"
+        )
+    for k, f in enumerate(r["folds"]):
+        tune = f", tune {f['tune']}" if f["tune"] else ""
+        groups = f"{f['val_groups']} group" + "s" * (f["val_groups"] != 1)
+        typer.echo(f"fold {k}: train {f['train']}{tune}, val {f['val']} ({groups})")

@@ -148,16 +148,31 @@ def predict(
             "videos that are done; a --frame-masks export goes on at its first missing frame."
         ),
     ] = False,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            help="Images: also write the masks as polygons: coco (one coco.json, for CVAT) or "
+            "labelme (a JSON beside each mask that opens the original image).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Segment images and videos.
 
-    Images: masks/, probs/ and overlays/ (mask + heat map) as PNG. Videos (mp4, avi, mov, mkv):
+    Images: masks/, probs/ and overlays/ (mask + heat map) as PNG, mirroring the folders given
+    (their label folders, such as a dataset's masks/, are left out); predictions.csv (per image:
+    polyp 0/1, regions, area %, peak and mean probability) and review.html (thumbnails, most
+    confident or most uncertain first). Videos (mp4, avi, mov, mkv):
     <name>_overlay.mp4, <name>_frames.csv (per-frame polyp area and confidence) and, with
     --frame-masks, <name>_masks/. A run stopped midway (Ctrl-C, kill -9) leaves no half-written
     file under its final name; rerun it with --skip-existing to finish it.
     """
-    from colonseg.engine.predict_files import run_predict
+    from colonseg.engine.predict_files import EXPORT_FORMATS, run_predict
     from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
+    from colonseg.registry import look_up_option
+
+    if export is not None:  # before the model loads
+        look_up_option(export, EXPORT_FORMATS, "export format")
 
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_EXTENSIONS]
     images = [p for p in inputs if p not in videos]
@@ -186,11 +201,20 @@ def predict(
         return
     result = run_predict(
         predictor, images, out, save_attention=attention, rle_csv=rle_csv,
-        batch_size=batch_size, workers=workers, skip_existing=skip_existing,
+        batch_size=batch_size, workers=workers, skip_existing=skip_existing, export=export,
     )  # fmt: skip
     typer.echo(f"{len(result['written'])} images → {out}")
+    if result["labels"]:
+        typer.echo(f"left out {len(result['labels'])} label files (a dataset's masks)")
     if result["skipped"]:
         typer.echo(f"skipped {len(result['skipped'])} already done")
+    found = sum(row["polyp"] for row in result["rows"])
+    typer.echo(f"{found} of {len(result['rows'])} with a polyp: {result['csv']}")
+    typer.echo(f"review: {result['review']}")
+    if export == "coco":
+        typer.echo(f"polygons: {result['coco']}")
+    elif export == "labelme":
+        typer.echo(f"polygons: LabelMe JSON beside each mask in {out / 'masks'}")
     for _, message in result["failed"]:
         typer.echo(f"skipped: {message}", err=True)
     if result["failed"] and not skip_bad:

@@ -19,11 +19,29 @@ Layouts (paths relative to the dataset root):
 ``folder``         ``images/`` + ``masks/`` (or ``image/`` + ``mask/``) with matching stems
 ``mvtec``          MVTec AD / MAPSeg: ``test/<defect>/N.png`` + ``ground_truth/<defect>/N_mask.png``
                    (``test/good`` holds normal frames and is left out; ids ``<defect>_N``)
+``coco``           polygons: CVAT's "COCO 1.0" export ``annotations/instances_<subset>.json`` +
+                   ``images/`` (or ``images/<subset>/``), or one ``coco.json`` (what
+                   ``predict --export coco`` writes) beside or above the images
+``labelme``        polygons: LabelMe's ``<stem>.json`` beside each image, in the folder or in
+                   ``images/``; an image without its JSON has no mask
 =================  ====================================================================
+
+Polygon layouts (``coco``, ``labelme``; see :mod:`colonseg.data.annotations`) have no mask
+files, while everything downstream (the decode-once cache, ``datasets check``, evaluation)
+reads masks from files. So the layout rasterises each JSON once, at the image size the JSON
+declares (an image of another size is refused: resized after annotating), into PNG masks
+under ``<COLONSEG_CACHE>/annotations/<key>/<id>.png``, written atomically, and its pairs point
+at those: the rest of colonseg is unchanged. ``<key>`` hashes the JSON's bytes and the class
+order, so an edited annotation gets new masks and old ones are never read. The class order:
+labels that are all classes of a multi-class scheme (``neoplastic``, ``non-neoplastic``) are
+written as that scheme's class indices (0, 1, 2); a single label (any name: ``polyp``,
+``Polyp``) is written as a 0/255 binary mask; other label sets are refused (a mask layout
+holds one class or one scheme's classes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,7 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from colonseg.data.io import IMAGE_EXTENSIONS
+from colonseg.data.annotations import rasterize, read_coco, read_labelme
+from colonseg.data.io import IMAGE_EXTENSIONS, file_digest, write_png
 from colonseg.errors import ColonsegError
 from colonseg.registry import Registry
 
@@ -67,11 +86,11 @@ def _first_dir(root: Path, names: Iterable[str]) -> Path | None:
 
 
 def _match(
-    image_dir: Path, mask_dir: Path, mask_stem: Callable[[str], str] = lambda s: s
+    image_dir: Path, mask_dir: Path | None, mask_stem: Callable[[str], str] = lambda s: s
 ) -> list[Pair]:
     """Pair every image with the mask whose stem is ``mask_stem(image stem)``."""
     masks: dict[str, Path] = {}
-    for m in _images(mask_dir):
+    for m in _images(mask_dir) if mask_dir is not None else []:
         if m.stem in masks:
             raise ColonsegError(f"{m}: duplicate mask stem '{m.stem}' (also {masks[m.stem]})")
         masks[m.stem] = m
@@ -160,6 +179,106 @@ def mvtec_layout(root: Path) -> list[Pair]:
     return pairs
 
 
+def _coco_files(root: Path) -> list[Path]:
+    found = sorted((root / "annotations").glob("instances_*.json"))
+    return found or [root / "coco.json"] * (root / "coco.json").is_file()
+
+
+def _polygon_classes(labels: set[str], source: Path) -> tuple[list[str], bool]:
+    """Class names in class-map order, and whether masks are binary (see the module docstring)."""
+    from colonseg.data.labels import SCHEMES  # imports torch: not at CLI start-up
+
+    for scheme in SCHEMES.values():
+        if scheme.multiclass and labels and labels <= set(scheme.class_names[1:]):
+            return list(scheme.class_names[1:]), False
+    if len(labels) <= 1:
+        return sorted(labels), True
+    schemes = "; ".join(f"{s.name}: {', '.join(s.class_names[1:])}" for s in SCHEMES.values())
+    raise ColonsegError(
+        f"{source}: labels {', '.join(sorted(labels))}: a dataset's polygons must be of one "
+        f"class, or the classes of one label scheme ({schemes})"
+    )
+
+
+def _check_size(image: Path, h: int, w: int, source: Path) -> None:
+    """Refuse an annotation whose declared size is not the image's (upright, as read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            size = im.size[::-1] if im.getexif().get(274, 1) in (5, 6, 7, 8) else im.size
+    except Exception:  # noqa: BLE001 - an unreadable image is reported when it is read
+        return
+    if tuple(size) != (w, h):
+        raise ColonsegError(f"{source}: {image.name} is {size[0]}x{size[1]} but its annotation "
+                            f"is for {w}x{h} (image resized after annotating?)")  # fmt: skip
+
+
+def _mask_files(jsons: list[Path], items: list[tuple], labels: set[str]) -> dict[str, Path]:
+    """Rasterise ``(id, height, width, regions)`` items into cached PNG masks, keyed by the
+    bytes of the ``jsons`` they come from and the class order."""
+    from colonseg.data.cache import default_cache_dir  # cache imports this module
+
+    names, binary = _polygon_classes(labels, jsons[0].parent)
+    key = hashlib.sha256(f"{names}|{binary}|v1".encode())
+    for js in jsons:
+        key.update(f"|{js.name}:{file_digest(js)}".encode())
+    folder = default_cache_dir() / "annotations" / key.hexdigest()[:16]
+    masks = {}
+    for id_, h, w, regions in items:
+        masks[id_] = path = folder / f"{id_}.png"
+        if not path.is_file():
+            classes = rasterize(regions, h, w, names)
+            write_png(path, (classes > 0).astype(np.uint8) * 255 if binary else classes)
+    return masks
+
+
+@LAYOUTS.register("coco")
+def coco_layout(root: Path) -> list[Pair]:
+    files = _coco_files(root)
+    if not files:
+        raise ColonsegError(f"{root}: no annotations/instances_*.json or coco.json (COCO layout)")
+    items, images = [], {}
+    for js in files:
+        subset = js.stem.removeprefix("instances_")
+        for name, (h, w, regions) in read_coco(js).items():
+            looked = [root / "images" / name, root / "images" / subset / name,
+                      js.parent / name, root / name]  # fmt: skip
+            image = next((p for p in looked if p.is_file()), None)
+            if image is None:
+                raise ColonsegError(f"{js}: image '{name}' not found (looked in {root}/images, "
+                                    f"{root}/images/{subset}, {js.parent})")  # fmt: skip
+            if image.stem in images:
+                raise ColonsegError(
+                    f"{js}: duplicate image stem '{image.stem}' (also {images[image.stem]})"
+                )
+            _check_size(image, h, w, js)
+            images[image.stem] = image
+            items.append((image.stem, h, w, regions))
+    labels = {label for *_, regions in items for label, _ in regions}
+    masks = _mask_files(files, items, labels)
+    return [Pair(id_, images[id_], masks[id_]) for id_, *_ in items]
+
+
+def _labelme_folder(root: Path) -> Path:
+    images = root / "images"
+    return images if images.is_dir() and any(images.glob("*.json")) else root
+
+
+@LAYOUTS.register("labelme")
+def labelme_layout(root: Path) -> list[Pair]:
+    folder = _labelme_folder(root)
+    pairs = _match(folder, None)  # images (duplicate stems refused); masks from the JSONs
+    images = {p.id: p.image for p in pairs}
+    jsons = [folder / f"{p.id}.json" for p in pairs if (folder / f"{p.id}.json").is_file()]
+    items = [(js.stem, *read_labelme(js)[1:]) for js in jsons]
+    for id_, h, w, _ in items:
+        _check_size(images[id_], h, w, folder / f"{id_}.json")
+    labels = {label for *_, regions in items for label, _ in regions}
+    masks = _mask_files(jsons, items, labels) if jsons else {}
+    return [Pair(p.id, p.image, masks.get(p.id)) for p in pairs]
+
+
 def detect_layout(root: str | Path) -> str:
     """Guess the layout name of a dataset folder from what it holds."""
     root = Path(root)
@@ -175,6 +294,12 @@ def detect_layout(root: str | Path) -> str:
         return "mvtec"
     if (root / "kavsir_bboxes.json").exists():
         return "kvasir_seg"
+    if _first_dir(root, ("masks", "mask", "Masks")) is None:
+        if _coco_files(root):
+            return "coco"
+        folder = _labelme_folder(root)
+        if any((folder / f"{p.stem}.json").is_file() for p in _images(folder)):
+            return "labelme"
     if _first_dir(root, ("images", "image", "Images")) is not None:
         return "folder"
     names = {p.stem for p in _images(root)}

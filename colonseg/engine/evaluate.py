@@ -21,6 +21,9 @@ and BlazeNeo report them: ``dice_seg``/``iou_seg`` (polyp vs background) and ``d
 ``iou_<key>`` per class (``dice_neo``, ``dice_non``); and ``confusion``: the pixel confusion
 matrix (rows truth, columns prediction, background first), each row divided by its total. On a
 dataset with binary masks a multi-class model gets the binary metrics only (classes merged).
+Multi-class models also get ``kaggle_dice``: the BKAI-IGH NeoPolyp Kaggle score (Dice per image
+and foreground class, 1 where both are empty, averaged; :func:`colonseg.metrics.kaggle_dice`),
+also per image in per_case.csv.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from colonseg.metrics import (
     SODMeter,
     binary_metrics,
     hd95,
+    kaggle_dice,
     mean_dice_256,
     mean_iou,
     pooled_binary_scores,
@@ -109,6 +113,7 @@ def _evaluate_source(predictor: Predictor, source: DataSource, progress: bool):
         aupro.update(out.prob, target)
         if classes is not None:
             row.update(scores_from_matrix(classes.update(out.classes, truth), scheme.keys))
+            row["kaggle_dice"] = kaggle_dice(out.classes, truth, scheme.num_classes)
         rows.append(row)
         pictures[pair.id] = thumbnail(compare(image, out.mask, target))
     stats: dict[str, float] = {"n": len(rows)}
@@ -129,6 +134,7 @@ def _evaluate_source(predictor: Predictor, source: DataSource, progress: bool):
         ordered.update(glands.compute())
     if classes is not None:
         ordered.update(classes.class_scores(scheme.keys))
+        ordered["kaggle_dice"] = float(np.mean([r["kaggle_dice"] for r in rows]))
         ordered["confusion"] = classes.normalized()
         ordered["confusion_classes"] = list(scheme.class_names)
     return ordered, rows, pictures

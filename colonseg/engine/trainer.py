@@ -57,6 +57,10 @@ class EpochTimer(L.Callback):
         self.seconds: list[float] = []
         self._start = 0.0
 
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # a run resumed mid-epoch gets no on_train_epoch_start for that epoch: time it from here
+        self._start = time.monotonic()
+
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start = time.monotonic()
 

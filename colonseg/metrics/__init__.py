@@ -15,6 +15,7 @@ from colonseg.metrics.functional import (
 from colonseg.metrics.glas import ObjectMeter, object_scores
 from colonseg.metrics.multiclass import (
     ConfusionMeter,
+    kaggle_dice,
     mean_iou,
     pooled_binary_scores,
     scores_from_matrix,
@@ -31,6 +32,7 @@ __all__ = [
     "compute_dice",
     "confusion",
     "hd95",
+    "kaggle_dice",
     "mean_dice_256",
     "mean_iou",
     "pooled_binary_scores",

@@ -3,7 +3,8 @@
 Dice and IoU are pooled over all pixels of all images (``2·ΣTP / (2·ΣTP + ΣFP + ΣFN)``, "micro"),
 as NeoUNet and BlazeNeo report ``dice_seg``/``dice_neo``/``dice_non`` on NeoPolyp: per-image class
 Dice is undefined on the many frames that hold only one of the two classes. ``seg`` is polyp vs
-background with the foreground classes merged.
+background with the foreground classes merged. :func:`kaggle_dice` is the other way round, the
+BKAI-IGH NeoPolyp Kaggle leaderboard's score: Dice per image and class, then the mean.
 
 Example:
     >>> meter = ConfusionMeter(3)
@@ -15,7 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ConfusionMeter", "mean_iou", "pooled_binary_scores", "scores_from_matrix"]
+__all__ = [
+    "ConfusionMeter",
+    "kaggle_dice",
+    "mean_iou",
+    "pooled_binary_scores",
+    "scores_from_matrix",
+]
 
 
 class ConfusionMeter:
@@ -88,3 +95,39 @@ def pooled_binary_scores(matrix: np.ndarray) -> dict[str, float]:
         "accuracy_pooled": float((tp + tn) / total) if total else float("nan"),
         "f1_pooled": float(2 * tp / positives) if positives else float("nan"),
     }
+
+
+def kaggle_dice(pred: np.ndarray, target: np.ndarray, num_classes: int = 3) -> float:
+    """The BKAI-IGH NeoPolyp Kaggle score of one image: the mean over the foreground classes
+    ``1 .. num_classes - 1`` of ``2·|X∩Y| / (|X| + |Y|)``, ``X`` and ``Y`` the predicted and true
+    pixels of the class, and ``1`` where both are empty. A dataset's score is the mean over its
+    images (every image has ``num_classes - 1`` rows, so this equals the mean over rows).
+
+    Definition: the competition scores a submission by the mean Dice coefficient
+    (kaggle.com/competitions/bkai-igh-neopolyp, "Evaluation"; quoted in participants' READMEs,
+    e.g. pervin0527/SemanticSegmentation) over the rows of its CSV, one run-length-encoded mask
+    per image and class (``<id>_0`` neoplastic, ``<id>_1`` non-neoplastic,
+    :mod:`colonseg.data.rle`), with Kaggle's convention for its Dice metric that two empty masks
+    score 1 (as Kaggle's other mean-Dice competitions state it, e.g. Ultrasound Nerve
+    Segmentation). The overview page itself could not be retrieved here, so the per-row mean and
+    the empty rule are Kaggle's standard, not quoted from that page. Unlike the pooled
+    ``dice_neo``/``dice_non``, a class absent from an image and not predicted there scores 1:
+    frames with one class (95 % of BKAI) reward predicting nothing of the other class.
+
+    Args:
+        pred: predicted class map ``(H, W)``, 0 background.
+        target: true class map ``(H, W)``.
+        num_classes: classes including background (3 for NeoPolyp).
+
+    Example:
+        >>> kaggle_dice(np.array([[1, 1], [0, 0]]), np.array([[1, 0], [0, 0]]))  # (2/3 + 1) / 2
+        0.8333333333333333
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    scores = []
+    for k in range(1, num_classes):
+        p, t = pred == k, target == k
+        total = int(p.sum()) + int(t.sum())
+        scores.append(1.0 if total == 0 else 2.0 * int((p & t).sum()) / total)
+    return float(np.mean(scores))

@@ -115,3 +115,25 @@ def test_ensemble_combines_zoo_models_and_refuses_mismatches(tmp_path):
     assert config["arch"] == "ensemble" and len(config["init_kwargs"]["members"]) == 2
     result = runner.invoke(app, ["ensemble", "default", "polyp_unet_lite0_448", "--out", str(out)])
     assert result.exit_code == 2 and "polyp_unet_lite0_448: its size" in result.output
+
+
+def test_predict_on_a_dataset_root_writes_a_summary_a_review_and_polygons(
+    tmp_path, tiny_dataset_dir
+):
+    import csv
+
+    out = tmp_path / "p"
+    args = ["predict", str(tiny_dataset_dir), "--out", str(out), "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--export", "labelme"])
+    assert result.exit_code == 0, result.output
+    assert "8 images →" in result.output and "left out 8 label files" in result.output
+    assert "review:" in result.output and "predictions.csv" in result.output
+    assert sorted(p.name for p in (out / "masks").rglob("*.png")) == [
+        f"case_{i}.png" for i in range(8)
+    ]
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [row["mask"] for row in rows] == [f"masks/images/case_{i}.png" for i in range(8)]
+    assert len(list((out / "masks" / "images").glob("*.json"))) == 8
+    assert (out / "review.html").read_text().count("<figure") == 8
+    wrong = runner.invoke(app, [*args, "--export", "cvat"])
+    assert wrong.exit_code == 2 and "Unknown export format 'cvat'" in wrong.output

@@ -44,7 +44,8 @@ def test_version():
 @pytest.mark.parametrize(
     "command",
     [[], ["train"], ["predict"], ["evaluate"], ["demo"], ["export"], ["ensemble"], ["synth"],
-     ["models"], ["datasets"], ["datasets", "check"], ["mssg"], ["mssg", "propose"]],
+     ["models"], ["datasets"], ["datasets", "check"], ["datasets", "split"], ["mssg"],
+     ["mssg", "propose"]],
 )  # fmt: skip
 def test_help_fits_80_columns_uncut(command):
     result = runner.invoke(app, [*command, "--help"], terminal_width=80)

@@ -7,12 +7,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from colonseg.data.io import read_image, write_png
 from colonseg.data.labels import get_scheme, read_label
 from colonseg.data.rle import rle_decode
 from colonseg.data.sources import DataSource
-from colonseg.data.synthetic import write_neopolyp_dataset
+from colonseg.data.synthetic import create_disc_image, write_neopolyp_dataset
 from colonseg.engine.config import load_config
 from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
@@ -151,3 +152,99 @@ def test_a_three_class_model_on_binary_masks_gets_binary_metrics(bkai_dir, tmp_p
     predictor = Predictor(net, meta, device="cpu")
     s = run_evaluate(predictor, [DataSource(str(binary_dir))], tmp_path / "ev", progress=False)
     assert "dice" in s["binary"] and "dice_neo" not in s["binary"]
+
+
+def test_kaggle_dice_is_dice_per_image_and_class_with_empty_pairs_scoring_one():
+    from colonseg.metrics import kaggle_dice
+
+    truth = np.array([[1, 0], [0, 2]])
+    # neo: predicted 2, true 1, overlap 1 → 2/3; non: predicted none of its 1 pixel → 0
+    assert kaggle_dice(np.array([[1, 1], [0, 0]]), truth) == pytest.approx((2 / 3 + 0) / 2)
+    assert kaggle_dice(truth, truth) == 1.0
+    empty = np.zeros((2, 2), int)
+    assert kaggle_dice(empty, empty) == 1.0  # both classes absent and not predicted
+    assert kaggle_dice(np.array([[2, 0], [0, 0]]), empty) == 0.5  # a false class costs its row
+    assert kaggle_dice(np.array([[1, 1], [1, 1]]), np.array([[1, 1], [1, 0]])) == pytest.approx(
+        (2 * 3 / 7 + 1) / 2
+    )
+    with pytest.raises(ValueError, match="differ in shape"):
+        kaggle_dice(empty, np.zeros((3, 2), int))
+
+
+def test_deep_supervision_auto_follows_the_model(tiny_batch):
+    from colonseg.methods.supervised.module import SupervisedModule
+    from colonseg.models import create_model
+
+    masks = tiny_batch["mask"] * 2
+    for name, expected in (("pranet", True), ("emcad", True), ("unet", False)):
+        net = create_model(name, encoder="test_efficientnet", pretrained=False, classes=3)
+        module = SupervisedModule(net, loss="ce_dice", classes=3, deep_supervision="auto")
+        assert module.hparams.deep_supervision is expected
+        assert (module.ds_loss is not None) is expected
+        loss, logits = module._loss(tiny_batch["image"], masks)
+        assert torch.isfinite(loss) and logits.shape == (2, 3, 64, 64)
+
+
+def test_recipe_rejects_an_unknown_deep_supervision_value():
+    with pytest.raises(ColonsegError, match="loss.deep_supervision must be true, false or auto"):
+        load_config("neopolyp_recipe", ["loss.deep_supervision=sometimes"])
+
+
+def test_neopolyp_augmentation_keeps_class_labels():
+    from colonseg.data.transforms import augment, create_augmentation
+
+    image, classes = create_disc_image(64, seed=3, classes=2)
+    transform = create_augmentation("neopolyp")
+    changed = 0
+    for seed in range(12):
+        out = augment(transform, seed=seed, image=image, mask=classes)
+        assert out["image"].shape == image.shape and set(np.unique(out["mask"])) <= {0, 1, 2}
+        changed += not np.array_equal(out["image"], image)
+    assert changed >= 6  # not the identity (each transform is random, p <= 0.5)
+
+
+@pytest.mark.parametrize(
+    "name", ["unet", "unetplusplus", "deeplabv3plus", "attention_unet", "pranet", "emcad"]
+)
+def test_recipe_trains_every_architecture_on_three_classes(name, tmp_path):
+    """``neopolyp_recipe model.name=X --synthetic``: trains, predicts three classes, writes the
+    Kaggle RLE CSV and is scored with the Kaggle metric."""
+    cfg = load_config(
+        "neopolyp_recipe",
+        [
+            f"model.name={name}",
+            f"out_dir={tmp_path / 'runs'}",
+            "model.encoder=test_efficientnet",
+            "model.pretrained=false",
+            "data.image_size=64",
+            "data.batch_size=8",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "trainer.progress_bar=false",
+            "test.after_training=false",
+        ],
+    )
+    result = run_train(cfg, synthetic=True)
+    assert 0.0 <= result["metrics"]["val/dice_neo"] <= 1.0
+    predictor = Predictor.from_pretrained(result["model_dir"], device="cpu")
+    val = result["run_dir"] / "synthetic_data" / "val"
+    images = val / "train" / "train"
+    out = predictor.predict(read_image(next(images.iterdir())))
+    assert out.probs.shape == (3, 64, 64) and out.classes.max() <= 2
+
+    written = run_predict(predictor, [images], tmp_path / "pred", rle_csv=tmp_path / "s.csv")
+    assert len(written["written"]) == 4
+    rows = dict(list(csv.reader((tmp_path / "s.csv").open()))[1:])
+    assert len(rows) == 2 * 4
+    scheme = get_scheme("neopolyp")
+    for i in range(4):
+        classes = read_label(tmp_path / "pred" / "masks" / f"case_{i}.png", scheme)
+        for k in (1, 2):
+            np.testing.assert_array_equal(rle_decode(rows[f"case_{i}_{k - 1}"], (64, 64)),
+                                          classes == k)  # fmt: skip
+
+    s = run_evaluate(predictor, [DataSource(str(val))], tmp_path / "ev", progress=False)["val"]
+    assert 0.0 <= s["kaggle_dice"] <= 1.0
+    per_case = list(csv.DictReader((tmp_path / "ev" / "per_case.csv").open()))
+    mean = np.mean([float(r["kaggle_dice"]) for r in per_case])
+    assert s["kaggle_dice"] == pytest.approx(mean, abs=1e-5)

@@ -339,3 +339,178 @@ def test_predict_cli_skip_existing_says_how_many_were_done(predictor, tiny_datas
     result = CliRunner().invoke(app, [*args, "--skip-existing"])
     assert result.exit_code == 0, result.output
     assert "1 images →" in result.output and "skipped 7 already done" in result.output
+
+
+def _known_predictions(predictor, monkeypatch, peaks, classes=1):
+    """Make ``predictor`` predict, for the i-th image, a disc of probability ``peaks[i]`` (class
+    1) and an ellipse of probability 0.6 (class ``classes``) on a 0.1 background; a peak of at
+    most 0.5 gives an empty mask. Returns the disc and ellipse masks."""
+    from colonseg.engine.predict import Prediction
+
+    disc = cv2.circle(np.zeros((64, 64), np.uint8), (18, 18), 11, 1, -1)
+    ellipse = cv2.ellipse(np.zeros((64, 64), np.uint8), (44, 44), (14, 8), 30, 0, 360, 1, -1)
+    queue = list(peaks)
+
+    def predict_batch(images):
+        outs = []
+        for _ in images:
+            peak = queue.pop(0)
+            prob = np.full((64, 64), 0.1, np.float32)
+            prob[disc > 0] = peak
+            if peak > 0.5:
+                prob[ellipse > 0] = 0.6
+            mask = (prob > 0.5).astype(np.uint8)
+            cls = mask * 1
+            cls[(ellipse > 0) & (mask > 0)] = classes
+            probs = None
+            if classes > 1:  # background, then the classes: only their sum (1 - bg) matters
+                probs = np.stack([1 - prob, prob / 2, prob / 2])
+            outs.append(Prediction(prob, mask, cls, probs))
+        return outs
+
+    monkeypatch.setattr(predictor, "predict_batch", predict_batch)
+    return disc, ellipse
+
+
+def test_predict_on_a_dataset_root_leaves_the_labels_out_and_mirrors_the_tree(
+    predictor, tiny_dataset_dir, tmp_path
+):
+    from colonseg.data.synthetic import write_glas_dataset
+
+    out = tmp_path / "out"
+    result = run_predict(predictor, [tiny_dataset_dir], out, progress=False)
+    assert len(result["written"]) == 8 and len(result["labels"]) == 8
+    assert all("masks" in Path(f).parts for f in result["labels"])
+    assert sorted(p.relative_to(out / "masks").as_posix() for p in out.rglob("masks/**/*.png")) \
+        == [f"images/case_{i}.png" for i in range(8)]  # fmt: skip
+    assert (out / "overlays" / "images" / "case_0.png").is_file()
+
+    glas = write_glas_dataset(tmp_path / "glas", {"train": 2}, size=(40, 56))
+    write_png(glas / "train_9_anno.png", np.zeros((40, 56), np.uint8))  # its image missing
+    result = run_predict(predictor, [glas], tmp_path / "g", progress=False)
+    assert sorted(Path(f).name for f in result["written"]) == ["train_1.png", "train_2.png"]
+    labels = sorted(Path(f).name for f in result["labels"])
+    assert labels == ["train_1_anno.png", "train_2_anno.png", "train_9_anno.png"]
+
+    # a plain folder: everything in it, subfolders mirrored, only true collisions renamed
+    plain = tmp_path / "plain"
+    image = np.full((32, 32, 3), 90, np.uint8)
+    for name in ("a.png", "a.jpg", "x/b.png", "y/b.png"):
+        (plain / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(plain / name), image)
+    inputs = [plain, tiny_dataset_dir / "images" / "case_3.png", plain / "x" / "b.png"]
+    result = run_predict(predictor, inputs, plain / "out", progress=False)  # x/b.png once
+    names = [row["mask"] for row in result["rows"]]
+    assert names == ["masks/a.png", "masks/a_2.png", "masks/x/b.png", "masks/y/b.png",
+                     "masks/case_3.png"]  # fmt: skip
+    assert result["rows"][1]["file"] == str(plain / "a.png")  # a.jpg sorts first
+    again = run_predict(predictor, [plain], plain / "out", progress=False)
+    assert len(again["written"]) == 4  # the output folder inside the input is not an input
+
+
+def test_predictions_csv_holds_one_row_per_image_also_when_resumed(
+    predictor, tiny_dataset_dir, tmp_path, monkeypatch
+):
+    import csv
+
+    images, out = tiny_dataset_dir / "images", tmp_path / "out"
+    peaks = [0.9, 0.62, 0.95, 0.3, 0.7, 0.8, 0.45, 0.65]
+    disc, ellipse = _known_predictions(predictor, monkeypatch, peaks)
+    result = run_predict(predictor, [images], out, progress=False)
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert list(rows[0]) == ["file", "mask", "polyp", "regions", "area_percent",
+                             "peak_probability", "mean_probability"]  # fmt: skip
+    assert [r["file"] for r in rows] == [str(images / f"case_{i}.png") for i in range(8)]
+    n_disc, n_ellipse = int(disc.sum()), int(ellipse.sum())
+    first = rows[0]
+    assert (first["polyp"], first["regions"]) == ("1", "2")
+    assert float(first["area_percent"]) == pytest.approx(100 * (n_disc + n_ellipse) / 4096, 1e-3)
+    assert float(first["peak_probability"]) == pytest.approx(0.9, abs=1e-4)
+    expected_mean = (0.9 * n_disc + 0.6 * n_ellipse) / (n_disc + n_ellipse)
+    assert float(first["mean_probability"]) == pytest.approx(expected_mean, abs=1e-4)
+    empty = rows[3]  # peak 0.3: below the threshold, so no polyp and no mean inside a mask
+    assert (empty["polyp"], empty["regions"], empty["area_percent"]) == ("0", "0", "0.0000")
+    assert (empty["peak_probability"], empty["mean_probability"]) == ("0.3000", "0.0000")
+    assert [r["file"] for r in result["rows"]] == [r["file"] for r in rows]
+    assert result["rows"][0]["peak_probability"] == pytest.approx(0.9)
+
+    # resumed: the skipped images' rows come back from their mask and probability map
+    (out / "masks" / "case_5.png").unlink()
+    (out / "predictions.csv").unlink()
+    _known_predictions(predictor, monkeypatch, [0.8])
+    result = run_predict(predictor, [images], out, progress=False, skip_existing=True)
+    assert len(result["skipped"]) == 7
+    resumed = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [r["file"] for r in resumed] == [r["file"] for r in rows]
+    for before, after in zip(rows, resumed, strict=True):
+        for key in ("mask", "polyp", "regions", "area_percent"):
+            assert after[key] == before[key]
+        for key in ("peak_probability", "mean_probability"):  # saved to 1/255
+            assert float(after[key]) == pytest.approx(float(before[key]), abs=1 / 510 + 1e-4)
+
+
+def test_review_page_shows_every_image_most_confident_first(
+    predictor, tiny_dataset_dir, tmp_path, monkeypatch
+):
+    import re
+
+    images, out = tiny_dataset_dir / "images", tmp_path / "out"
+    (images / "case_0.png").rename(images / "case_0 <b>&.png")  # escaped, in text and URLs
+    peaks = [0.9, 0.62, 0.95, 0.3, 0.7, 0.8, 0.45, 0.65]
+    _known_predictions(predictor, monkeypatch, peaks)
+    run_predict(predictor, [images], out, progress=False)
+    page = (out / "review.html").read_text()
+    shown = re.findall(r"<figcaption>([^<]*)<br>", page)
+    by_peak = sorted(range(8), key=lambda i: -peaks[i])
+    assert shown == [f"case_{i}.png" if i else "case_0 &lt;b&gt;&amp;.png" for i in by_peak]
+    thumbs = re.findall(r"src='([^']*)'", page)
+    assert thumbs[1] == "thumbs/case_0%20%3Cb%3E%26.jpg" and "<b>&" not in page
+    assert all((out / "thumbs" / f"case_{i}.jpg").is_file() for i in range(1, 8))
+    doubt = [float(d) for d in re.findall(r"data-doubt='([^']*)'", page)]
+    assert doubt == pytest.approx([abs(peaks[i] - 0.5) for i in by_peak])
+    assert "sortBy('doubt')" in page and "http" not in page  # nothing loaded from elsewhere
+
+
+@pytest.mark.parametrize("fmt", ["coco", "labelme"])
+def test_exported_polygons_rasterize_back_to_the_masks(
+    predictor, tiny_dataset_dir, tmp_path, monkeypatch, fmt
+):
+    from colonseg.data.annotations import rasterize, read_coco, read_labelme
+    from colonseg.data.labels import read_label
+    from colonseg.metrics.functional import compute_dice
+
+    net = create_model("unet", encoder="test_efficientnet", classes=3, pretrained=False)
+    names = ["neoplastic", "non-neoplastic"]
+    meta = ModelMeta("unet", {"encoder": "test_efficientnet", "classes": 3}, size=(64, 64),
+                     class_names=names, labels="neopolyp")  # fmt: skip
+    three = Predictor(net, meta, device="cpu")
+    predictor.meta.class_names = ["lesion"]  # the checkpoint's names, not the scheme's "polyp"
+    for p, classes in ((predictor, 1), (three, 2)):
+        out = tmp_path / f"{fmt}{classes}"
+        _known_predictions(p, monkeypatch, [0.9, 0.3, 0.8], classes)
+        files = [tiny_dataset_dir / "images" / f"case_{i}.png" for i in range(3)]
+        result = run_predict(p, files, out, export=fmt, progress=False)
+        if fmt == "coco":
+            doc = json.loads(result["coco"].read_text())
+            assert [c["name"] for c in doc["categories"]] == (names if classes > 1 else ["lesion"])
+            read = read_coco(result["coco"])
+        for i, f in enumerate(files):
+            saved = read_label(out / "masks" / f"case_{i}.png", p.scheme)
+            if fmt == "coco":
+                h, w, regions = read[f.name]
+            else:
+                image_path, h, w, regions = read_labelme(out / "masks" / f"case_{i}.json")
+                assert (out / "masks" / image_path).resolve() == f.resolve()
+            assert len(regions) == (2 if i != 1 else 0)  # one polygon per region
+            back = rasterize(regions, h, w, names if classes > 1 else ["lesion"])
+            for c in range(1, classes + 1):
+                if (saved == c).any():
+                    dice = compute_dice(back == c, saved == c)
+                    assert dice >= 0.99, (fmt, classes, i, c, dice)
+            if classes > 1 and i == 0:
+                assert set(np.unique(back)) == {0, 1, 2}
+                row = result["rows"][0]
+                for key, c in (("area_percent_neo", 1), ("area_percent_non", 2)):
+                    assert float(row[key]) == pytest.approx(100 * (saved == c).mean(), abs=1e-4)
+    with pytest.raises(ColonsegError, match="Did you mean 'coco'"):
+        run_predict(predictor, files, tmp_path / "x", export="cocoo", progress=False)

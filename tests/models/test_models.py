@@ -178,3 +178,63 @@ def test_attention_unet_drop_block_acts_in_training_only_and_adds_no_weights():
     with torch.no_grad():
         torch.testing.assert_close(plain.eval()(x), dropped.eval()(x))
         assert (plain.train()(x) - dropped.train()(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["pranet", "emcad"])
+def test_deep_supervised_models_train_on_three_classes_with_ce_dice(name, tiny_batch):
+    from colonseg.losses import DeepSupervisionLoss, create_loss
+
+    model = create_model(name, encoder="test_efficientnet", pretrained=False, classes=3)
+    outs = model.forward_with_aux(tiny_batch["image"])
+    assert len(outs) >= 4 and all(o.shape == (2, 3, 64, 64) for o in outs)
+    target = tiny_batch["mask"] * 2  # classes 0 and 2
+    loss = DeepSupervisionLoss(create_loss("ce_dice", classes=3))(outs, target)
+    assert torch.isfinite(loss)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters outside the graph: {no_grad[:5]}"
+    x = tiny_batch["image"]
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), model.forward_with_aux(x)[0])
+
+
+def test_binary_pranet_is_still_the_shipped_pranet():
+    """``classes=1`` builds exactly the modules of the shipped ``polyp_pranet_lite0`` weights."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    import colonseg
+
+    weights = Path(colonseg.__file__).parent / "weights/polyp_pranet_lite0/weights.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    net = create_model("pranet", encoder="tf_efficientnet_lite0", pretrained=False, classes=1)
+    assert {k: list(v.shape) for k, v in net.state_dict().items()} == shapes
+    three = create_model("pranet", encoder="tf_efficientnet_lite0", pretrained=False, classes=3)
+    extra = set(three.state_dict()) - set(shapes)
+    assert extra and all(k.startswith(("cls32.", "cls16.", "cls8.")) for k in extra)
+    assert set(shapes) <= set(three.state_dict())  # binary weights fit a 3-class PraNet
+
+
+def test_three_class_pranet_factorises_the_polyp_map(tiny_batch):
+    """softmax = [1 - sigmoid(f), sigmoid(f) * softmax(c)]: the polyp map is the binary one."""
+    from colonseg.models.pranet import class_logits
+
+    f, c = torch.randn(2, 1, 8, 8), torch.randn(2, 2, 4, 4)
+    probs = class_logits(f, c).softmax(1)
+    torch.testing.assert_close(probs[:, :1], 1 - f.sigmoid())
+    c_up = F.interpolate(c, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(probs[:, 1:], f.sigmoid() * c_up.softmax(1))
+    torch.testing.assert_close(class_logits(f, None).softmax(1)[:, 1:], f.sigmoid())
+
+    binary = create_model("pranet", encoder="test_efficientnet", pretrained=False).eval()
+    three = create_model("pranet", encoder="test_efficientnet", pretrained=False, classes=3)
+    missing, unexpected = three.load_state_dict(binary.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("cls") for k in missing)
+    x = tiny_batch["image"]
+    with torch.no_grad():
+        pairs = zip(binary._side_outputs(x), three.eval()._side_outputs(x), strict=True)
+        for one, multi in pairs:  # logsumexp of [f + log_softmax(c)] over the classes is f
+            assert multi.shape[1] == 3 and (multi[:, :1] == 0).all()
+            torch.testing.assert_close(multi[:, 1:].logsumexp(1, keepdim=True), one)

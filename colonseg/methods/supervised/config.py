@@ -32,6 +32,7 @@ class DataConfig:
     cache_dir: str | None = None
     labels: str = "binary"  # label scheme: binary, or neopolyp (3 classes, RGB masks)
     train_scales: list[float] = field(default_factory=lambda: [1.0])
+    fold: int | None = None  # K: fold{K}_train / fold{K}_val split files (colonseg.data.splits)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class OptimConfig:
 @dataclass
 class LossConfig:
     name: str = "bce_dice"
-    deep_supervision: bool = False
+    deep_supervision: Any = False  # true, false, or auto: on for models with side outputs
     deep_supervision_weights: list[float] | None = None
 
 

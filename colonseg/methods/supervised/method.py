@@ -10,7 +10,8 @@ from colonseg.data.datamodule import SegmentationDataModule
 from colonseg.data.labels import SCHEMES, get_scheme
 from colonseg.data.layouts import find_pairs
 from colonseg.data.sources import DataSource
-from colonseg.data.synthetic import write_folder_dataset
+from colonseg.data.splits import fold_sources
+from colonseg.data.synthetic import write_folder_dataset, write_neopolyp_dataset
 from colonseg.data.transforms import AUGMENTATIONS
 from colonseg.errors import ColonsegError
 from colonseg.losses import LOSSES
@@ -38,6 +39,11 @@ class Supervised(Method):
         look_up_option(cfg.optim.optimizer, ["adam", "adamw"], "optimizer")
         look_up_option(cfg.optim.scheduler, ["cosine", "exponential", "none"], "scheduler")
         look_up_option(cfg.data.labels, list(SCHEMES), "label scheme")
+        if cfg.loss.deep_supervision not in (True, False, "auto"):
+            raise ColonsegError(
+                f"loss.deep_supervision must be true, false or auto "
+                f"(got {cfg.loss.deep_supervision!r})"
+            )
         PostProcess.parse(cfg.postprocess)  # a bad spec fails here, before training
         channels = SCHEMES[cfg.data.labels].model_channels
         if cfg.model.classes != channels:
@@ -47,20 +53,30 @@ class Supervised(Method):
             )
 
     def synthetic(self, cfg: DictConfig, root: Path) -> DictConfig:
-        if cfg.data.labels != "binary":
-            raise ColonsegError("--synthetic: generated data has binary masks (data.labels)")
-        train = write_folder_dataset(root / "train", n=16, size=cfg.data.image_size, seed=0)
-        val = write_folder_dataset(root / "val", n=4, size=cfg.data.image_size, seed=100)
+        """``cfg`` on 16 generated train and 4 val images: bright discs with binary masks, or
+        for ``data.labels=neopolyp`` two-class discs as red/green masks in the Kaggle layout."""
+        writers = {"binary": write_folder_dataset, "neopolyp": write_neopolyp_dataset}
+        look_up_option(cfg.data.labels, list(writers), "label scheme for --synthetic")
+        write = writers[cfg.data.labels]
+        train = write(root / "train", n=16, size=cfg.data.image_size, seed=0)
+        val = write(root / "val", n=4, size=cfg.data.image_size, seed=100)
         cfg = cfg.copy()
         cfg.data.train, cfg.data.val = [DataSource(str(train))], [DataSource(str(val))]
         cfg.data.cache_dir = str(root / "cache")
         return cfg
 
+    def sources(self, cfg: DictConfig) -> tuple[list[DataSource], list[DataSource]]:
+        """The train and val sources; with ``data.fold=K``, their fold K split files."""
+        train = [DataSource(**s) for s in cfg.data.train]
+        val = [DataSource(**s) for s in cfg.data.val]
+        return (train, val) if cfg.data.fold is None else fold_sources(train, val, cfg.data.fold)
+
     def datamodule(self, cfg: DictConfig, stage: Stage) -> SegmentationDataModule:
         mean, std = encoder_normalization(cfg.model.encoder)
+        train, val = self.sources(cfg)
         return SegmentationDataModule(
-            train=[DataSource(**s) for s in cfg.data.train],
-            val=[DataSource(**s) for s in cfg.data.val],
+            train=train,
+            val=val,
             image_size=cfg.data.image_size,
             augment=cfg.data.augment,
             batch_size=cfg.data.batch_size,
@@ -107,7 +123,7 @@ class Supervised(Method):
         )
 
     def training_images(self, cfg: DictConfig, dm: SegmentationDataModule) -> dict[str, list]:
-        sources = [DataSource(**s) for s in cfg.data.train]
+        sources = self.sources(cfg)[0]
         return {s.display_name(): [p.image for p in find_pairs(s.path, s.layout, s.split)]
                 for s in sources}  # fmt: skip
 
@@ -121,5 +137,5 @@ class Supervised(Method):
             "std": dm.std,
             "class_names": list(scheme.class_names[1:]),
             "labels": scheme.name,
-            "provenance": {"train": [dict(s) for s in cfg.data.train]},
+            "provenance": {"train": [vars(s) for s in self.sources(cfg)[0]]},
         }

@@ -26,6 +26,9 @@ __all__ = ["SupervisedModule"]
 class SupervisedModule(L.LightningModule):
     """Trains ``net`` on ``{"image", "mask"}`` batches; logs ``train/loss``, ``val/dice`` etc.
 
+    ``deep_supervision``: ``True`` applies the loss (any of them, ``ce_dice`` for several
+    classes too) to every output of ``net.forward_with_aux``; ``"auto"``: when ``net`` has it.
+
     Example:
         >>> module = SupervisedModule(create_model("unet"), loss="bce_dice")
         >>> create_trainer(cfg, run_dir).fit(module, datamodule)   # colonseg.engine.trainer
@@ -45,13 +48,15 @@ class SupervisedModule(L.LightningModule):
         threshold: float = 0.5,
         channels_last: bool = True,
         val_names: list[str] | None = None,
-        deep_supervision: bool = False,
+        deep_supervision: bool | str = False,
         deep_supervision_weights: list[float] | None = None,
         train_scales: list[float] | None = None,
         classes: int = 1,
         class_keys: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if deep_supervision == "auto":  # resolved first, so the saved hparams say what was done
+            deep_supervision = hasattr(net, "forward_with_aux")
         self.save_hyperparameters(ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.criterion = create_loss(loss, classes=classes)
