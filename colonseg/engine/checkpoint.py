@@ -265,8 +265,8 @@ def _check_shapes(
     """Refuse a weight file whose tensors do not fit the architecture, before reading them
     (a 1-D buffer the model creates empty, like a MAPSeg memory's PNG stream, has any length)."""
     expected = {k: tuple(v.shape) for k, v in reference.items() if not _is_packaged(k, packaged)}
-    missing = sorted(set(expected) - set(shapes))  # unexpected keys: load_state_dict says
-    if missing:
+    missing = sorted(set(expected) - set(shapes))
+    if missing and set(shapes) <= set(reference):  # with other keys: load_state_dict says more
         raise ColonsegError(
             f"{path}: weights do not fit the architecture (missing {missing[0]}; "
             f"{len(missing)} tensors missing)"
