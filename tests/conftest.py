@@ -68,3 +68,20 @@ def shared_dataset(name: str) -> Path:
 def random_frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     """``n`` random ``size``-pixel RGB frames, uint8 (for memory banks)."""
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def calibrated_attention_unet() -> torch.nn.Module:
+    """A tiny untrained ``attention_unet`` in eval mode whose batch-norm statistics are set
+    from one batch of noise, so its attention maps respond to the input (with the initial
+    statistics they sit at 0.5)."""
+    from colonseg.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("attention_unet", encoder="test_efficientnet", pretrained=False)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # a cumulative average: one batch sets the statistics
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(4, 3, 64, 64))
+    return net.eval()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from colonseg.engine.demo import SAMPLES_DIR
+from tests.conftest import calibrated_attention_unet
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -126,24 +127,12 @@ def _attention_checkpoint(tmp_path: Path) -> Path:
     """A zip of an attention_unet checkpoint: COLONSEG_ATTENTION_CHECKPOINT (a checkpoint
     folder, for a screenshot of a trained model) or a tiny untrained one whose batch-norm
     statistics are calibrated on noise, so that its maps are not flat."""
-    import torch
-    from torch import nn
-
     from colonseg.engine.checkpoint import ModelMeta, save_pretrained
-    from colonseg.models import create_model
 
     folder = os.environ.get("COLONSEG_ATTENTION_CHECKPOINT")
     if not folder:
-        torch.manual_seed(0)
-        net = create_model("attention_unet", encoder="test_efficientnet", pretrained=False)
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = None
-        net.train()
-        with torch.no_grad():
-            net(torch.randn(4, 3, 64, 64))
         meta = ModelMeta("attention_unet", {"encoder": "test_efficientnet"}, size=(64, 64))
-        folder = save_pretrained(net.eval(), meta, tmp_path / "attention_unet")
+        folder = save_pretrained(calibrated_attention_unet(), meta, tmp_path / "attention_unet")
     archive = tmp_path / "attention_unet.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for name in ("config.json", "weights.safetensors"):

@@ -9,8 +9,6 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from colonseg.app import logic, server
 from colonseg.data.synthetic import create_disc_image
@@ -19,6 +17,7 @@ from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
 from colonseg.models import create_model
 from colonseg.postprocess import PostProcess
+from tests.conftest import calibrated_attention_unet
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -365,18 +364,8 @@ def test_start_up_sweep_removes_stale_upload_folders_only(tmp_path):
 
 
 def _attention_predictor() -> Predictor:
-    """A tiny untrained attention_unet whose batch-norm statistics are calibrated on noise, so
-    its attention maps respond to the input (with the initial statistics they sit at 0.5)."""
-    torch.manual_seed(0)
-    net = create_model("attention_unet", encoder="test_efficientnet", pretrained=False)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        net(torch.randn(4, 3, 64, 64))
     meta = ModelMeta("attention_unet", {"encoder": "test_efficientnet"}, size=(64, 64))
-    return Predictor(net.eval(), meta, device="cpu", precision="fp32")
+    return Predictor(calibrated_attention_unet(), meta, device="cpu", precision="fp32")
 
 
 def test_attention_maps_follow_the_image_at_its_size_within_0_1():

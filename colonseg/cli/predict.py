@@ -88,17 +88,9 @@ def evaluate(
         DataSource(d, split[i] if i < len(split) else None, layout) for i, d in enumerate(data)
     ]
     predictor = create_predictor(
-        model,
-        weights,
-        backend,
-        tta,
-        size,
-        device,
-        threshold,
-        precision,
-        postprocess,
+        model, weights, backend, tta, size, device, threshold, precision, postprocess,
         sam_checkpoint,
-    )
+    )  # fmt: skip
     run_evaluate(predictor, sources, out, title=f"colonseg evaluate — {model}")
     typer.echo(f"{model}: {predictor.settings()}")
     typer.echo((out / "table.md").read_text())
@@ -177,17 +169,9 @@ def predict(
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_EXTENSIONS]
     images = [p for p in inputs if p not in videos]
     predictor = create_predictor(
-        model,
-        weights,
-        backend,
-        tta,
-        size,
-        device,
-        threshold,
-        precision,
-        postprocess,
+        model, weights, backend, tta, size, device, threshold, precision, postprocess,
         sam_checkpoint,
-    )
+    )  # fmt: skip
     for video in videos:
         r = run_predict_video(predictor, video, out, frame_masks, batch_size,
                               skip_existing=skip_existing)  # fmt: skip

@@ -291,11 +291,19 @@ def fold_sources(
     val.
 
     Raises:
-        ColonsegError: a negative fold, or a fold file that does not exist.
+        ColonsegError: a negative fold, a fold file that does not exist, or no training
+            source that reads fold files (every one names its own split: the fold would be
+            ignored).
     """
     if fold < 0:
         raise ColonsegError(f"data.fold={fold}: folds are numbered from 0")
     folded = [s for s in train if _fold_dir(s) is not None]
+    if not folded:
+        names = ", ".join(f"{s.path} (split {s.split})" for s in train)
+        raise ColonsegError(
+            f"data.fold={fold}: no training source reads fold files ({names}); drop their split "
+            "(or make it the folder `datasets split --out` wrote)"
+        )
     if not val:
         val = folded
     return ([_with_fold(s, fold, "train") for s in train],

@@ -197,3 +197,6 @@ def test_fold_sources_keep_explicit_split_files_and_read_out_folders(tmp_path):
     assert train[0].split == str(out / "fold0_train.txt") and val[0].split == "test"
     with pytest.raises(ColonsegError, match="folds are numbered from 0"):
         fold_sources(train, val, -1)
+    # every training source names its own split: the fold would be ignored, so it is refused
+    with pytest.raises(ColonsegError, match="no training source reads fold files"):
+        fold_sources([DataSource(str(root), split="test")], [], 0)
