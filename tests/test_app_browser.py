@@ -199,6 +199,9 @@ def test_log_in_then_see_the_attention_of_an_image_and_of_a_video_frame(tmp_path
         page.locator("[data-testid='stSelectbox']").filter(has_text="Attention map").first.click()
         page.get_by_role("option", name="Skip gate, stride 4").click()
         expect(first).not_to_have_attribute("src", before, timeout=60_000)
+        if os.environ.get("COLONSEG_ATTENTION_SCREENSHOT"):  # the image's row, for the docs
+            page.get_by_text("polyp region(s)").first.scroll_into_view_if_needed()
+            page.screenshot(path=os.environ["COLONSEG_ATTENTION_SCREENSHOT"])
         frames = page.locator("[data-testid='stSlider']").filter(has_text="Frame to inspect")
         frames.get_by_role("slider").focus()
         page.keyboard.press("ArrowRight")
@@ -207,6 +210,4 @@ def test_log_in_then_see_the_attention_of_an_image_and_of_a_video_frame(tmp_path
         assert len(sessions) == 1, "the uploaded checkpoint is not in the session's folder"
         page.get_by_text("polyp region(s)").scroll_into_view_if_needed()  # the frame's row
         page.screenshot(path=str(tmp_path / "attention.png"))
-        if os.environ.get("COLONSEG_ATTENTION_SCREENSHOT"):
-            page.screenshot(path=os.environ["COLONSEG_ATTENTION_SCREENSHOT"])
     assert (tmp_path / "attention.png").stat().st_size > 10_000

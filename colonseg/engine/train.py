@@ -51,17 +51,18 @@ def named_files(cfg: DictConfig) -> dict[str, str]:
 def _init_from(net: torch.nn.Module, source: str, arch: str, files: dict | None = None) -> dict:
     """Copy a trained checkpoint of the same architecture into ``net``; return its provenance.
 
-    Tensors whose shapes differ (only the output heads, e.g. a binary model initialising a
-    3-class one) keep their fresh initialisation and are listed under ``reinitialised``.
+    Tensors whose shapes differ or that the checkpoint lacks (only output heads: a binary model
+    initialising a 3-class one, whose PraNet adds class heads) keep their fresh initialisation
+    and are listed under ``reinitialised``.
     """
     trained, meta = load_pretrained(source, files=files)
     if meta.arch != arch:
         raise ColonsegError(f"{source}: a {meta.arch} checkpoint cannot initialise {arch}")
     own, theirs = net.state_dict(), trained.state_dict()
-    if own.keys() != theirs.keys():
+    if not theirs.keys() <= own.keys():
         raise ColonsegError(f"{source}: its weights do not fit the configured {arch}")
-    fresh = [k for k in own if own[k].shape != theirs[k].shape]
-    if len(fresh) > 0.05 * len(own):  # more than heads differ: another encoder or width
+    fresh = [k for k in own if k not in theirs or own[k].shape != theirs[k].shape]
+    if len(fresh) > 0.1 * len(own):  # more than heads differ: another encoder or width
         raise ColonsegError(
             f"{source}: {len(fresh)} of {len(own)} tensors differ in shape from the configured "
             f"{arch} (e.g. {fresh[0]}); only output heads may differ"

@@ -207,6 +207,15 @@ def test_init_from_copies_a_trained_checkpoint(tmp_path):
         _init_from(
             create_model("pranet", pretrained=False, **kwargs), str(tmp_path / "m"), "pranet"
         )
+    # a binary PraNet initialises a 3-class one: its class heads are new, all else is copied
+    binary = create_model("pranet", pretrained=False, **kwargs).eval()
+    save_pretrained(binary, ModelMeta(arch="pranet", init_kwargs=kwargs), tmp_path / "p")
+    pranet3 = create_model("pranet", pretrained=False, encoder="test_efficientnet", classes=3)
+    parent = _init_from(pranet3, str(tmp_path / "p"), "pranet")
+    new = set(pranet3.state_dict()) - set(binary.state_dict())
+    assert new and set(parent["reinitialised"]) == new
+    for k, v in binary.state_dict().items():
+        torch.testing.assert_close(pranet3.state_dict()[k], v)
 
 
 def test_learning_curves_draw_only_the_metrics_a_run_logged(tmp_path):
