@@ -36,6 +36,7 @@ __all__ = [
     "MAX_PIXELS",
     "file_digest",
     "image_digest",
+    "publish",
     "read_image",
     "read_instances",
     "read_mask",
@@ -232,6 +233,15 @@ def unique_stems(stems: list[str]) -> list[str]:
     return out
 
 
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename a finished temporary file over ``path`` with the permissions a plain ``open``
+    would give it (``mkstemp`` makes files 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
@@ -240,10 +250,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     try:
         write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from colonseg.data.io import remove_stale_temp, write_atomic, write_png
+from colonseg.data.io import publish, remove_stale_temp, write_atomic, write_png
 from colonseg.data.labels import read_label
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
@@ -242,8 +242,8 @@ def run_predict_video(
                 sink.mux(packet)
         if n_frames == 0:
             raise ColonsegError(f"{video}: no frames could be decoded")
-        os.replace(tmp_video, final_video)
-        os.replace(tmp_csv, final_csv)  # last: a CSV under its final name means the video is done
+        publish(tmp_video, final_video)
+        publish(tmp_csv, final_csv)  # last: a CSV under its final name means the video is done
         if partial is not None:
             partial.unlink(missing_ok=True)
     finally:

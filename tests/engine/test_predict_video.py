@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import av
 import pytest
@@ -48,6 +49,10 @@ def test_video_gives_overlay_video_csv_and_frame_masks(predictor, tmp_path):
     assert len(frames) == 12 and frames[0].shape == (64, 80, 3)
     assert len(list((tmp_path / "out" / "clip_masks").glob("*.png"))) == 12
     assert not list((tmp_path / "out").glob(".*")), "no temporary files left behind"
+    mask = next((tmp_path / "out" / "clip_masks").glob("*.png"))
+    for output in (result["video"], result["csv"]):  # as every other output, not mkstemp's 0600
+        assert output.stat().st_mode & 0o777 == mask.stat().st_mode & 0o777
+        assert output.stat().st_mode & 0o044 or os.umask(os.umask(0)) & 0o044
 
 
 def test_unreadable_video_fails_in_one_line_and_writes_nothing(predictor, tmp_path):
