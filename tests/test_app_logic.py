@@ -119,7 +119,7 @@ def test_selected_box_reads_a_plotly_box_selection():
     ],
 )
 def test_download_and_upload_names_are_made_safe(name, safe):
-    assert logic.safe_name(name) == safe
+    assert server.safe_name(name) == safe
 
 
 def test_zip_names_are_safe_and_unique_and_bombs_are_refused(tmp_path, monkeypatch):

@@ -4,8 +4,7 @@ and models safely, predict, summarise, draw the panels and package the downloads
 Every function takes and returns plain values so that it is tested without a browser; the
 Streamlit page (:mod:`colonseg.app.page`) only lays the results out. What keeps a shared server
 within its limits (access token, video length, models in memory, uploaded files on disk) is in
-:mod:`colonseg.app.server`, which also holds :func:`safe_name` and :data:`MAX_UPLOAD_MB`
-(re-exported here).
+:mod:`colonseg.app.server`, which also holds :func:`safe_name` and :data:`MAX_UPLOAD_MB`.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ __all__ = [
     "CHECKPOINT_TYPES",
     "MAX_APP_PIXELS",
     "MAX_UNZIPPED_MB",
-    "MAX_UPLOAD_MB",
     "Panels",
     "attention_heatmap",
     "attention_maps",
@@ -51,7 +49,6 @@ __all__ = [
     "png_bytes",
     "predict_probs",
     "regions_summary",
-    "safe_name",
     "selected_box",
     "zip_results",
 ]

@@ -181,7 +181,7 @@ def show_image(predictor: Predictor, model: str, name: str, data: bytes, setting
     ]
     show_pictures(model, name, image, digest, fov, pictures)
     left, right = st.columns(2)
-    stem = Path(logic.safe_name(name)).stem
+    stem = Path(server.safe_name(name)).stem
     left.download_button(
         "Mask (PNG)", logic.png_bytes(panels.mask), f"{stem}_mask.png", key=f"m{name}"
     )
@@ -294,7 +294,7 @@ def main() -> None:
     settings = (threshold, steps if use_post else "none", tta)
     uploads = st.file_uploader(
         f"Colonoscopy frames (PNG, JPEG, TIFF, BMP) or videos ({', '.join(VIDEO_EXTENSIONS)}); "
-        f"up to {logic.MAX_UPLOAD_MB} MB each",
+        f"up to {server.MAX_UPLOAD_MB} MB each",
         accept_multiple_files=True,
         type=[e.lstrip(".") for e in (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS)],
     )
