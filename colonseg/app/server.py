@@ -271,10 +271,10 @@ class ModelCache:
 
 
 class UploadFolder:
-    """One browser session's folder for uploaded files, ``<temp dir>/colonseg-app-XXXX`` (mode
-    0700). It is removed when the object is garbage-collected (Streamlit drops a session's state
-    once its tab has gone), or at interpreter exit; :func:`sweep_uploads` removes what a crash
-    left behind.
+    """One browser session's folder for uploaded files: ``colonseg-app-`` and a random suffix in
+    the temp dir, mode 0700. It is removed when the object is garbage-collected (Streamlit drops
+    a session's state once its tab has gone), or at interpreter exit; :func:`sweep_uploads`
+    removes what a crash left behind.
 
     Example:
         >>> uploads = UploadFolder()
