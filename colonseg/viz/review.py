@@ -31,7 +31,7 @@ _STYLE = (
     "button{margin-right:6px;padding:4px 10px}"
     "#grid{display:flex;flex-wrap:wrap;gap:8px;margin-top:12px}"
     "figure{margin:0;width:200px;font-size:12px}figure img{max-width:200px;display:block}"
-    "figcaption{word-break:break-all}.none{color:#888}"
+    "figcaption{overflow-wrap:anywhere}.none{color:#888}"
 )
 _SCRIPT = (
     "function sortBy(k){const g=document.getElementById('grid');"
