@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -40,6 +41,7 @@ __all__ = [
     "read_image",
     "read_instances",
     "read_mask",
+    "temp_beside",
     "unique_stems",
     "write_png",
     "write_atomic",
@@ -47,6 +49,7 @@ __all__ = [
     "remove_stale_temp",
 ]
 
+_TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?")  # temp_beside's
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MAX_PIXELS = 100_000_000  # decompression-bomb guard: 100 megapixels
 _TIFF = (".tif", ".tiff")
@@ -242,12 +245,19 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def temp_beside(path: Path) -> Path:
+    """An empty hidden temporary file beside ``path``, ``.<stem>.<8 random characters><suffix>``
+    (the shape :func:`remove_stale_temp` finds after a kill)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = temp_beside(path)
     try:
         write(Path(tmp))
         publish(tmp, path)
@@ -299,13 +309,10 @@ def remove_stale_temp(folder: str | os.PathLike, names: list[str] | None = None)
     Call it on a folder a run writes into, as the run starts: a temporary file that another run
     writing there at that moment is still filling would be lost, and that write would fail.
     """
-    import re
-
-    shape = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?")  # mkstemp's names
     wanted = None if names is None else {(Path(n).stem, Path(n).suffix) for n in names}
     removed = []
     for p in sorted(Path(folder).glob(".*")) if Path(folder).is_dir() else []:
-        match = shape.fullmatch(p.name)
+        match = _TEMP_NAME.fullmatch(p.name)
         if match is None or p.is_symlink() or not p.is_file():
             continue
         if wanted is None or (match["stem"], match["suffix"] or "") in wanted:

@@ -128,6 +128,8 @@ def _label_files(folder: Path, files: list[Path]) -> set[Path]:
             continue
         try:
             layout = detect_layout(d)
+            if layout in ("coco", "labelme"):  # their masks live in the cache, not among inputs
+                continue
             pairs = LAYOUTS.get(layout)(d)
         except (ColonsegError, OSError):
             continue  # not a dataset root

@@ -15,8 +15,6 @@ frame), ``mean_prob_in_mask``, ``regions`` (connected polyp regions).
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from fractions import Fraction
@@ -26,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from colonseg.data.io import publish, remove_stale_temp, write_atomic, write_png
+from colonseg.data.io import publish, remove_stale_temp, temp_beside, write_atomic, write_png
 from colonseg.data.labels import read_label
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
@@ -182,7 +180,7 @@ def run_predict_video(
     if skip_existing and masks is not None:  # the rows recorded with the saved masks
         recorded = partial if partial.is_file() else final_csv
         done = _with_masks(_read_rows(recorded), masks) if recorded.is_file() else []
-    tmp_video, tmp_csv = _temp_beside(final_video), _temp_beside(final_csv)
+    tmp_video, tmp_csv = temp_beside(final_video), temp_beside(final_csv)
     scheme = predictor.scheme
     n_frames = polyp_frames = 0
     try:
@@ -258,11 +256,3 @@ def run_predict_video(
         "skipped": False,
         "resumed_at": len(done),
     }
-
-
-def _temp_beside(path: Path) -> Path:
-    """An empty temporary file beside ``path``, named as :func:`write_atomic` names them (so
-    :func:`remove_stale_temp` finds it after a kill)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
