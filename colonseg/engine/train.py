@@ -72,6 +72,33 @@ def _init_from(net: torch.nn.Module, source: str, arch: str, files: dict | None 
             "trained_on": meta.trained_on}  # fmt: skip
 
 
+def _encoder_tensors(state: dict) -> dict:
+    """An architecture's encoder tensors keyed without their wrapper (``encoder.model.`` in smp's
+    models, ``encoder.body.`` in colonseg's own), so that any two architectures can swap them."""
+    return {k.split(".", 2)[2]: v for k, v in state.items()
+            if k.startswith("encoder.") and k.count(".") >= 2}  # fmt: skip
+
+
+def _init_encoder_from(net: torch.nn.Module, source: str, files: dict | None = None) -> dict:
+    """Copy only the encoder of a trained checkpoint (of any architecture) into ``net``; the rest
+    keeps its fresh initialisation. Refuses unless every encoder tensor matches by name and shape."""
+    trained, meta = load_pretrained(source, files=files)
+    own, theirs = _encoder_tensors(net.state_dict()), _encoder_tensors(trained.state_dict())
+    if not own:
+        raise ColonsegError(f"{source}: the configured model has no encoder to initialise")
+    misfits = [k for k in own if k not in theirs or own[k].shape != theirs[k].shape]
+    if misfits or len(theirs) != len(own):
+        raise ColonsegError(
+            f"{source}: its encoder ({meta.arch}, {len(theirs)} tensors) does not fit the "
+            f"configured one ({len(own)} tensors, e.g. {(misfits or list(own))[0]} differs)"
+        )
+    state = net.state_dict()
+    net.load_state_dict({k: theirs.get(k.split(".", 2)[-1], v) if k.startswith("encoder.") else v
+                         for k, v in state.items()})  # fmt: skip
+    return {"path": source, "provenance": meta.provenance, "encoder_only": True,
+            "trained_on": meta.trained_on}  # fmt: skip
+
+
 def _log_rows(path: Path, upto_epoch: int | None = None) -> list[dict]:
     """The rows of a Lightning ``metrics.csv`` (those of epochs ``<= upto_epoch``)."""
     if not path.is_file():
@@ -167,8 +194,13 @@ def _fit_stage(
     trained_on = {name: sorted({image_digest(f) for f in files})
                   for name, files in method.training_images(cfg, dm).items()}  # fmt: skip
     parent = None
+    if cfg.model.get("init_from") and cfg.model.get("init_encoder_from"):
+        raise ColonsegError("model.init_from and model.init_encoder_from: choose one")
     if cfg.model.get("init_from"):
         parent = _init_from(module.net, cfg.model.init_from, record["arch"], named_files(cfg))
+    elif cfg.model.get("init_encoder_from"):
+        parent = _init_encoder_from(module.net, cfg.model.init_encoder_from, named_files(cfg))
+    if parent is not None:
         trained_on = merge_trained_on(trained_on, parent.pop("trained_on"))
     meta = ModelMeta(
         **{k: v for k, v in record.items() if k != "provenance"},
@@ -269,7 +301,7 @@ def run_train(
             Predictor.from_pretrained(model_dir, files=named_files(cfg)) if model_dir else None
         )
         last = out / "checkpoints" / "last.ckpt"
-        stage = Stage(out, r, previous)
+        stage = Stage(out, r, previous, open_model=Predictor.from_pretrained)
         model_dir, metrics, took = _fit_stage(
             cfg,
             method,

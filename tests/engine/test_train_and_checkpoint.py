@@ -218,6 +218,33 @@ def test_init_from_copies_a_trained_checkpoint(tmp_path):
         torch.testing.assert_close(pranet3.state_dict()[k], v)
 
 
+def test_init_encoder_from_copies_only_the_encoder_across_architectures(tmp_path):
+    from colonseg.engine.checkpoint import ModelMeta
+    from colonseg.engine.train import _encoder_tensors, _init_encoder_from
+    from colonseg.models import create_model
+
+    kwargs = {"encoder": "test_efficientnet", "classes": 1}
+    unet = create_model("unet", pretrained=False, **kwargs).eval()  # smp: encoder.model.*
+    save_pretrained(unet, ModelMeta(arch="unet", init_kwargs=kwargs, trained_on={"a": ["ab"]}),
+                    tmp_path / "u")  # fmt: skip
+    encoder = _encoder_tensors(unet.state_dict())
+    for arch in ("pranet", "deeplabv3plus"):  # colonseg's own (encoder.body.*) and smp's
+        net = create_model(arch, pretrained=False, encoder="test_efficientnet", classes=3)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        parent = _init_encoder_from(net, str(tmp_path / "u"))
+        assert parent["encoder_only"] and parent["trained_on"] == {"a": ["ab"]}
+        after = net.state_dict()
+        for k, v in after.items():
+            if k.startswith("encoder."):
+                torch.testing.assert_close(v, encoder[k.split(".", 2)[2]])
+            else:  # decoder and heads keep their fresh weights
+                torch.testing.assert_close(v, before[k])
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("encoder."))
+    other = create_model("unet", pretrained=False, encoder="resnet18", classes=1)
+    with pytest.raises(ColonsegError, match="does not fit the configured one"):
+        _init_encoder_from(other, str(tmp_path / "u"))
+
+
 def test_learning_curves_draw_only_the_metrics_a_run_logged(tmp_path):
     from PIL import Image
 

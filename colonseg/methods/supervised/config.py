@@ -19,6 +19,8 @@ class ModelConfig:
     pretrained: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # fine-tune: start from this checkpoint folder or zoo name
+    # start only the encoder from this checkpoint (any architecture with the same encoder)
+    init_encoder_from: str | None = None
 
 
 @dataclass
