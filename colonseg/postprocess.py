@@ -2,6 +2,13 @@
 
 Steps, applied in this order when enabled:
 
+``refine=NAME``    multi-class models: the class probabilities at the model's input resolution
+                   are refined by a trained region refiner (:mod:`colonseg.models.refiner`;
+                   ``NAME`` a zoo name or a refiner checkpoint folder) from the image and
+                   region-wise class evidence, before anything else
+                   (:meth:`PostProcess.refine_probs`; the Predictor loads the refiner once). A
+                   checkpoint's own default may name zoo refiners only: a folder is opened only
+                   when the user names it (``--postprocess refine=runs/refiner/model``).
 ``smooth=S``       Gaussian smoothing of the probability maps at the model's input resolution,
                    σ = ``S`` pixels (``smooth`` alone: 4, the anomaly-map smoothing of
                    PatchCore, PaDiM and RD4AD), before anything else
@@ -33,11 +40,13 @@ Example:
     >>> pp = PostProcess.parse("fill_holes,min_area=0.001")
     >>> mask, classes = pp(prob, mask)            # binary: classes is the mask
     >>> probs = PostProcess.parse("fov").restrict(probs, image)   # before thresholding
+    >>> probs = PostProcess.parse("refine=runs/refiner/model").refine_probs(probs, image, net)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import cv2
 import numpy as np
@@ -56,12 +65,14 @@ _VALUED = {  # step -> (value when written bare, valid values, what to write)
     "close": (5, lambda v: v >= 2, "a kernel size in pixels such as close=5"),
     "min_area": (0.001, lambda v: 0 <= v < 1, "a fraction of the image such as min_area=0.001"),
 }
+_NAMED = {"refine": "a refiner checkpoint folder or zoo name such as refine=runs/refiner/model"}
 
 
 @dataclass(frozen=True)
 class PostProcess:
     """The enabled steps (see the module docstring); all off by default."""
 
+    refine: str = ""  # refiner checkpoint folder or zoo name; "": off
     smooth: float = 0.0  # sigma in model-input pixels; 0: off
     fov: bool = False
     otsu: float | None = None  # the floor; None: off
@@ -79,14 +90,18 @@ class PostProcess:
         if spec.lower() in ("", "none", "off"):
             return cls()
         names = [f.name for f in fields(cls)]
-        values: dict[str, bool | float] = {}
+        values: dict[str, bool | float | str] = {}
         for item in spec.split(","):
             name, _, value = item.strip().partition("=")
             if name not in names:
                 raise ColonsegError(
                     f"post-processing '{spec}': unknown step '{name}' (steps: {', '.join(names)})"
                 )
-            if name in _VALUED:
+            if name in _NAMED:
+                if not value.strip():
+                    raise ColonsegError(f"post-processing '{spec}': {name} takes {_NAMED[name]}")
+                values[name] = value.strip()
+            elif name in _VALUED:
                 default, valid, meaning = _VALUED[name]
                 try:
                     number = type(default)(value) if value else default
@@ -108,7 +123,10 @@ class PostProcess:
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in _VALUED:
+            if f.name in _NAMED:
+                if value:
+                    parts.append(f"{f.name}={value}")
+            elif f.name in _VALUED:
                 if value is not None and (value > 0 or f.name == "otsu"):
                     bare = f.name == "otsu" and value == OTSU_FLOOR
                     parts.append(f.name if bare else f"{f.name}={value:g}")
@@ -118,6 +136,23 @@ class PostProcess:
 
     def __bool__(self) -> bool:
         return bool(self.spec())
+
+    def refine_probs(self, probs: np.ndarray, image: np.ndarray, refiner: Any) -> np.ndarray:
+        """With ``refine``: model-resolution class probabilities ``(C, S, S)`` of ``image`` (RGB
+        uint8, any size) refined by ``refiner``, the loaded
+        :class:`~colonseg.models.refiner.RegionRefiner` that ``refine`` names.
+
+        Raises:
+            ColonsegError: the probabilities are a binary model's (one channel).
+        """
+        if not self.refine:
+            return probs
+        if probs.shape[0] == 1:
+            raise ColonsegError(
+                f"refine={self.refine}: refines multi-class models' class probabilities; "
+                "this model is binary"
+            )
+        return refiner.refine(probs, image)
 
     def smooth_probs(self, probs: np.ndarray) -> np.ndarray:
         """With ``smooth``: model-resolution probabilities ``(C, S, S)`` blurred channel by

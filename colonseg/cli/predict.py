@@ -155,7 +155,8 @@ def predict(
     (their label folders, such as a dataset's masks/, are left out); predictions.csv (per image:
     polyp 0/1, regions, area %, peak and mean probability) and review.html (thumbnails, most
     confident or most uncertain first). Videos (mp4, avi, mov, mkv):
-    <name>_overlay.mp4, <name>_frames.csv (per-frame polyp area and confidence) and, with
+    <name>_overlay.mp4, <name>_frames.csv (per-frame polyp area and confidence),
+    <name>_summary.png (confidence over time, thumbnails of the polyps seen) and, with
     --frame-masks, <name>_masks/. A run stopped midway (Ctrl-C, kill -9) leaves no half-written
     file under its final name; rerun it with --skip-existing to finish it.
     """

@@ -42,6 +42,8 @@ MAX_MEMBERS = 8
 MAX_SIDE = 2048
 # per-key bounds tighter than MAX_INT: what each allocates grows with the product
 _INT_LIMITS = {"classes": 64, "memory_size": 64, "size": 1024, "max_boxes": 16, "num_points": 16}
+# per-architecture bounds (key → (low, high)) where a generic key means more for one arch
+_ARCH_LIMITS = {"region_refiner": {"width": (1, 256), "classes": (2, 64)}}
 PATH_KEYS = ("encoder_weights", "sam_checkpoint")
 _TOP_KEYS = {
     "format": str,
@@ -136,6 +138,9 @@ def _check_model(arch: Any, kwargs: Any, source: Path, prefix: str = "") -> None
             _check_encoder(value, f"{prefix}init_kwargs.encoder", source)
         elif key == "backbone" and value not in BACKBONES:
             raise _fail(source, f"{prefix}init_kwargs.backbone = {value!r} is not a SAM backbone")
+        low, high = _ARCH_LIMITS.get(arch, {}).get(key, (None, None))
+        if low is not None and not (isinstance(value, int) and low <= value <= high):
+            raise _fail(source, f"{prefix}init_kwargs.{key} = {value!r} ({low} to {high})")
 
 
 def _check_preprocessing(pre: dict, source: Path) -> None:

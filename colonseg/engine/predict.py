@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -27,12 +28,37 @@ from colonseg.data.datamodule import prepare_images
 from colonseg.data.field_of_view import erase_text
 from colonseg.data.labels import decide, get_scheme
 from colonseg.device import native_bf16, resolve_device
-from colonseg.engine.checkpoint import ModelMeta, load_pretrained
+from colonseg.engine.checkpoint import ModelMeta, list_zoo, load_pretrained, resolve_model_path
 from colonseg.engine.tta import TTA_LABELS, average_views, tta_mode
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "load_refiner"]
+
+
+@lru_cache(maxsize=4)
+def _load_refiner(folder: str, stamp: tuple) -> tuple[nn.Module, ModelMeta]:
+    return load_pretrained(folder)
+
+
+def load_refiner(name: str | Path, classes: int) -> nn.Module:
+    """The region refiner that the ``refine=NAME`` post-processing step names (zoo name or
+    checkpoint folder), loaded once while its files are unchanged.
+
+    Raises:
+        ColonsegError: not a refiner checkpoint, or it refines another number of classes.
+    """
+    folder = resolve_model_path(name).resolve()
+    files = [folder / "config.json", folder / "weights.safetensors"]
+    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
+    net, meta = _load_refiner(str(folder), stamp)
+    if meta.arch != "region_refiner":
+        raise ColonsegError(f"refine={name}: a {meta.arch} checkpoint, not a region refiner")
+    if net.classes != classes:
+        raise ColonsegError(
+            f"refine={name}: the refiner refines {net.classes} classes, the model has {classes}"
+        )
+    return net
 
 
 @dataclass
@@ -73,7 +99,8 @@ class Predictor:
             checkpoint's recorded default, ``"none"`` switches it off.
 
     ``model`` may also be an :class:`~colonseg.engine.onnx_backend.OnnxModel` (onnxruntime on
-    the CPU, fp32); ``from_pretrained(..., backend="onnx")`` builds one.
+    the CPU, fp32, or int8 for a ``colonseg export --quantize int8`` file);
+    ``from_pretrained(..., backend="onnx")`` builds one.
     """
 
     def __init__(
@@ -97,7 +124,7 @@ class Predictor:
         elif self.device.type != "cpu":
             raise ColonsegError("the onnx backend runs on the CPU: use --device cpu")
         else:
-            self.model, precision = model, "fp32"  # onnxruntime computes in fp32
+            self.model, precision = model, getattr(model, "precision", "fp32")  # onnx: fp32/int8
         if precision == "auto":
             precision = "bf16" if native_bf16(self.device) else "fp32"
         self.meta = meta
@@ -106,11 +133,24 @@ class Predictor:
         self.size = (size, size) if size else tuple(meta.size)
         self.precision = precision
         self.scheme = get_scheme(meta.labels)
-        if postprocess is None:
+        if meta.arch == "region_refiner":
+            raise ColonsegError(
+                "a region refiner is a post-processing step: apply it to a model's predictions "
+                "with --postprocess refine=FOLDER"
+            )
+        default = postprocess is None
+        if default:
             postprocess = meta.postprocess
         self.post = (
             postprocess if isinstance(postprocess, PostProcess) else PostProcess.parse(postprocess)
         )
+        if default and self.post.refine and self.post.refine not in list_zoo():
+            raise ColonsegError(  # colonseg opens only the files its user names
+                f"the checkpoint's default post-processing names a file (refine="
+                f"{self.post.refine[:120]}); pass it yourself with --postprocess"
+            )
+        if self.post.refine:  # a missing, wrong or binary refiner fails here, not mid-run
+            self.refiner()
 
     @property
     def tta(self) -> str:
@@ -157,6 +197,17 @@ class Predictor:
         tta = TTA_LABELS[self.tta]
         return f"{h}×{w}, {self.precision}, {tta}, threshold {self.threshold:g}, {post}"
 
+    def refiner(self) -> nn.Module | None:
+        """The region refiner of the ``refine`` post-processing step (None when it is off)."""
+        if not self.post.refine:
+            return None
+        if self.scheme.model_channels == 1:
+            raise ColonsegError(
+                f"refine={self.post.refine}: refines multi-class models' class probabilities; "
+                f"this {self.meta.arch} is binary (labels: {self.meta.labels})"
+            )
+        return load_refiner(self.post.refine, self.scheme.model_channels).to(self.device)
+
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images of any sizes → normalised ``(B, 3, S, S)`` tensor (with ``fov``
         post-processing, text burnt into the mucosa painted over first)."""
@@ -177,9 +228,11 @@ class Predictor:
 
     def finish(self, probs: np.ndarray, image: np.ndarray) -> Prediction:
         """Model-resolution probabilities ``(C, S, S)`` of ``image`` → :class:`Prediction` at the
-        image's size: (smooth,) resize, threshold, post-process."""
+        image's size: (refine, smooth,) resize, threshold, post-process."""
         shape = image.shape[:2]
-        probs = self.post.smooth_probs(probs.astype(np.float32, copy=False))
+        probs = probs.astype(np.float32, copy=False)
+        probs = self.post.refine_probs(probs, image, self.refiner())
+        probs = self.post.smooth_probs(probs)
         full = cv2.resize(probs.transpose(1, 2, 0), (shape[1], shape[0]), cv2.INTER_LINEAR)
         full = np.clip(full.reshape(shape[0], shape[1], -1), 0.0, 1.0).astype(np.float32)
         full = self.post.restrict(np.ascontiguousarray(full.transpose(2, 0, 1)), image)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from colonseg.methods import mapseg, medsam_box, mssg, supervised  # noqa: F401  (registers)
+from colonseg.methods import (  # noqa: F401  (importing registers each method)
+    mapseg,
+    medsam_box,
+    mssg,
+    refine,
+    supervised,
+)
 from colonseg.methods.base import METHODS, Method
 
 __all__ = ["METHODS", "Method"]

@@ -35,11 +35,16 @@ METHODS = Registry("method")
 
 class Stage:
     """One training of a method's run: the folder it writes, its number among the method's
-    rounds (1 for most methods) and, from the second round on, a predictor of the previous
-    round's model (MSSG's self-training)."""
+    rounds (1 for most methods), from the second round on a predictor of the previous round's
+    model (MSSG's self-training), and ``open_model``: the engine's
+    ``Predictor.from_pretrained`` (zoo name or checkpoint folder → Predictor), for methods that
+    learn from trained models' predictions (the refiner's base models)."""
 
-    def __init__(self, out: Path, number: int = 1, previous: Any = None) -> None:
+    def __init__(
+        self, out: Path, number: int = 1, previous: Any = None, open_model: Any = None
+    ) -> None:
         self.out, self.number, self.previous = out, number, previous
+        self.open_model = open_model
 
 
 class Method(ABC):

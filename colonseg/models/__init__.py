@@ -9,6 +9,7 @@ from colonseg.models import (  # noqa: F401  (importing registers the architectu
     mapseg,
     medsam,
     pranet,
+    refiner,
     smp_archs,
 )
 from colonseg.models.registry import MODELS, create_model, list_models
