@@ -62,6 +62,10 @@ def datasets_split(
     ] = None,
     layout: Annotated[str, typer.Option(help="Layout name (default: detect).")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace fold files that differ.")] = False,
+    within: Annotated[
+        str | None,
+        typer.Option(help="Fold only this split's images (a fixed test split stays out)."),
+    ] = None,
 ) -> None:
     """Write K-fold split files, no video in two folds.
 
@@ -73,7 +77,7 @@ def datasets_split(
     """
     from colonseg.data.splits import run_split
 
-    r = run_split(path, folds, val, seed, groups, out, layout, overwrite)
+    r = run_split(path, folds, val, seed, groups, out, layout, overwrite, within)
     if r["groups_from"]:
         typer.echo(f"{path}: {r['n_stems']} images in {r['n_groups']} groups "
                    f"(from {r['groups_from']}); {folds} folds in {r['out']}")  # fmt: skip

@@ -257,15 +257,17 @@ def run_split(
     out: str | Path | None = None,
     layout: str = "auto",
     overwrite: bool = False,
+    within: str | None = None,
 ) -> dict:
-    """Make and write a dataset's folds (``colonseg datasets split``).
+    """Make and write a dataset's folds (``colonseg datasets split``); ``within`` folds only the
+    images of that split (a name or file), so that a fixed test split stays out of every fold.
 
     Returns:
         ``{"out", "n_stems", "n_groups", "groups_from" ("" when ungrouped), "folds": [{"train",
         "val", "tune": number of stems, "val_groups": number of groups}]}``.
     """
     root = Path(path)
-    stems = [p.id for p in find_pairs(root, layout, require_masks=False)]
+    stems = [p.id for p in find_pairs(root, layout, split=within, require_masks=False)]
     groups, source = load_groups(root, stems, groups_csv)
     result = make_folds(stems, groups, folds, val, seed)
     out_dir = Path(out) if out is not None else root / "splits"

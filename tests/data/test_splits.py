@@ -152,6 +152,18 @@ def test_datasets_split_cli_groups_by_csv(tmp_path):
     assert (root / "splits" / "fold2_val.txt").is_file()
 
 
+def test_datasets_split_within_a_split_keeps_the_test_images_out(tmp_path):
+    root = write_folder_dataset(tmp_path / "d", n=12, size=32)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("".join(f"case_{i}\n" for i in range(8)))
+    out = tmp_path / "folds"
+    args = ["datasets", "split", str(root), "--folds", "2", "--within", "train", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    folded = {s for k in range(2) for s in (out / f"fold{k}_val.txt").read_text().split()}
+    assert folded == {f"case_{i}" for i in range(8)}  # case_8..11 (the test images) left out
+
+
 def test_clinicdb_folds_share_no_sequence(tmp_path):
     root = shared_dataset("cvc-clinicdb")  # skipped when absent
     stems = [p.id for p in find_pairs(root)]
