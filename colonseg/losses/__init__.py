@@ -5,7 +5,8 @@
 ``bce_dice``  BCE + Dice, the usual polyp recipe (Dice pooled over the batch).
 ``bce_dice_image``  BCE + Dice taken per image and averaged: a small polyp weighs as much as a
               large one, as in the per-image mean Dice the benchmarks report.
-``ce_dice``   cross-entropy + Dice for multi-class masks.
+``ce_dice``   cross-entropy + Dice for multi-class masks (``loss.class_weights``: the
+              cross-entropy's per-class weights, background first).
 ``structure`` PraNet's weighted BCE + weighted IoU, weights growing near the mask boundary.
 
 ``DeepSupervisionLoss`` wraps any of them for models that also return auxiliary outputs.
@@ -56,7 +57,8 @@ class ComboLoss(nn.Module):
 
 
 class _CrossEntropy(nn.CrossEntropyLoss):
-    """Cross-entropy taking class-index targets shaped ``(B, 1, H, W)`` or ``(B, H, W)``."""
+    """Cross-entropy taking class-index targets shaped ``(B, 1, H, W)`` or ``(B, H, W)``;
+    ``weight``: one weight per class (background first), e.g. to count a rare class more."""
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.ndim == 4:
@@ -123,8 +125,21 @@ def _bce_dice_image(classes: int = 1) -> nn.Module:
 
 
 @LOSSES.register("ce_dice")
-def _ce_dice(classes: int = 2, ce_weight: float = 1.0, dice_weight: float = 1.0) -> nn.Module:
-    return ComboLoss([_CrossEntropy(), _dice(classes)], [ce_weight, dice_weight])
+def _ce_dice(
+    classes: int = 2,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    class_weights: list[float] | None = None,
+) -> nn.Module:
+    weight = None
+    if class_weights is not None:
+        if len(class_weights) != max(classes, 2) or min(class_weights) <= 0:
+            raise ColonsegError(
+                f"loss.class_weights={list(class_weights)}: one positive weight per class "
+                f"({max(classes, 2)}, background first)"
+            )
+        weight = torch.tensor([float(w) for w in class_weights])
+    return ComboLoss([_CrossEntropy(weight=weight), _dice(classes)], [ce_weight, dice_weight])
 
 
 class StructureLoss(nn.Module):

@@ -83,3 +83,22 @@ def test_image_dice_weighs_a_missed_small_object_like_a_large_one():
     assert pooled.item() == pytest.approx(1 - 2 * 32 / 65, abs=1e-3)  # the miss nearly vanishes
     empty = torch.zeros(1, 1, 4, 4)
     assert create_loss("bce_dice_image")(torch.full_like(empty, -BIG), empty).item() < 1e-3
+
+
+def test_ce_dice_class_weights_count_a_rare_class_more():
+    torch.manual_seed(0)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:8, 4:8] = 2  # a small region of the rare class, predicted as background
+    logits = torch.zeros(2, 3, 16, 16)
+    logits[:, 0] = 3.0
+    plain = create_loss("ce_dice", classes=3)(logits, target)
+    weighted = create_loss("ce_dice", classes=3, class_weights=[1, 1, 10])(logits, target)
+    assert weighted > plain + 0.5  # the missed rare pixels weigh 10x in the cross-entropy
+    with pytest.raises(ColonsegError, match="one positive weight per class"):
+        create_loss("ce_dice", classes=3, class_weights=[1, 2])
+    from colonseg.methods.supervised.module import SupervisedModule
+    from colonseg.models import create_model
+
+    net = create_model("unet", encoder="test_efficientnet", classes=1, pretrained=False)
+    with pytest.raises(ColonsegError, match="only ce_dice weighs classes"):
+        SupervisedModule(net, loss="bce_dice", class_weights=[1, 2])

@@ -53,6 +53,7 @@ class LossConfig:
     name: str = "bce_dice"
     deep_supervision: Any = False  # true, false, or auto: on for models with side outputs
     deep_supervision_weights: list[float] | None = None
+    class_weights: list[float] | None = None  # ce_dice: cross-entropy weight per class
 
 
 @dataclass

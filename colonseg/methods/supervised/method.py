@@ -120,6 +120,7 @@ class Supervised(Method):
             train_scales=list(cfg.data.train_scales),
             classes=cfg.model.classes,
             class_keys=list(get_scheme(cfg.data.labels).keys[1:]),
+            class_weights=list(loss.class_weights) if loss.class_weights else None,
         )
 
     def training_images(self, cfg: DictConfig, dm: SegmentationDataModule) -> dict[str, list]:

@@ -53,13 +53,17 @@ class SupervisedModule(L.LightningModule):
         train_scales: list[float] | None = None,
         classes: int = 1,
         class_keys: list[str] | None = None,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if deep_supervision == "auto":  # resolved first, so the saved hparams say what was done
             deep_supervision = hasattr(net, "forward_with_aux")
         self.save_hyperparameters(ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
-        self.criterion = create_loss(loss, classes=classes)
+        if class_weights is not None and loss != "ce_dice":
+            raise ColonsegError(f"loss.class_weights: only ce_dice weighs classes, not {loss}")
+        weights = {} if class_weights is None else {"class_weights": list(class_weights)}
+        self.criterion = create_loss(loss, classes=classes, **weights)
         if deep_supervision and not hasattr(net, "forward_with_aux"):
             raise ColonsegError(
                 f"{net.__class__.__name__} has no auxiliary outputs: set deep_supervision=false"
