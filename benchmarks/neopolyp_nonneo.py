@@ -57,14 +57,14 @@ def resolution_ceiling(masks: list[np.ndarray], size: int) -> dict:
         small = resize_labels(m, (size, size), 3)
         back = cv2.resize(small, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_NEAREST)
         meter.update(back, m)
-    return meter.class_scores(("seg", "neo", "non"))
+    return meter.class_scores(("bg", "neo", "non"))
 
 
 def outcomes(model: str, pairs: list, masks: list[np.ndarray]) -> list[dict]:
     """One row per ground-truth polyp region: class, size share, predicted pixel shares."""
     predictor = Predictor.from_pretrained(model, device="cpu", postprocess="none")
     rows = []
-    for pair, truth in tqdm(list(zip(pairs, masks)), desc=model, leave=False):
+    for pair, truth in tqdm(list(zip(pairs, masks, strict=True)), desc=model, leave=False):
         classes = predictor.predict(read_image(pair.image)).classes
         for c in (1, 2):
             count, labels = cv2.connectedComponents((truth == c).astype(np.uint8), connectivity=8)

@@ -72,16 +72,46 @@ def export(
     model: ModelOpt = "default",
     weights: WeightsOpt = None,
     format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="int8: static int8 quantisation (onnxruntime, QDQ, per-channel weights); needs "
+            "--calibration.",
+            show_default=False,
+        ),
+    ] = None,
+    calibration: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Calibration frames for --quantize: a dataset folder or a folder of images, "
+            "ideally the model's training images (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    calibration_split: Annotated[
+        list[str] | None, typer.Option(help="Split file per --calibration, in order.")
+    ] = None,
+    calibration_images: Annotated[
+        int, typer.Option(min=1, help="Calibration frames drawn (seeded) from --calibration.")
+    ] = 64,
 ) -> None:
-    """Export a model to ONNX.
+    """Export a model to ONNX, optionally quantised to int8.
 
-    The graph takes any batch and image size; the checkpoint's config is embedded.
+    The graph takes any batch and image size; the checkpoint's config is embedded (and, with
+    --quantize, what calibrated it).
     """
+    from colonseg.data.sources import DataSource
     from colonseg.engine.onnx_backend import export_onnx
 
     if format != "onnx":
         fail(f"Unknown export format '{format}'. Available: onnx.")
-    path = export_onnx(model, out, weights)
+    calibration, splits = calibration or [], calibration_split or []
+    if len(splits) > len(calibration):
+        fail(f"{len(splits)} --calibration-split values for {len(calibration)} --calibration")
+    sources = [
+        DataSource(c, splits[i] if i < len(splits) else None) for i, c in enumerate(calibration)
+    ]
+    path = export_onnx(model, out, weights, quantize, sources, calibration_images)
     typer.echo(
         f"{model} → {path} ({path.stat().st_size / 2**20:.1f} MiB); run it with "
         f"`colonseg predict IMAGES --model {path} --out DIR`"

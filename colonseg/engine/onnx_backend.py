@@ -24,6 +24,7 @@ from torch import nn
 
 from colonseg.data.cache import default_cache_dir
 from colonseg.data.io import write_atomic
+from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import ModelMeta, load_pretrained
 from colonseg.errors import ColonsegError
 
@@ -63,12 +64,39 @@ def _export(net: nn.Module, meta: ModelMeta, path: Path) -> Path:
     return write_atomic(path, write)
 
 
-def export_onnx(model: str | Path, out: str | Path, weights: str | Path | None = None) -> Path:
-    """Export a zoo name or checkpoint folder to ``out`` (``.onnx``) with its metadata."""
+def export_onnx(
+    model: str | Path,
+    out: str | Path,
+    weights: str | Path | None = None,
+    quantize: str | None = None,
+    calibration: list[DataSource] | None = None,
+    calibration_images: int = 64,
+) -> Path:
+    """Export a zoo name or checkpoint folder to ``out`` (``.onnx``) with its metadata.
+
+    ``quantize="int8"`` writes a statically quantised model instead, calibrated on
+    ``calibration_images`` frames of ``calibration`` (see :mod:`colonseg.engine.quantize`).
+
+    Raises:
+        ColonsegError: a bad output name, an unknown ``quantize`` mode, calibration sources
+            without ``quantize`` or ``quantize`` without them, or a model ONNX cannot hold.
+    """
+    from colonseg.engine.quantize import QUANTIZE_MODES, check_calibration, quantize_int8
+
     out = Path(out)
     if out.suffix != ".onnx":
         raise ColonsegError(f"{out}: the output file must end in .onnx")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ColonsegError(
+            f"Unknown quantisation '{quantize}'. Available: {', '.join(QUANTIZE_MODES)}."
+        )
+    if quantize is None and calibration:
+        raise ColonsegError("calibration frames are for --quantize int8 (add it, or drop them)")
+    if quantize is not None:
+        check_calibration(calibration, calibration_images)
     net, meta = load_pretrained(model, weights)
+    if quantize == "int8":
+        return quantize_int8(net, meta, out, calibration, calibration_images)
     return _export(net, meta, out)
 
 
@@ -110,7 +138,8 @@ def check_external_data(path: Path) -> None:
 
 class OnnxModel:
     """An onnxruntime session with the torch-model call the Predictor uses:
-    ``model(x: (B, 3, H, W) float tensor) -> logits tensor``."""
+    ``model(x: (B, 3, H, W) float tensor) -> logits tensor`` (fp32 in and out, also for an int8
+    model, whose graph quantises and dequantises inside)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -135,6 +164,13 @@ class OnnxModel:
                 f"{self.path}: no colonseg metadata (export it with `colonseg export`)"
             )
         return ModelMeta.from_json(json.loads(props[META_KEY]), self.path)
+
+    @property
+    def precision(self) -> str:
+        """``int8`` for a model quantised by ``colonseg export --quantize int8``, else ``fp32``."""
+        props = self.session.get_modelmeta().custom_metadata_map
+        config = json.loads(props.get(META_KEY, "{}"))
+        return "int8" if "quantization" in config.get("provenance", {}) else "fp32"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         image = np.ascontiguousarray(x.detach().float().cpu().numpy())

@@ -80,8 +80,9 @@ def _encoder_tensors(state: dict) -> dict:
 
 
 def _init_encoder_from(net: torch.nn.Module, source: str, files: dict | None = None) -> dict:
-    """Copy only the encoder of a trained checkpoint (of any architecture) into ``net``; the rest
-    keeps its fresh initialisation. Refuses unless every encoder tensor matches by name and shape."""
+    """Copy only the encoder of a trained checkpoint (of any architecture) into ``net``; the
+    rest keeps its fresh initialisation. Refuses unless every encoder tensor matches by name and
+    shape."""
     trained, meta = load_pretrained(source, files=files)
     own, theirs = _encoder_tensors(net.state_dict()), _encoder_tensors(trained.state_dict())
     if not own:
