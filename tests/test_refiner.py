@@ -140,7 +140,10 @@ def test_synthetic_run_from_the_command_line(tmp_path):
               "trainer.progress_bar=false", "--synthetic", "--quick"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "refiner_neopolyp-quick" / "model" / "config.json").is_file()
+    model = tmp_path / "refiner_neopolyp-quick" / "model"
+    assert (model / "config.json").is_file()
+    # the printed evaluate command applies the refiner to a model instead of loading it as one
+    assert f"--postprocess refine={model}" in result.output
 
 
 def test_binary_model_or_wrong_refiner_is_a_one_line_error(tmp_path):

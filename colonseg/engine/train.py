@@ -157,7 +157,8 @@ def evaluate_command(model_dir: Path, cfg: DictConfig, method: Method) -> str:
     data = " ".join(
         f"--data {s.path}" + (f" --split {s.split}" if s.split else "") for s in sources
     )
-    return f"colonseg evaluate --model {model_dir} {data or '--data DATASET'} --out eval/{cfg.name}"
+    model = method.evaluate_model(cfg, model_dir)
+    return f"colonseg evaluate {model} {data or '--data DATASET'} --out eval/{cfg.name}"
 
 
 def _evaluate(cfg: DictConfig, method: Method, model_dir: Path, out: Path) -> dict:

@@ -93,6 +93,10 @@ class Method(ABC):
         """Labelled sets the finished model is evaluated on (missing folders are skipped)."""
         return []
 
+    def evaluate_model(self, cfg: DictConfig, model_dir: Path) -> str:
+        """How ``colonseg evaluate`` names the finished model (its ``--model`` and options)."""
+        return f"--model {model_dir}"
+
     def predictor_options(self, cfg: DictConfig) -> dict:
         """Options of the Predictor that evaluates the finished model (``tta``, ...)."""
         return {}

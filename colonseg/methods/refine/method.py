@@ -96,6 +96,10 @@ class Refine(Method):
             class_keys=list(get_scheme(cfg.data.labels).keys[1:]),
         )
 
+    def evaluate_model(self, cfg: DictConfig, model_dir: Path) -> str:
+        """A refiner is a post-processing step: evaluated on its validation base model."""
+        return f"--model {cfg.refine.val_base or 'MODEL'} --postprocess refine={model_dir}"
+
     def training_images(self, cfg: DictConfig, dm: RefineDataModule) -> dict[str, list]:
         return {s.display_name(): [p.image for p in find_pairs(s.path, s.layout, s.split)]
                 for s in dm.train_sources}  # fmt: skip
