@@ -95,9 +95,11 @@ def outcome_table(rows: list[dict]) -> list[dict]:
                           "pixels_of_class": float(w.sum()),
                           "correct": mean("same"), "missed": mean("background"),
                           "confused": mean("other")})  # fmt: skip
+    totals = {
+        c: sum(t["pixels_of_class"] for t in table if t["class"] == c) for c in NAMES.values()
+    }
     for t in table:
-        total = sum(u["pixels_of_class"] for u in table if u["class"] == t["class"])
-        t["pixels_of_class"] = t["pixels_of_class"] / total
+        t["pixels_of_class"] /= totals[t["class"]]
     return table
 
 
@@ -129,8 +131,8 @@ def main() -> None:
     for model in args.models:
         key = f"outcomes:{model}"
         if key not in result:
-            rows = outcomes(model, test, test_masks)
-            result[key] = {"regions": rows, "table": outcome_table(rows)}
+            result[key] = {"regions": outcomes(model, test, test_masks)}
+        result[key]["table"] = outcome_table(result[key]["regions"])
         save(args.out, result)
     save(args.out, result)
 
