@@ -192,3 +192,13 @@ def test_refiner_width_is_bounded_in_config_json(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ColonsegError, match=r"init_kwargs.width = 4000 \(1 to 256\)"):
         load_pretrained(folder)
+
+
+def test_a_few_duplicates_of_training_frames_are_left_out_more_are_refused():
+    from colonseg.methods.refine.data import check_out_of_fold
+
+    digests = [f"{i:016x}" for i in range(100)]
+    assert check_out_of_fold({"a": [digests[7]]}, digests, "base") == [7]  # 1 %: left out
+    assert check_out_of_fold({"a": ["ffff"]}, digests, "base") == []
+    with pytest.raises(ColonsegError, match="base: the base model trained on 3 of its 100"):
+        check_out_of_fold({"a": digests[:3]}, digests, "base")

@@ -34,21 +34,36 @@ from colonseg.data.sources import DataSource
 from colonseg.errors import ColonsegError
 from colonseg.models.refiner import region_pool
 
-__all__ = ["REFINER_MEAN", "REFINER_STD", "RefineDataModule", "RefineDataset", "check_out_of_fold"]
+__all__ = [
+    "MAX_IN_FOLD",
+    "REFINER_MEAN",
+    "REFINER_STD",
+    "RefineDataModule",
+    "RefineDataset",
+    "check_out_of_fold",
+]
 
 REFINER_MEAN = (0.5, 0.5, 0.5)
 REFINER_STD = (0.5, 0.5, 0.5)
 
 
-def check_out_of_fold(trained_on: dict[str, list[str]], digests: Sequence[str], what: str) -> None:
-    """Refuse (one line naming ``what``) a base model that trained on any of ``digests``."""
+MAX_IN_FOLD = 0.02  # share of a source's images a base model may have seen (duplicates)
+
+
+def check_out_of_fold(
+    trained_on: dict[str, list[str]], digests: Sequence[str], what: str
+) -> list[int]:
+    """The indices of ``digests`` that the base model trained on: a few (at most
+    ``MAX_IN_FOLD``, byte-identical duplicates across the folds, as BKAI has) are returned to be
+    left out; more is refused (one line naming ``what``): the wrong base model for the source."""
     seen = {d for ds in trained_on.values() for d in ds}
-    overlap = sum(d in seen for d in digests)
-    if overlap:
+    overlap = [i for i, d in enumerate(digests) if d in seen]
+    if len(overlap) > MAX_IN_FOLD * len(digests):
         raise ColonsegError(
-            f"{what}: the base model trained on {overlap} of its {len(digests)} images, so its "
-            "probabilities there are not out-of-fold; name a model that did not train on them"
+            f"{what}: the base model trained on {len(overlap)} of its {len(digests)} images, so "
+            "its probabilities there are not out-of-fold; name a model that did not train on them"
         )
+    return overlap
 
 
 class RefineDataset(Dataset):
@@ -154,7 +169,13 @@ class RefineDataModule(SegmentationDataModule):
                 f"{what} = {base}: a {meta.labels} model ({channels} channels); the refiner "
                 f"refines {self.labels} ({self.classes} classes)"
             )
-        check_out_of_fold(meta.trained_on, digests, f"{what} = {base} on {source.display_name()}")
+        where = f"{what} = {base} on {source.display_name()}"
+        seen = check_out_of_fold(meta.trained_on, digests, where)
+        if seen:  # duplicates of frames the base model trained on: left out
+            print(f"warning: {where}: {len(seen)} image(s) identical to the base model's training "
+                  "images left out")  # fmt: skip
+            pairs = [p for i, p in enumerate(pairs) if i not in set(seen)]
+            digests = [d for i, d in enumerate(digests) if i not in set(seen)]
         images, masks = load_resized_pairs(pairs, size, self.cache_dir, self.labels)
         cache = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
         probs = _base_probs(predictor, images, digests, cache)
