@@ -157,11 +157,11 @@ def main() -> None:
     specs = variants(args.refiner)
     for model in models:
         done = result.get(model, {}).get("variants", {})
-        if not all(spec in done for spec in specs):
-            img_s = result.get(model, {}).get("img_s")
-            result[model] = score(model, specs, args.limit) | {"refiner": args.refiner or ""}
-            if img_s:
-                result[model]["img_s"] = img_s
+        missing = [spec for spec in specs if spec not in done]
+        if missing:  # only the variants not scored yet
+            new = score(model, missing, args.limit)
+            result[model] = result.get(model, {}) | new | {"variants": done | new["variants"]}
+            result[model]["refiner"] = args.refiner or result[model].get("refiner", "")
             save(args.out, result)
         if args.speed_frames and not result[model].get("img_s"):  # run it on a quiet machine
             predictor = Predictor.from_pretrained(model, device="cpu")
