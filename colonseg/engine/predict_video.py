@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import os
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -50,7 +51,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm")
 CSV_FIELDS = (
     "frame", "time_s", "polyp", "area_fraction", "confidence", "mean_prob_in_mask", "regions",
 )  # fmt: skip
-PIPELINES = ("threads", "serial")
+PIPELINES = ("auto", "threads", "serial")
 X264_PRESET = "veryfast"  # 2x faster than x264's default (medium) at the same CRF, files no larger
 _END = object()
 _POLL_S = 0.05  # how often a waiting thread looks whether the others failed
@@ -271,7 +272,7 @@ def run_predict_video(
     batch_size: int = 8,
     progress: bool = True,
     skip_existing: bool = False,
-    pipeline: str = "threads",
+    pipeline: str = "auto",
 ) -> dict:
     """Segment every frame of ``video``; return ``{"video", "csv", "summary", "frames",
     "polyp_frames", "skipped", "resumed_at"}``.
@@ -292,6 +293,9 @@ def run_predict_video(
 
     ``pipeline="serial"`` decodes, predicts and writes one after the other in the calling
     thread, with the same outputs (what ``benchmarks/video_speed.py`` compares against).
+    ``"auto"`` (the default) overlaps in threads on machines with more than two CPUs and runs
+    serially on two: there the model's two intra-op threads already fill both cores and the
+    overlap cost more than it saved (20.9 against 22.4 frames/s, ``docs/benchmarks.md``).
     """
     import av
 
@@ -330,7 +334,7 @@ def run_predict_video(
     tmps = {p: temp_beside(p) for p in (final_video, final_csv)}
     scheme = predictor.scheme
     summary = VideoSummary(float(fps), predictor.threshold)
-    threaded = pipeline == "threads"
+    threaded = pipeline == "threads" or (pipeline == "auto" and (os.cpu_count() or 1) > 2)
     counts = {"frames": 0, "polyp": 0}
     try:
         with ExitStack() as stack:

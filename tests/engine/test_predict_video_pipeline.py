@@ -170,6 +170,7 @@ def test_cli_says_a_thread_failure_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_predict, "create_predictor",
                         lambda *a, **k: Predictor(net, meta, device="cpu"))  # fmt: skip
     monkeypatch.setattr(pv, "_frames", _failing_frames(9, ValueError("bad frame")))
+    monkeypatch.setattr(pv.os, "cpu_count", lambda: 4)  # "auto" takes the threads on > 2 CPUs
     result = CliRunner().invoke(app, ["predict", str(video), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
