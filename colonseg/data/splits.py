@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from colonseg.data.io import IMAGE_EXTENSIONS, write_atomic
+from colonseg.data.io import IMAGE_EXTENSIONS, image_digest, write_atomic
 from colonseg.data.layouts import find_pairs
 from colonseg.data.sources import DataSource
 from colonseg.errors import ColonsegError
@@ -248,6 +248,35 @@ def _stem(name: str) -> str:
     return Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
 
 
+def join_duplicates(
+    stems: Sequence[str], digests: Sequence[str], groups: Mapping[str, str] | None
+) -> dict[str, str] | None:
+    """Merge the groups of frames whose images are byte-identical (``digests``): a duplicate on
+    both sides of a split is leakage, whatever the video table says. ``None`` stays ``None``
+    when no frame repeats (every frame its own group)."""
+    by_digest: dict[str, list[str]] = {}
+    for stem, digest in zip(stems, digests, strict=True):
+        by_digest.setdefault(digest, []).append(stem)
+    repeats = [same for same in by_digest.values() if len(same) > 1]
+    if not repeats:
+        return None if groups is None else dict(groups)
+    group = dict(groups) if groups is not None else {s: s for s in stems}
+    parent: dict[str, str] = {}
+
+    def root(g: str) -> str:
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    for same in repeats:
+        first = root(group[same[0]])
+        for stem in same[1:]:
+            other = root(group[stem])
+            if other != first:
+                parent[other] = first
+    return {s: root(g) for s, g in group.items()}
+
+
 def run_split(
     path: str | Path,
     folds: int = 5,
@@ -267,8 +296,10 @@ def run_split(
         "val", "tune": number of stems, "val_groups": number of groups}]}``.
     """
     root = Path(path)
-    stems = [p.id for p in find_pairs(root, layout, split=within, require_masks=False)]
+    pairs = find_pairs(root, layout, split=within, require_masks=False)
+    stems = [p.id for p in pairs]
     groups, source = load_groups(root, stems, groups_csv)
+    groups = join_duplicates(stems, [image_digest(p.image) for p in pairs], groups)
     result = make_folds(stems, groups, folds, val, seed)
     out_dir = Path(out) if out is not None else root / "splits"
     save_folds(result, out_dir, overwrite)

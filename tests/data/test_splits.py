@@ -212,3 +212,17 @@ def test_fold_sources_keep_explicit_split_files_and_read_out_folders(tmp_path):
     # every training source names its own split: the fold would be ignored, so it is refused
     with pytest.raises(ColonsegError, match="no training source reads fold files"):
         fold_sources([DataSource(str(root), split="test")], [], 0)
+
+
+def test_byte_identical_frames_stay_in_one_fold(tmp_path):
+    import shutil
+
+    root = write_folder_dataset(tmp_path / "d", n=9, size=32)
+    images = sorted((root / "images").iterdir())
+    shutil.copyfile(images[0], images[8])  # case_8 is a copy of case_0: one frame twice
+    out = tmp_path / "folds"
+    result = CliRunner().invoke(app, ["datasets", "split", str(root), "--folds", "3",
+                                      "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    vals = [(out / f"fold{k}_val.txt").read_text().split() for k in range(3)]
+    assert sum(images[0].stem in v and images[8].stem in v for v in vals) == 1
