@@ -149,6 +149,7 @@ class Predictor:
                 f"the checkpoint's default post-processing names a file (refine="
                 f"{self.post.refine[:120]}); pass it yourself with --postprocess"
             )
+        self._refiner: tuple[str, nn.Module] | None = None  # (spec, refiner) last loaded
         if self.post.refine:  # a missing, wrong or binary refiner fails here, not mid-run
             self.refiner()
 
@@ -206,7 +207,10 @@ class Predictor:
                 f"refine={self.post.refine}: refines multi-class models' class probabilities; "
                 f"this {self.meta.arch} is binary (labels: {self.meta.labels})"
             )
-        return load_refiner(self.post.refine, self.scheme.model_channels).to(self.device)
+        if self._refiner is None or self._refiner[0] != self.post.refine:  # once, not per frame
+            net = load_refiner(self.post.refine, self.scheme.model_channels).to(self.device)
+            self._refiner = (self.post.refine, net)
+        return self._refiner[1]
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images of any sizes → normalised ``(B, 3, S, S)`` tensor (with ``fov``
