@@ -28,10 +28,10 @@ import json
 import os
 import shlex
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
+from predictor_speed import measure, random_frames
 from tqdm import tqdm
 
 from colonseg.data.io import read_image, write_atomic
@@ -58,17 +58,6 @@ def train_command(arch: str, epochs: int, size: int) -> list[str]:
 def variants(refiner: str | None) -> list[str]:
     extra = [f"refine={refiner}", f"refine={refiner},class_vote"] if refiner else []
     return ["none", "class_vote", *extra]
-
-
-def speed(predictor: Predictor, frames: int) -> float:
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (*predictor.size, 3), dtype=np.uint8) for _ in range(frames)]
-    for image in images[:5]:
-        predictor.predict(image)
-    start = time.perf_counter()
-    for image in images:
-        predictor.predict(image)
-    return len(images) / (time.perf_counter() - start)
 
 
 def score(model: str, specs: list[str], limit: int | None) -> dict:
@@ -165,7 +154,8 @@ def main() -> None:
             save(args.out, result)
         if args.speed_frames and not result[model].get("img_s"):  # run it on a quiet machine
             predictor = Predictor.from_pretrained(model, device="cpu")
-            result[model]["img_s"] = speed(predictor, args.speed_frames)
+            frames = random_frames(args.speed_frames, predictor.size[0])
+            result[model]["img_s"] = measure(predictor, frames)
             save(args.out, result)
     print(table(result))
 
