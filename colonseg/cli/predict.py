@@ -148,13 +148,6 @@ def predict(
             show_default=False,
         ),
     ] = None,
-    compile: Annotated[
-        str,
-        typer.Option(
-            help="Compile the model (torch.compile: 15-60 s once, then a faster forward pass): "
-            "auto (videos of 1000+ frames on the CPU), on (everything) or off."
-        ),
-    ] = "auto",
 ) -> None:
     """Segment images and videos.
 
@@ -168,12 +161,11 @@ def predict(
     file under its final name; rerun it with --skip-existing to finish it.
     """
     from colonseg.engine.predict_files import EXPORT_FORMATS, run_predict
-    from colonseg.engine.predict_video import COMPILE_MODES, VIDEO_EXTENSIONS, run_predict_video
+    from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
     from colonseg.registry import look_up_option
 
     if export is not None:  # before the model loads
         look_up_option(export, EXPORT_FORMATS, "export format")
-    look_up_option(compile, COMPILE_MODES, "compile mode")
 
     videos = [p for p in inputs if p.suffix.lower() in VIDEO_EXTENSIONS]
     images = [p for p in inputs if p not in videos]
@@ -181,11 +173,9 @@ def predict(
         model, weights, backend, tta, size, device, threshold, precision, postprocess,
         sam_checkpoint,
     )  # fmt: skip
-    if compile == "on":
-        predictor.compile_model()
     for video in videos:
         r = run_predict_video(predictor, video, out, frame_masks, batch_size,
-                              skip_existing=skip_existing, compile=compile)  # fmt: skip
+                              skip_existing=skip_existing)  # fmt: skip
         if r["skipped"]:
             typer.echo(f"{video}: skipped, already done → {r['video']}")
             continue

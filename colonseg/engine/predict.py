@@ -14,8 +14,7 @@ and ``out.probs`` (class probabilities); ``out.prob`` is then 1 - p(background).
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -98,7 +97,6 @@ class Predictor:
             development CPU bf16 doubles throughput and changes test-set Dice by < 0.001.
         postprocess: a post-processing spec (see :mod:`colonseg.postprocess`); None uses the
             checkpoint's recorded default, ``"none"`` switches it off.
-        compile: compile the model (see :meth:`compile_model`) before its first forward pass.
 
     ``model`` may also be an :class:`~colonseg.engine.onnx_backend.OnnxModel` (onnxruntime on
     the CPU, fp32, or int8 for a ``colonseg export --quantize int8`` file);
@@ -115,7 +113,6 @@ class Predictor:
         size: int | None = None,
         precision: str = "auto",
         postprocess: str | PostProcess | None = None,
-        compile: bool = False,
     ) -> None:
         if device == "auto":
             device = resolve_device() if isinstance(model, nn.Module) else "cpu"
@@ -155,10 +152,6 @@ class Predictor:
         self._refiner: tuple[str, nn.Module] | None = None  # (spec, refiner) last loaded
         if self.post.refine:  # a missing, wrong or binary refiner fails here, not mid-run
             self.refiner()
-        self._compiled: Callable | None = None  # the compiled forward pass, once asked for
-        self._compiled_batch = 0  # the batch size it was compiled for (0: not yet run)
-        if compile:
-            self.compile_model()
 
     @property
     def tta(self) -> str:
@@ -226,51 +219,6 @@ class Predictor:
             images = [erase_text(image) for image in images]
         return prepare_images(images, self.size, self.meta.mean, self.meta.std)
 
-    @property
-    def compiled(self) -> bool:
-        """Whether the forward pass runs compiled (:meth:`compile_model`)."""
-        return self._compiled is not None
-
-    def compile_model(self) -> bool:
-        """Compile the model's forward pass with ``torch.compile`` (TorchInductor, weights frozen
-        into the graph as constants, static shapes); return whether it will run compiled.
-
-        For long runs on one input size, such as a video: on the development CPU the default
-        model's bf16 forward pass runs 1.8x faster compiled (docs/benchmarks.md, "Video speed"),
-        and compiling costs 15-60 s once per process (less when TorchInductor's on-disk cache
-        holds the graph). Batches are padded to the size of the first compiled batch (larger ones
-        go through in chunks of it), so a short last batch does not compile again. A compiler
-        failure at the first batch (no C++ compiler, an operator TorchInductor cannot take) is
-        reported in one line and the model runs uncompiled. ONNX models are never compiled.
-        """
-        if self._compiled is None and isinstance(self.model, nn.Module):
-            self._compiled = torch.compile(self.model, dynamic=False, options={"freezing": True})
-        return self._compiled is not None
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits for ``x``: compiled (at a fixed batch size) or not."""
-        if self._compiled is None:
-            return self.model(x)
-        x = x.contiguous(memory_format=torch.channels_last)  # one stride layout: one graph
-        if not self._compiled_batch:
-            self._compiled_batch = len(x)
-            try:
-                return self._compiled(x)
-            except Exception as exc:  # the compiler, not the model: eager runs the same graph
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                print(f"warning: torch.compile failed ({first}); running uncompiled",
-                      file=sys.stderr)  # fmt: skip
-                self._compiled = None
-                return self.model(x)
-        step, out = self._compiled_batch, []
-        for i in range(0, len(x), step):
-            part = x[i : i + step]
-            pad = step - len(part)
-            if pad:
-                part = torch.cat([part, part[-1:].expand(pad, *part.shape[1:])])
-            out.append(self._compiled(part.contiguous(memory_format=torch.channels_last)))
-        return torch.cat(out)[: len(x)]
-
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         return logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(1)
@@ -280,7 +228,7 @@ class Predictor:
         """Normalised ``(B, 3, S, S)`` → probabilities ``(B, C, S, S)`` at model resolution."""
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            return average_views(lambda v: self._activate(self._forward(v)), x, self.tta)
+            return average_views(lambda v: self._activate(self.model(v)), x, self.tta)
 
     def finish(self, probs: np.ndarray, image: np.ndarray) -> Prediction:
         """Model-resolution probabilities ``(C, S, S)`` of ``image`` → :class:`Prediction` at the

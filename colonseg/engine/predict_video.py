@@ -52,8 +52,6 @@ CSV_FIELDS = (
     "frame", "time_s", "polyp", "area_fraction", "confidence", "mean_prob_in_mask", "regions",
 )  # fmt: skip
 PIPELINES = ("auto", "threads", "serial")
-COMPILE_MODES = ("auto", "on", "off")
-COMPILE_MIN_FRAMES = 1000  # 40 s at 25 fps: compiling (15-60 s once) has paid for itself
 X264_PRESET = "veryfast"  # 2x faster than x264's default (medium) at the same CRF, files no larger
 _END = object()
 _POLL_S = 0.05  # how often a waiting thread looks whether the others failed
@@ -275,7 +273,6 @@ def run_predict_video(
     progress: bool = True,
     skip_existing: bool = False,
     pipeline: str = "auto",
-    compile: str = "auto",
 ) -> dict:
     """Segment every frame of ``video``; return ``{"video", "csv", "summary", "frames",
     "polyp_frames", "skipped", "resumed_at"}``.
@@ -299,17 +296,11 @@ def run_predict_video(
     ``"auto"`` (the default) overlaps in threads on machines with more than two CPUs and runs
     serially on two: there the model's two intra-op threads already fill both cores and the
     overlap cost more than it saved (20.9 against 22.4 frames/s, ``docs/benchmarks.md``).
-
-    ``compile="auto"`` compiles the model (:meth:`Predictor.compile_model`) for a video of at
-    least ``COMPILE_MIN_FRAMES`` frames on the CPU, where the forward pass is most of each
-    frame's time; ``"on"`` compiles whatever the length, ``"off"`` leaves the Predictor as it is.
     """
     import av
 
     if pipeline not in PIPELINES:
         raise ColonsegError(f"Unknown pipeline '{pipeline}'. Available: {', '.join(PIPELINES)}.")
-    if compile not in COMPILE_MODES:
-        raise ColonsegError(f"Unknown compile mode '{compile}'. Available: auto, on, off.")
     video, out_dir = Path(video), Path(out_dir)
     final_video = out_dir / f"{video.stem}_overlay.mp4"
     final_csv = out_dir / f"{video.stem}_frames.csv"
@@ -340,8 +331,6 @@ def run_predict_video(
     if skip_existing and masks is not None:  # the rows recorded with the saved masks
         recorded = partial if partial.is_file() else final_csv
         done = _with_masks(_read_rows(recorded), masks) if recorded.is_file() else []
-    if should_compile(compile, predictor, _frame_count(container, stream, fps)):
-        predictor.compile_model()
     tmps = {p: temp_beside(p) for p in (final_video, final_csv)}
     scheme = predictor.scheme
     summary = VideoSummary(float(fps), predictor.threshold)
@@ -440,23 +429,6 @@ def run_predict_video(
         "skipped": False,
         "resumed_at": len(done),
     }
-
-
-def should_compile(mode: str, predictor: Predictor, frames: int) -> bool:
-    """Whether a run over ``frames`` frames compiles the model (``compile`` of
-    :func:`run_predict_video`)."""
-    if mode != "auto":
-        return mode == "on"
-    return predictor.device.type == "cpu" and frames >= COMPILE_MIN_FRAMES
-
-
-def _frame_count(container, stream, fps: Fraction) -> int:
-    """The video's number of frames as its header tells (0 when it does not)."""
-    if stream.frames:
-        return int(stream.frames)
-    if stream.duration and stream.time_base:
-        return int(stream.duration * stream.time_base * fps)
-    return int(container.duration / 1_000_000 * fps) if container.duration else 0
 
 
 def _predict(predictor: Predictor, batch: list[np.ndarray], first: int, writing) -> None:
