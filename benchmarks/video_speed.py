@@ -1,6 +1,6 @@
 """End-to-end speed of ``colonseg predict`` on a video, and where each frame's time goes.
 
-Run: .venv/bin/python benchmarks/video_speed.py [--model default] [--frames 500] [--batch 8]
+Run: .venv/bin/python benchmarks/video_speed.py [--model default] [--frames 500] [--batch 2]
          [--torch-threads 1,2] [--images ../shared/datasets/kvasir-seg/images]
          [--normal ../shared/datasets/polypgen-normal/images] [--out runs/video_speed]
 
@@ -9,8 +9,9 @@ pixel a frame: a Kvasir-SEG polyp from ``--images`` every third second, PolypGen
 from ``--normal`` in between; the bundled sample frames when a folder is missing), then runs
 :func:`run_predict_video` on it, one run after another in this process:
 
-1. ``before``: the serial path with the previous encoder setting (x264 ``medium``) and the
-   previous overlay drawing (float blend of the whole frame): what ``colonseg predict`` did;
+1. ``before``: the serial path with the previous encoder setting (x264 ``medium``), the
+   previous overlay drawing (float blend of the whole frame) and the previous batch of 8 frames:
+   what ``colonseg predict`` did;
 2. ``serial``: decode → model → write one after the other, today's stages;
 3. ``threads``: the default, decoding and writing in their own threads overlapping the model
    (once per ``--torch-threads`` value, e.g. ``--torch-threads 1,2``).
@@ -165,7 +166,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--frames", type=int, default=500)
     parser.add_argument("--stage-frames", type=int, default=96)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=pv.VIDEO_BATCH)
     parser.add_argument("--torch-threads", default=str(torch.get_num_threads()),
                         help="intra-op thread counts for the threaded runs, e.g. 1,2")  # fmt: skip
     parser.add_argument("--images", type=Path, default=DATASETS / "kvasir-seg" / "images")
@@ -186,7 +187,7 @@ def main() -> None:
     pv.X264_PRESET, pv.overlay_prediction = "medium", old_overlay
     try:
         runs["before (serial, x264 medium, float overlay)"] = end_to_end(
-            predictor, clip, args.out / "before", args.batch, "serial"
+            predictor, clip, args.out / "before", 8, "serial"
         )
     finally:
         pv.X264_PRESET, pv.overlay_prediction = preset, overlay

@@ -129,7 +129,11 @@ def predict(
     frame_masks: Annotated[
         bool, typer.Option(help="Videos: also write each frame's mask.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per forward pass (default: 8; video frames 2).",
+                     show_default=False),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Image-decoding processes (default: automatic).")
     ] = None,
@@ -161,7 +165,7 @@ def predict(
     file under its final name; rerun it with --skip-existing to finish it.
     """
     from colonseg.engine.predict_files import EXPORT_FORMATS, run_predict
-    from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
+    from colonseg.engine.predict_video import VIDEO_BATCH, VIDEO_EXTENSIONS, run_predict_video
     from colonseg.registry import look_up_option
 
     if export is not None:  # before the model loads
@@ -174,7 +178,7 @@ def predict(
         sam_checkpoint,
     )  # fmt: skip
     for video in videos:
-        r = run_predict_video(predictor, video, out, frame_masks, batch_size,
+        r = run_predict_video(predictor, video, out, frame_masks, batch_size or VIDEO_BATCH,
                               skip_existing=skip_existing)  # fmt: skip
         if r["skipped"]:
             typer.echo(f"{video}: skipped, already done → {r['video']}")
@@ -186,7 +190,7 @@ def predict(
         return
     result = run_predict(
         predictor, images, out, save_attention=attention, rle_csv=rle_csv,
-        batch_size=batch_size, workers=workers, skip_existing=skip_existing, export=export,
+        batch_size=batch_size or 8, workers=workers, skip_existing=skip_existing, export=export,
     )  # fmt: skip
     typer.echo(f"{len(result['written'])} images → {out}")
     if result["labels"]:
