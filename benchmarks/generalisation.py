@@ -28,6 +28,10 @@ it, not in it). The protocol:
   over 256 thresholds) and ``dice`` (Dice at 0.5) per image, averaged, from its ``summary.json``;
   the fold then checks, by the image digests its checkpoint records, that none of the test frames
   was trained on (``seen_in_training``);
+- ``normal_polyp``: the share of PolypGen's normal frames (``polypgen-normal``: 893 frames of
+  polyp-free mucosa from several centres, none of them trained on) in which ``colonseg predict``
+  finds a polyp (``predictions.csv``): the false alarms a model raises in hospitals it has not
+  seen; skipped when that folder is missing;
 - ``train_minutes``: wall-clock minutes of the ``colonseg train`` calls (start-up and data
   caching included), summed over an interrupted fold's resumed calls.
 
@@ -41,6 +45,7 @@ paired bootstrap 95 % interval of the per-image ``mdice_256`` difference (this �
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shlex
@@ -61,6 +66,7 @@ from colonseg.data.sources import DataSource
 from colonseg.errors import ColonsegError
 
 SETS = {"kvasir": "kvasir-seg", "clinicdb": "cvc-clinicdb", "bkai": "bkai-neopolyp"}
+NORMAL = "polypgen-normal"  # polyp-free frames of other centres: false alarms
 LEAVE_ONE_OUT = tuple(SETS)
 FOLDS = [*LEAVE_ONE_OUT, "pranet"]
 FIXED = ("name", "out_dir", "data.train", "data.val")  # set by the benchmark for every fold
@@ -114,6 +120,21 @@ def evaluate_args(fold: Fold, out: Path) -> list[str]:
         "--out",
         results,
     ]
+
+
+def normal_args(fold: Fold, out: Path, data: str) -> list[str]:
+    model, results = str(out / fold.name / "model"), str(out / fold.name / "normal")
+    return ["predict", f"{data}/{NORMAL}/images", "--model", model, "--out", results]
+
+
+def normal_polyp(out: Path, fold: Fold) -> float | None:
+    """The share of normal frames in which the fold's model found a polyp (None: not run)."""
+    path = out / fold.name / "normal" / "predictions.csv"
+    if not path.is_file():
+        return None
+    with path.open() as fh:
+        flags = [int(row["polyp"]) for row in csv.DictReader(fh)]
+    return sum(flags) / len(flags) if flags else None
 
 
 def shown(args: list[str]) -> str:
@@ -177,7 +198,9 @@ def seen_in_training(fold: Fold, out: Path) -> int:
     return trained_on_overlap(meta, [DataSource(fold.test)])[0]
 
 
-def run_fold(fold: Fold, config: str, overrides: list[str], out: Path, dry_run: bool) -> dict:
+def run_fold(
+    fold: Fold, config: str, overrides: list[str], out: Path, dry_run: bool, data: str
+) -> dict:
     run, train = out / fold.name, ["train", config, *overrides]
     trained_on, test_frames = check_fold(config, overrides, fold)
     print(
@@ -196,6 +219,9 @@ def run_fold(fold: Fold, config: str, overrides: list[str], out: Path, dry_run: 
     done = (run / "eval" / "summary.json").is_file()
     print(shown(train) + ("  # done" if done else ""))
     print(shown(evaluate_args(fold, out)) + ("  # done" if done else ""), flush=True)
+    if Path(data, NORMAL, "images").is_dir():
+        normal_done = "  # done" if normal_polyp(out, fold) is not None else ""
+        print(shown(normal_args(fold, out, data)) + normal_done, flush=True)
     if dry_run:
         return {}
     if not done:
@@ -212,6 +238,8 @@ def run_fold(fold: Fold, config: str, overrides: list[str], out: Path, dry_run: 
                 text = json.dumps(record, indent=2)
                 write_atomic(record_path, lambda tmp: tmp.write_text(text))
         colonseg(evaluate_args(fold, out))
+    if normal_polyp(out, fold) is None and Path(data, NORMAL, "images").is_dir():
+        colonseg(normal_args(fold, out, data))
     summary = next(iter(json.loads((run / "eval" / "summary.json").read_text()).values()))
     return {
         "fold": fold.name,
@@ -220,6 +248,7 @@ def run_fold(fold: Fold, config: str, overrides: list[str], out: Path, dry_run: 
         "test_frames": test_frames,
         "mdice_256": summary["mdice_256"],
         "dice": summary["dice"],
+        "normal_polyp": normal_polyp(out, fold),
         "train_minutes": record.get("train_minutes"),
         "seen_in_training": seen_in_training(fold, out),
         "train_command": shown(train),
@@ -232,6 +261,8 @@ def leave_one_out_mean(rows: dict[str, dict]) -> dict | None:
     if not all(k in rows for k in LEAVE_ONE_OUT):
         return None
     mean = {k: float(np.mean([rows[f][k] for f in LEAVE_ONE_OUT])) for k in ("mdice_256", "dice")}
+    normal = [rows[f].get("normal_polyp") for f in LEAVE_ONE_OUT]
+    mean["normal_polyp"] = float(np.mean(normal)) if None not in normal else None
     minutes = [rows[f]["train_minutes"] for f in LEAVE_ONE_OUT]
     mean["train_minutes"] = float(np.mean(minutes)) if None not in minutes else None
     return mean
@@ -239,9 +270,10 @@ def leave_one_out_mean(rows: dict[str, dict]) -> dict | None:
 
 def _row(label: str, r: dict, trained: str = "", frames: str = "", test: str = "") -> str:
     minutes = f"{r['train_minutes']:.1f}" if r.get("train_minutes") is not None else "–"
+    normal = f"{r['normal_polyp']:.1%}" if r.get("normal_polyp") is not None else "–"
     return (
         f"| {label} | {trained} | {frames} | {test} | {r['mdice_256']:.3f} | "
-        f"{r['dice']:.3f} | {minutes} |"
+        f"{r['dice']:.3f} | {normal} | {minutes} |"
     )
 
 
@@ -250,8 +282,8 @@ def table(rows: dict[str, dict], mean: dict | None, title: str) -> str:
         f"{title}",
         "",
         "| fold | trained on (all frames) | frames | tested on (all frames) | mDice256 | "
-        "Dice@0.5 | train min |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "Dice@0.5 | normal frames called polyp | train min |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for name in [*LEAVE_ONE_OUT, "mean", "pranet"]:
         if name == "mean" and mean is not None:
@@ -351,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = results.get("folds", {})
     for fold in create_folds(folds, args.data):
         overrides = train_overrides(fold, args.overrides, args.epochs, args.out)
-        row = run_fold(fold, args.config, overrides, args.out, args.dry_run)
+        row = run_fold(fold, args.config, overrides, args.out, args.dry_run, args.data)
         if args.dry_run:
             continue
         rows[fold.name] = row

@@ -148,3 +148,30 @@ def test_script_runs_from_the_command_line(data, tmp_path):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "leave one dataset out" in done.stdout
+
+
+def test_each_fold_counts_the_normal_frames_it_calls_polyp(gen, data, tmp_path, monkeypatch):
+    (data / gen.NORMAL / "images").mkdir(parents=True)
+    monkeypatch.setattr(gen, "seen_in_training", lambda fold, out: 0)
+    out, ran = tmp_path / "gen", []
+
+    def predict(args):  # what `colonseg predict` writes: one row per frame
+        ran.append(args)
+        csv = Path(args[args.index("--out") + 1]) / "predictions.csv"
+        csv.parent.mkdir(parents=True)
+        csv.write_text("file,polyp\na.jpg,1\nb.jpg,0\nc.jpg,0\nd.jpg,0\n")
+
+    monkeypatch.setattr(gen, "colonseg", predict)
+    for fold, dataset in (("kvasir", "kvasir-seg"), ("clinicdb", "cvc-clinicdb"),
+                          ("bkai", "bkai-neopolyp")):  # fmt: skip
+        _write_fold(out, fold, dataset, [0.5, 0.6, 0.7, 0.8])
+    argv = ["polyp_unet_lite0", "--out", str(out), "--data", str(data), "--folds",
+            "kvasir,clinicdb,bkai"]  # fmt: skip
+    gen.main(argv)
+    assert [a[:2] for a in ran] == [["predict", f"{data}/{gen.NORMAL}/images"]] * 3
+    assert ran[0][ran[0].index("--model") + 1] == str(out / "kvasir" / "model")
+    results = json.loads((out / "results.json").read_text())
+    assert results["mean_leave_one_out"]["normal_polyp"] == pytest.approx(0.25)
+    assert "| 0.650 | 0.650 | 25.0% |" in (out / "table.md").read_text()
+    monkeypatch.setattr(gen, "colonseg", lambda args: pytest.fail(f"ran colonseg {args}"))
+    gen.main(argv)  # done: not predicted again
