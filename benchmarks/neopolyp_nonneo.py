@@ -13,7 +13,12 @@ Three measurements, each answering one suspect:
 - **outcomes** per model: every connected non-neoplastic (and neoplastic) region of the test
   masks, by size (share of the image), and what the model calls its pixels — background
   (missed), the other polyp class (confused) or its own class — with the model's default
-  post-processing off.
+  post-processing off;
+- **prior shift** per model: is the class a matter of calibration? Each polyp pixel's
+  non-neoplastic probability multiplied by ``w`` before the neoplastic / non-neoplastic
+  decision (``--weights``; the polyp mask does not change): ``w = 7`` is logit adjustment
+  (Menon et al., ICLR 2021) with τ = 1 for the 7 : 1 pixel ratio of the training split, no
+  training needed. Pooled ``dice_neo`` / ``dice_non`` per ``w``.
 
 Results go to ``--out`` (JSON) and Markdown tables on stdout.
 """
@@ -78,6 +83,20 @@ def outcomes(model: str, pairs: list, masks: list[np.ndarray]) -> list[dict]:
     return rows
 
 
+def prior_shift(model: str, pairs: list, masks: list[np.ndarray], weights: list[float]) -> dict:
+    """Pooled scores with the non-neoplastic probability multiplied by each of ``weights``."""
+    predictor = Predictor.from_pretrained(model, device="cpu", postprocess="none")
+    meters = {w: ConfusionMeter(3) for w in weights}
+    for pair, truth in tqdm(list(zip(pairs, masks, strict=True)), desc=model, leave=False):
+        image = read_image(pair.image)
+        probs = predictor.predict_torch(predictor.preprocess([image]))[0].cpu().numpy()
+        for w, meter in meters.items():
+            shifted = probs.copy()
+            shifted[2] *= w
+            meter.update(predictor.finish(shifted, image).classes, truth)
+    return {str(w): m.class_scores(("bg", "neo", "non")) for w, m in meters.items()}
+
+
 def outcome_table(rows: list[dict]) -> list[dict]:
     """Pixel-weighted outcome shares per class and size bucket."""
     table = []
@@ -112,6 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", default=["neopolyp_unet_lite0"])
     ap.add_argument("--sizes", nargs="*", type=int, default=[256, 352, 512])
+    ap.add_argument("--weights", nargs="*", type=float, default=[1, 1.5, 2, 3, 4, 7])
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/nonneo.json"))
     args = ap.parse_args()
@@ -134,6 +154,10 @@ def main() -> None:
             result[key] = {"regions": outcomes(model, test, test_masks)}
         result[key]["table"] = outcome_table(result[key]["regions"])
         save(args.out, result)
+        key = f"prior:{model}"
+        if key not in result:
+            result[key] = prior_shift(model, test, test_masks, args.weights)
+            save(args.out, result)
     save(args.out, result)
 
     print("| split | images neo | images non | both | neo pixel share | non pixel share |")
@@ -153,6 +177,10 @@ def main() -> None:
         for t in result[f"outcomes:{model}"]["table"]:
             print(f"| {t['class']} | {t['size']} | {t['regions']} | {t['pixels_of_class']:.2f} | "
                   f"{t['correct']:.2f} | {t['missed']:.2f} | {t['confused']:.2f} |")  # fmt: skip
+        print(f"\n`{model}`, non-neoplastic probability x w:\n")
+        print("| w | dice_seg | dice_neo | dice_non |\n|---:|---:|---:|---:|")
+        for w, r in result[f"prior:{model}"].items():
+            print(f"| {w} | {r['dice_seg']:.3f} | {r['dice_neo']:.3f} | {r['dice_non']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """End-to-end speed of ``colonseg predict`` on a video, and where each frame's time goes.
 
 Run: .venv/bin/python benchmarks/video_speed.py [--model default] [--frames 500] [--batch 2]
+         [--other-batches 4,8]
          [--torch-threads 1,2] [--images ../shared/datasets/kvasir-seg/images]
          [--normal ../shared/datasets/polypgen-normal/images] [--out runs/video_speed]
 
@@ -13,8 +14,9 @@ from ``--normal`` in between; the bundled sample frames when a folder is missing
    previous overlay drawing (float blend of the whole frame) and the previous batch of 8 frames:
    what ``colonseg predict`` did;
 2. ``serial``: decode → model → write one after the other, today's stages;
-3. ``threads``: the default, decoding and writing in their own threads overlapping the model
-   (once per ``--torch-threads`` value, e.g. ``--torch-threads 1,2``).
+3. ``serial, batch B``: the same at each of ``--other-batches``;
+4. ``threads``: decoding and writing in their own threads overlapping the model (the default
+   on more than two CPUs), once per ``--torch-threads`` value (e.g. ``--torch-threads 1,2``).
 
 Each run's frames/s is end to end (opening the clip to the CSV renamed into place), and each
 run's CSV is compared with the serial run's (they must be identical). The per-stage breakdown
@@ -167,6 +169,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=500)
     parser.add_argument("--stage-frames", type=int, default=96)
     parser.add_argument("--batch", type=int, default=pv.VIDEO_BATCH)
+    parser.add_argument("--other-batches", default="",
+                        help="serial runs at other batch sizes too, e.g. 4,8")  # fmt: skip
     parser.add_argument("--torch-threads", default=str(torch.get_num_threads()),
                         help="intra-op thread counts for the threaded runs, e.g. 1,2")  # fmt: skip
     parser.add_argument("--images", type=Path, default=DATASETS / "kvasir-seg" / "images")
@@ -192,6 +196,10 @@ def main() -> None:
     finally:
         pv.X264_PRESET, pv.overlay_prediction = preset, overlay
     runs["serial"] = end_to_end(predictor, clip, args.out / "serial", args.batch, "serial")
+    for batch in (int(b) for b in args.other_batches.split(",") if b):
+        runs[f"serial, batch {batch}"] = end_to_end(
+            predictor, clip, args.out / f"serial{batch}", batch, "serial"
+        )
     for threads in (int(t) for t in args.torch_threads.split(",")):
         torch.set_num_threads(threads)
         runs[f"threads, torch {threads} threads"] = end_to_end(
