@@ -227,12 +227,14 @@ def image_digest(path: str | os.PathLike) -> str:
 def unique_stems(stems: list[str]) -> list[str]:
     """The stems, a repeated one suffixed ``_2``, ``_3``... so that no two outputs collide."""
     out: list[str] = []
+    taken: set[str] = set()  # a set: 100k frames in one call stay linear
     for stem in stems:
         name, k = stem, 1
-        while name in out:
+        while name in taken:
             k += 1
             name = f"{stem}_{k}"
         out.append(name)
+        taken.add(name)
     return out
 
 

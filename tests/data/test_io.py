@@ -304,3 +304,11 @@ def test_palette_ignore_index_is_refused(tmp_path):
     _one_line(read_mask, tmp_path / "voc.png", r"palette indices \{0, 1, 255\}")
     _palette(_disc(), voc).save(tmp_path / "plain.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "plain.png"), _disc())
+
+
+def test_unique_stems_suffix_repeats_and_never_collide():
+    from colonseg.data.io import unique_stems
+
+    assert unique_stems(["a", "a", "a_2", "b", "a"]) == ["a", "a_2", "a_2_2", "b", "a_3"]
+    many = unique_stems(["x"] * 20_000)  # each name is probed against all taken ones
+    assert len(set(many)) == 20_000 and many[-1] == "x_20000"
