@@ -228,7 +228,8 @@ def _review_item(row: dict, item: _Input, out_dir: Path) -> dict:
     return {"file": item.source, "thumb": f"thumbs/{item.name}.jpg",
             "link": f"overlays/{item.name}.png" if overlay.is_file() else row["mask"],
             "polyp": row["polyp"], "regions": row["regions"],
-            "area_percent": row["area_percent"], "peak": row["peak_probability"]}  # fmt: skip
+            "area_percent": row["area_percent"], "peak": row["peak_probability"],
+            "mean": row["mean_probability"]}  # fmt: skip
 
 
 def run_predict(

@@ -3,7 +3,9 @@
 The page is plain HTML with a few lines of inline script and no external resources, so it opens
 from the run folder on any machine. Two buttons reorder the thumbnails: by peak probability
 (most confident first, the default order, also without script) and by uncertainty (peak
-probability closest to the model's threshold first, the cases a reader should look at).
+probability closest to the model's threshold first, the cases a reader should look at). Peaks
+saturate (many frames at 0.9999+), so equal peaks are ordered by the mean probability over the
+mask, highest first.
 
 Example:
     >>> items = [{"file": "a.jpg", "thumb": "thumbs/a.jpg", "link": "overlays/a.png",
@@ -35,7 +37,8 @@ _STYLE = (
 )
 _SCRIPT = (
     "function sortBy(k){const g=document.getElementById('grid');"
-    "[...g.children].sort((a,b)=>a.dataset[k]-b.dataset[k]).forEach(x=>g.appendChild(x));}"
+    "[...g.children].sort((a,b)=>a.dataset[k]-b.dataset[k]||a.dataset.tie-b.dataset.tie)"
+    ".forEach(x=>g.appendChild(x));}"
 )
 
 
@@ -59,11 +62,20 @@ def _url(relative: str) -> str:
     return html.escape(quote(relative), quote=True)
 
 
+def _confident(item: dict) -> tuple[float, float]:
+    """Sort key, ascending: highest peak first, then highest mean over the mask; images without
+    a probability last."""
+    peak, mean = item["peak"], item.get("mean")
+    if peak is None:
+        return (2.0, 0.0)
+    return (round(-peak, 6), -mean if mean is not None else 0.0)
+
+
 def _figure(item: dict, threshold: float) -> str:
     peak = item["peak"]
     # sort keys, ascending: confident = highest peak first, doubt = closest to the threshold
-    # first; images without a probability go last in both orders
-    confident = -peak if peak is not None else 2.0
+    # first, ties by the mean over the mask; images without a probability go last in both orders
+    confident, tie = _confident(item)
     doubt = abs(peak - threshold) if peak is not None else 2.0
     img = f"<img loading='lazy' src='{_url(item['thumb'])}' alt=''>"
     if item.get("link"):
@@ -71,7 +83,8 @@ def _figure(item: dict, threshold: float) -> str:
     shown = f"peak {peak:.3f}" if peak is not None else "peak ?"
     verdict = "polyp" if item["polyp"] else "<span class='none'>no polyp</span>"
     return (
-        f"<figure data-confident='{confident:.6f}' data-doubt='{doubt:.6f}'>{img}"
+        f"<figure data-confident='{confident:.6f}' data-doubt='{doubt:.6f}' "
+        f"data-tie='{tie:.6f}'>{img}"
         f"<figcaption>{html.escape(item['file'])}<br>{verdict} · {shown} · "
         f"{float(item['area_percent']):.2f}% · {item['regions']} region(s)</figcaption></figure>"
     )
@@ -89,14 +102,15 @@ def write_review(
         path: the HTML file; the ``thumb`` and ``link`` paths are relative to its folder.
         items: one dict per image: ``file`` (the name shown), ``thumb`` (thumbnail path), ``link``
             (the full-size picture a click opens, or None), ``polyp`` (0/1), ``regions``,
-            ``area_percent`` and ``peak`` (peak probability, or None when unknown).
+            ``area_percent``, ``peak`` (peak probability, or None when unknown) and optionally
+            ``mean`` (mean probability over the mask: orders equal peaks).
         threshold: the model's threshold; "most uncertain" sorts by ``|peak - threshold|``.
         title: the page heading.
 
     Returns:
         ``path``.
     """
-    ordered = sorted(items, key=lambda it: -it["peak"] if it["peak"] is not None else 2.0)
+    ordered = sorted(items, key=_confident)
     found = sum(1 for it in items if it["polyp"])
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",

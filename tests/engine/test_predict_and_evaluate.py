@@ -514,3 +514,19 @@ def test_exported_polygons_rasterize_back_to_the_masks(
                     assert float(row[key]) == pytest.approx(100 * (saved == c).mean(), abs=1e-4)
     with pytest.raises(ColonsegError, match="Did you mean 'coco'"):
         run_predict(predictor, files, tmp_path / "x", export="cocoo", progress=False)
+
+
+def test_review_orders_saturated_peaks_by_their_mean_probability(tmp_path):
+    import re
+
+    from colonseg.viz.review import write_review
+
+    items = [{"file": f"{name}.jpg", "thumb": f"thumbs/{name}.jpg", "link": None, "polyp": 1,
+              "regions": 1, "area_percent": 1.0, "peak": peak, "mean": mean}
+             for name, peak, mean in [("a", 1.0, 0.80), ("b", 1.0, 0.95), ("c", 0.9999996, 0.99),
+                                      ("d", 0.97, 0.99), ("e", None, None)]]  # fmt: skip
+    page = write_review(tmp_path / "review.html", items, threshold=0.5).read_text()
+    assert re.findall(r"<figcaption>([^<]*)<br>", page) == ["c.jpg", "b.jpg", "a.jpg", "d.jpg",
+                                                            "e.jpg"]  # fmt: skip
+    ties = re.findall(r"data-tie='([^']*)'", page)
+    assert ties[:3] == ["-0.990000", "-0.950000", "-0.800000"] and "dataset.tie" in page
