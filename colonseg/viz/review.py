@@ -81,6 +81,8 @@ def _figure(item: dict, threshold: float) -> str:
     if item.get("link"):
         img = f"<a href='{_url(item['link'])}'>{img}</a>"
     shown = f"peak {peak:.3f}" if peak is not None else "peak ?"
+    if item.get("mean") is not None and item["polyp"]:
+        shown += f", mean {item['mean']:.3f}"
     verdict = "polyp" if item["polyp"] else "<span class='none'>no polyp</span>"
     return (
         f"<figure data-confident='{confident:.6f}' data-doubt='{doubt:.6f}' "
