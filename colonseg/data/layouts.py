@@ -24,7 +24,14 @@ Layouts (paths relative to the dataset root):
                    ``predict --export coco`` writes) beside or above the images
 ``labelme``        polygons: LabelMe's ``<stem>.json`` beside each image, in the folder or in
                    ``images/``; an image without its JSON has no mask
+``negatives``      frames known to hold no polyp (``images/`` or the folder itself), e.g.
+                   PolypGen's normal frames or a clinic's normal mucosa: every image is paired
+                   with an empty mask. Never detected: name it (``layout: negatives``), so a
+                   folder whose masks went missing is not read as "no polyp anywhere"
 =================  ====================================================================
+
+The empty masks of ``negatives`` are the same kind of cached file: one all-zero PNG per image
+size, ``<COLONSEG_CACHE>/annotations/empty/<H>x<W>.png``, shared by every image of that size.
 
 Polygon layouts (``coco``, ``labelme``; see :mod:`colonseg.data.annotations`) have no mask
 files, while everything downstream (the decode-once cache, ``datasets check``, evaluation)
@@ -277,6 +284,38 @@ def labelme_layout(root: Path) -> list[Pair]:
     labels = {label for *_, regions in items for label, _ in regions}
     masks = _mask_files(jsons, items, labels) if jsons else {}
     return [Pair(p.id, p.image, masks.get(p.id)) for p in pairs]
+
+
+def _image_size(image: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image as read (upright), from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            w, h = im.size
+            turned = im.getexif().get(274, 1) in (5, 6, 7, 8)
+    except Exception as exc:  # noqa: BLE001 - one line naming the file
+        raise ColonsegError(f"{image}: unreadable image ({type(exc).__name__})") from None
+    return (w, h) if turned else (h, w)
+
+
+@LAYOUTS.register("negatives")
+def negatives_layout(root: Path) -> list[Pair]:
+    from colonseg.data.cache import default_cache_dir  # cache imports this module
+
+    folder = _first_dir(root, ("images", "image", "Images")) or root
+    pairs = _match(folder, None)  # images, duplicate stems refused
+    empty = default_cache_dir() / "annotations" / "empty"
+    masks: dict[tuple[int, int], Path] = {}
+    out = []
+    for p in pairs:
+        size = _image_size(p.image)
+        if size not in masks:
+            masks[size] = path = empty / f"{size[0]}x{size[1]}.png"
+            if not path.is_file():
+                write_png(path, np.zeros(size, np.uint8))
+        out.append(Pair(p.id, p.image, masks[size]))
+    return out
 
 
 def detect_layout(root: str | Path) -> str:

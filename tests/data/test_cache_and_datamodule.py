@@ -69,3 +69,18 @@ def test_augmentation_replays_from_its_seed():
     again = augment(create_augmentation("polyp"), 7, image=image, mask=mask)
     np.testing.assert_array_equal(first["image"], again["image"])
     np.testing.assert_array_equal(first["mask"], again["mask"])
+
+
+def test_negative_frames_train_beside_polyp_frames_with_empty_masks(tiny_dataset_dir, tmp_path):
+    normal = tmp_path / "normal"
+    for i in range(3):  # another size than the polyp frames: resized like them
+        write_png(normal / "images" / f"n{i}.jpg.png", np.full((40, 50, 3), 90 + i, np.uint8))
+    dm = SegmentationDataModule(
+        [DataSource(str(tiny_dataset_dir)), DataSource(str(normal), layout="negatives")],
+        image_size=32,
+        batch_size=4,
+    )
+    dm.setup("fit")
+    ids, masks = dm.train_set.ids, dm.train_set.masks
+    assert len(ids) == 8 + 3 and ids[-3:] == ["n0.jpg", "n1.jpg", "n2.jpg"]
+    assert masks[:8].any() and not masks[8:].any() and masks.shape[1:3] == (32, 32)

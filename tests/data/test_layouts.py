@@ -93,3 +93,28 @@ def test_duplicate_stems_and_unknown_layout(tmp_path):
         detect_layout(tmp_path / "empty")
     with pytest.raises(ValueError, match="Did you mean 'glas'"):
         find_pairs(root, layout="glass")
+
+
+def test_negatives_pair_every_frame_with_an_empty_mask_of_its_size(tmp_path):
+    from colonseg.data.io import read_mask
+
+    root = tmp_path / "normal"
+    write_png(root / "images" / "a.png", IMG)
+    write_png(root / "images" / "b.png", np.full((5, 7, 3), 60, np.uint8))
+    write_png(root / "images" / "c.png", IMG)
+    (root / "images" / "notes.txt").write_text("not an image")
+    with pytest.raises(ColonsegError, match="unknown dataset layout"):
+        detect_layout(root / "images")  # images alone are never taken for "no polyp anywhere"
+    pairs = find_pairs(root, "negatives")
+    assert [p.id for p in pairs] == ["a", "b", "c"]
+    for p, shape in zip(pairs, [(8, 10), (5, 7), (8, 10)], strict=True):
+        mask = read_mask(p.mask)
+        assert mask.shape == shape and not mask.any()
+    assert pairs[0].mask == pairs[2].mask != pairs[1].mask  # one file per size
+    assert [p.id for p in find_pairs(root / "images", "negatives")] == ["a", "b", "c"]
+    (root / "splits").mkdir()
+    (root / "splits" / "some.txt").write_text("c\n")
+    assert [p.id for p in find_pairs(root, "negatives", split="some")] == ["c"]
+    (root / "images" / "d.png").write_bytes(b"not a png")
+    with pytest.raises(ColonsegError, match=r"d\.png: unreadable image"):
+        find_pairs(root, "negatives")
