@@ -295,6 +295,8 @@ def test_image_only_folders_are_valid_unlabelled_datasets(tmp_path):
         assert result.output == f"{root}: layout {layout}, unlabelled: {n} images\n"
     (flat / "frame_1.jpg").write_bytes(b"")
     assert run_check(flat)["problems"] == [f"{flat / 'frame_1.jpg'}: file is empty (0 bytes)"]
+    report = run_check(nested, layout="negatives")  # the same frames as known negatives
+    assert (report["n_pairs"], report["problems"], report["warnings"]) == (3, [], [])
 
 
 def test_ambiguous_mask_stops_evaluation_with_one_line_and_exit_2(tmp_path):

@@ -11,7 +11,8 @@ message. Per mask it also reports:
 
 A folder of images without any mask (``images/`` alone, or images directly in the folder, like
 PolypGen's normal frames) is a valid unlabelled dataset: its images are checked and it is
-reported as ``unlabelled: N images``.
+reported as ``unlabelled: N images``. Read with ``layout="negatives"`` its masks are empty by
+design: neither the warning nor the problem about empty masks applies.
 """
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ def run_check(path: str | Path, layout: str = "auto", split: str | None = None) 
             )
         if not mask.any():
             empty += 1
-            warnings.append(f"{p.mask}: empty mask (all background)")
+            if name != "negatives":  # empty by design there
+                warnings.append(f"{p.mask}: empty mask (all background)")
         elif mask.all():
             problems.append(
                 f"{p.mask}: constant mask (every pixel foreground): an inverted mask or a "
                 "misread encoding"
             )
     labelled = sum(p.mask is not None for p in pairs)
-    if labelled > 1 and empty == labelled:
+    if labelled > 1 and empty == labelled and name != "negatives":
         problems.append(
             f"{root}: all {labelled} masks are empty (all background): a misread mask encoding?"
         )
