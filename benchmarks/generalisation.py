@@ -6,6 +6,8 @@ Run:
         --out runs/gen/endoscope --epochs 16 [--folds kvasir,clinicdb,bkai,pranet] [--dry-run]
     .venv/bin/python benchmarks/generalisation.py --out runs/gen/endoscope \\
         --compare runs/gen/unet_lite0      # paired bootstrap: endoscope − unet_lite0
+    .venv/bin/python benchmarks/generalisation.py polyp_unet_lite0 --negatives A,B \\
+        --out runs/gen/negatives_ab        # + PolypGen centres A, B normal frames as negatives
 
 Folds (leave one dataset out over the three labelled polyp sets, plus the PraNet protocol):
 
@@ -31,7 +33,9 @@ it, not in it). The protocol:
 - ``normal_polyp``: the share of PolypGen's normal frames (``polypgen-normal``: 893 frames of
   polyp-free mucosa from several centres, none of them trained on) in which ``colonseg predict``
   finds a polyp (``predictions.csv``): the false alarms a model raises in hospitals it has not
-  seen; skipped when that folder is missing;
+  seen; skipped when that folder is missing. With ``--negatives A,B`` the normal frames of those
+  PolypGen centres are added to every leave-one-out fold's training set as negatives (empty
+  masks: the ``negatives`` layout), and ``normal_polyp`` counts only the other centres' frames;
 - ``train_minutes``: wall-clock minutes of the ``colonseg train`` calls (start-up and data
   caching included), summed over an interrupted fold's resumed calls.
 
@@ -67,6 +71,7 @@ from colonseg.errors import ColonsegError
 
 SETS = {"kvasir": "kvasir-seg", "clinicdb": "cvc-clinicdb", "bkai": "bkai-neopolyp"}
 NORMAL = "polypgen-normal"  # polyp-free frames of other centres: false alarms
+CENTRES = ("A", "B", "C")  # PolypGen's centres with named normal frames (centre_X__...)
 LEAVE_ONE_OUT = tuple(SETS)
 FOLDS = [*LEAVE_ONE_OUT, "pranet"]
 FIXED = ("name", "out_dir", "data.train", "data.val")  # set by the benchmark for every fold
@@ -97,12 +102,40 @@ def create_folds(names: list[str], data: str) -> list[Fold]:
     return folds
 
 
-def train_overrides(fold: Fold, user: list[str], epochs: int | None, out: Path) -> list[str]:
-    """The fold's ``colonseg train`` overrides: the user's, then the fold's own."""
+def centre_prefixes(centres: list[str]) -> tuple[str, ...]:
+    return tuple(f"centre_{c}__" for c in centres)
+
+
+def write_negatives_split(data: str, centres: list[str], out: Path) -> Path:
+    """``<out>/negatives_train.txt``: the stems of the PolypGen normal frames of ``centres``."""
+    images = Path(data, NORMAL, "images")
+    stems = sorted(p.stem for p in images.iterdir() if p.name.startswith(centre_prefixes(centres)))
+    if not stems:
+        raise SystemExit(f"error: --negatives: no normal frames of centres {centres} in {images}")
+    path = out / "negatives_train.txt"
+    text = "".join(f"{s}\n" for s in stems)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def train_overrides(
+    fold: Fold,
+    user: list[str],
+    epochs: int | None,
+    out: Path,
+    negatives: Path | None = None,
+    data: str = "",
+) -> list[str]:
+    """The fold's ``colonseg train`` overrides: the user's, then the fold's own (with
+    ``negatives``, a split file of PolypGen normal frames, those frames as negatives)."""
     own = [f"name={fold.name}", f"out_dir={out}"]
     if fold.leave_one_out:  # all frames of each set; paths as JSON strings (valid YAML scalars)
-        sources = ", ".join(f"{{path: {json.dumps(p)}}}" for p in fold.train)
-        own += [f"data.train=[{sources}]", "data.val=[]"]
+        sources = [f"{{path: {json.dumps(p)}}}" for p in fold.train]
+        if negatives is not None:
+            sources.append(f"{{path: {json.dumps(f'{data}/{NORMAL}')}, layout: negatives, "
+                           f"split: {json.dumps(str(negatives))}}}")  # fmt: skip
+        own += [f"data.train=[{', '.join(sources)}]", "data.val=[]"]
     epochs_ = [f"trainer.max_epochs={epochs}"] if epochs is not None else []
     return [*user, *own, *epochs_, "trainer.progress_bar=false"]
 
@@ -127,13 +160,15 @@ def normal_args(fold: Fold, out: Path, data: str) -> list[str]:
     return ["predict", f"{data}/{NORMAL}/images", "--model", model, "--out", results]
 
 
-def normal_polyp(out: Path, fold: Fold) -> float | None:
-    """The share of normal frames in which the fold's model found a polyp (None: not run)."""
+def normal_polyp(out: Path, fold: Fold, trained: tuple[str, ...] = ()) -> float | None:
+    """The share of normal frames in which the fold's model found a polyp, over the frames of
+    centres not trained on (``trained``: their name prefixes); None: not run."""
     path = out / fold.name / "normal" / "predictions.csv"
     if not path.is_file():
         return None
     with path.open() as fh:
-        flags = [int(row["polyp"]) for row in csv.DictReader(fh)]
+        flags = [int(row["polyp"]) for row in csv.DictReader(fh)
+                 if not Path(row["file"]).name.startswith(trained)]  # fmt: skip
     return sum(flags) / len(flags) if flags else None
 
 
@@ -199,7 +234,13 @@ def seen_in_training(fold: Fold, out: Path) -> int:
 
 
 def run_fold(
-    fold: Fold, config: str, overrides: list[str], out: Path, dry_run: bool, data: str
+    fold: Fold,
+    config: str,
+    overrides: list[str],
+    out: Path,
+    dry_run: bool,
+    data: str,
+    trained: tuple[str, ...] = (),
 ) -> dict:
     run, train = out / fold.name, ["train", config, *overrides]
     trained_on, test_frames = check_fold(config, overrides, fold)
@@ -248,7 +289,7 @@ def run_fold(
         "test_frames": test_frames,
         "mdice_256": summary["mdice_256"],
         "dice": summary["dice"],
-        "normal_polyp": normal_polyp(out, fold),
+        "normal_polyp": normal_polyp(out, fold, trained),
         "train_minutes": record.get("train_minutes"),
         "seen_in_training": seen_in_training(fold, out),
         "train_command": shown(train),
@@ -358,6 +399,12 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("COLONSEG_DATA", "../shared/datasets"),
         help="folder holding kvasir-seg/, cvc-clinicdb/, bkai-neopolyp/",
     )
+    parser.add_argument(
+        "--negatives",
+        default="",
+        metavar="CENTRES",
+        help="PolypGen centres (of A,B,C) whose normal frames train as negatives, e.g. A,B",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
         "--compare",
@@ -378,12 +425,20 @@ def main(argv: list[str] | None = None) -> None:
     fixed = [o for o in args.overrides if resolve_alias(o.split("=", 1)[0]) in FIXED]
     if fixed:
         parser.error(f"{', '.join(fixed)}: the benchmark sets {', '.join(FIXED)} for each fold")
+    centres = [c.strip().upper() for c in args.negatives.split(",") if c.strip()]
+    if set(centres) - set(CENTRES) or len(set(centres)) == len(CENTRES):
+        parser.error(f"--negatives: some of {','.join(CENTRES)}, not all (got {args.negatives})")
+    if centres and "pranet" in folds:
+        parser.error("--negatives: the pranet fold trains on the config's own data")
+    negatives = write_negatives_split(args.data, centres, args.out) if centres else None
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     rows = results.get("folds", {})
     for fold in create_folds(folds, args.data):
-        overrides = train_overrides(fold, args.overrides, args.epochs, args.out)
-        row = run_fold(fold, args.config, overrides, args.out, args.dry_run, args.data)
+        overrides = train_overrides(fold, args.overrides, args.epochs, args.out, negatives,
+                                    args.data)  # fmt: skip
+        row = run_fold(fold, args.config, overrides, args.out, args.dry_run, args.data,
+                       centre_prefixes(centres))  # fmt: skip
         if args.dry_run:
             continue
         rows[fold.name] = row
@@ -392,10 +447,14 @@ def main(argv: list[str] | None = None) -> None:
             "config": args.config,
             "overrides": args.overrides,
             "epochs": args.epochs,
+            "negatives": centres,
             "folds": rows,
             "mean_leave_one_out": mean,
         }
         title = f"`{args.config}` {' '.join(args.overrides)}".rstrip()
+        if centres:
+            title += (f" + negatives: PolypGen centres {', '.join(centres)} (normal frames "
+                      "called polyp: the other centres' frames only)")  # fmt: skip
         text, md = json.dumps(results, indent=2), table(rows, mean, title)
         write_atomic(results_path, lambda tmp, text=text: tmp.write_text(text))
         write_atomic(args.out / "table.md", lambda tmp, md=md: tmp.write_text(md))

@@ -9,8 +9,10 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from colonseg.data.io import write_png
 from colonseg.data.synthetic import write_folder_dataset, write_neopolyp_dataset
 from colonseg.engine.config import load_config
 
@@ -175,3 +177,33 @@ def test_each_fold_counts_the_normal_frames_it_calls_polyp(gen, data, tmp_path, 
     assert "| 0.650 | 0.650 | 25.0% |" in (out / "table.md").read_text()
     monkeypatch.setattr(gen, "colonseg", lambda args: pytest.fail(f"ran colonseg {args}"))
     gen.main(argv)  # done: not predicted again
+
+
+def test_negatives_train_on_some_centres_and_false_alarms_count_the_others(
+    gen, data, tmp_path, capsys, monkeypatch
+):
+    normal = data / gen.NORMAL / "images"
+    normal.mkdir(parents=True)
+    names = ["centre_A__n1", "centre_A__n2", "centre_B__n1", "centre_C__n1", "remaining__n1"]
+    for name in names:
+        write_png(normal / f"{name}.jpg", np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "gen"
+    gen.main(["polyp_unet_lite0", "--out", str(out), "--data", str(data), "--folds", "kvasir",
+              "--negatives", "a", "--dry-run"])  # fmt: skip
+    assert (out / "negatives_train.txt").read_text() == "centre_A__n1\ncentre_A__n2\n"
+    (train,) = _commands(capsys.readouterr().out, "train")
+    cfg = load_config(train[0], train[1:])
+    negatives = [s for s in cfg.data.train if s.get("layout") == "negatives"]
+    assert [(s["path"], s["split"]) for s in negatives] == [
+        (f"{data}/{gen.NORMAL}", str(out / "negatives_train.txt"))
+    ]
+    (out / "kvasir" / "normal").mkdir(parents=True)
+    rows = "".join(f"{normal / n}.jpg,{int(n != 'centre_B__n1')}\n" for n in names)
+    (out / "kvasir" / "normal" / "predictions.csv").write_text("file,polyp\n" + rows)
+    fold = gen.create_folds(["kvasir"], str(data))[0]
+    assert gen.normal_polyp(out, fold) == pytest.approx(4 / 5)
+    assert gen.normal_polyp(out, fold, gen.centre_prefixes(["A"])) == pytest.approx(2 / 3)
+    for bad in ("A,B,C", "D"):
+        with pytest.raises(SystemExit):
+            gen.main(["polyp_unet_lite0", "--out", str(out), "--data", str(data), "--folds",
+                      "kvasir", "--negatives", bad, "--dry-run"])  # fmt: skip
