@@ -207,17 +207,27 @@ def _polygon_classes(labels: set[str], source: Path) -> tuple[list[str], bool]:
     )
 
 
-def _check_size(image: Path, h: int, w: int, source: Path) -> None:
-    """Refuse an annotation whose declared size is not the image's (upright, as read)."""
+def _image_size(image: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image as read (upright), from its header."""
     from PIL import Image
 
     try:
         with Image.open(image) as im:
-            size = im.size[::-1] if im.getexif().get(274, 1) in (5, 6, 7, 8) else im.size
-    except Exception:  # noqa: BLE001 - an unreadable image is reported when it is read
+            w, h = im.size
+            turned = im.getexif().get(274, 1) in (5, 6, 7, 8)
+    except Exception as exc:  # noqa: BLE001 - one line naming the file
+        raise ColonsegError(f"{image}: unreadable image ({type(exc).__name__})") from None
+    return (w, h) if turned else (h, w)
+
+
+def _check_size(image: Path, h: int, w: int, source: Path) -> None:
+    """Refuse an annotation whose declared size is not the image's (upright, as read)."""
+    try:
+        size = _image_size(image)
+    except ColonsegError:  # an unreadable image is reported when it is read
         return
-    if tuple(size) != (w, h):
-        raise ColonsegError(f"{source}: {image.name} is {size[0]}x{size[1]} but its annotation "
+    if size != (h, w):
+        raise ColonsegError(f"{source}: {image.name} is {size[1]}x{size[0]} but its annotation "
                             f"is for {w}x{h} (image resized after annotating?)")  # fmt: skip
 
 
@@ -284,19 +294,6 @@ def labelme_layout(root: Path) -> list[Pair]:
     labels = {label for *_, regions in items for label, _ in regions}
     masks = _mask_files(jsons, items, labels) if jsons else {}
     return [Pair(p.id, p.image, masks.get(p.id)) for p in pairs]
-
-
-def _image_size(image: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image as read (upright), from its header."""
-    from PIL import Image
-
-    try:
-        with Image.open(image) as im:
-            w, h = im.size
-            turned = im.getexif().get(274, 1) in (5, 6, 7, 8)
-    except Exception as exc:  # noqa: BLE001 - one line naming the file
-        raise ColonsegError(f"{image}: unreadable image ({type(exc).__name__})") from None
-    return (w, h) if turned else (h, w)
 
 
 @LAYOUTS.register("negatives")
