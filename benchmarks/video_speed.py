@@ -16,10 +16,15 @@ from ``--normal`` in between; the bundled sample frames when a folder is missing
 2. ``serial``: decode → model → write one after the other, today's stages;
 3. ``serial, batch B``: the same at each of ``--other-batches``;
 4. ``threads``: decoding and writing in their own threads overlapping the model (the default
-   on more than two CPUs), once per ``--torch-threads`` value (e.g. ``--torch-threads 1,2``).
+   on more than two CPUs), once per ``--torch-threads`` value (e.g. ``--torch-threads 1,2``);
+5. ``serial, frozen graph``: what ``colonseg predict`` does now: ``serial`` with the model run
+   as a frozen TorchScript graph (``--graph auto``, traced on the second batch: the trace is in
+   the time).
 
-Each run's frames/s is end to end (opening the clip to the CSV renamed into place), and each
-run's CSV is compared with the serial run's (they must be identical). The per-stage breakdown
+Runs 1-4 run the model eagerly. Each run's frames/s is end to end (opening the clip to the CSV
+renamed into place), and each run's CSV is compared with the serial run's: runs 1-4 must be
+identical; the frozen graph's probabilities differ by bf16 rounding, so for it the number of
+frames whose polyp yes/no differs is reported. The per-stage breakdown
 times each stage alone on the first ``--stage-frames`` frames, in ms per frame. Writes
 ``<out>/video_speed.json`` and prints a markdown table.
 """
@@ -127,13 +132,16 @@ def encode_all(shown: list[np.ndarray], preset: str) -> None:
             sink.mux(packet)
 
 
-def stages(predictor: Predictor, clip: Path, n: int, batch: int) -> dict:
-    """Milliseconds per frame of each stage of the video path, each timed alone."""
+def stages(predictor: Predictor, clip: Path, n: int, batch: int, frozen: Predictor) -> dict:
+    """Milliseconds per frame of each stage of the video path, each timed alone (the model's
+    forward pass also as ``frozen``'s graph)."""
     watch = Stopwatch()
     with av.open(str(clip)) as container, watch("decode"):
         frames = list(itertools.islice(pv._frames(container, clip), n))
     n = len(frames)
     predictor.predict_batch(frames[:batch])  # warm-up
+    for _ in range(3):  # tracing and the TorchScript profiling runs
+        frozen.predict_batch(frames[:batch])
     outs = []
     for i in range(0, n, batch):
         part = frames[i : i + batch]
@@ -141,6 +149,8 @@ def stages(predictor: Predictor, clip: Path, n: int, batch: int) -> dict:
             x = predictor.preprocess(part)
         with watch(f"model forward ({predictor.precision})"):
             probs = predictor.predict_torch(x).cpu().numpy()
+        with watch(f"model forward ({predictor.precision}), frozen graph"):
+            frozen.predict_torch(x)
         with watch("probabilities to full size, threshold"):
             outs += [predictor.finish(p, im) for p, im in zip(probs, part, strict=True)]
     with watch("CSV row (regions, confidence)"):
@@ -178,13 +188,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/video_speed"))
     args = parser.parse_args()
     clip = make_clip(args.out / "clip.mp4", args.images, args.normal, args.frames)
-    predictor = Predictor.from_pretrained(args.model, device="cpu")
+    predictor = Predictor.from_pretrained(args.model, device="cpu", graph="eager")
+    frozen = Predictor.from_pretrained(args.model, device="cpu", graph="frozen")
     default_threads = torch.get_num_threads()
     results = {
         "model": args.model, "settings": predictor.settings(), "clip": f"{SIZE[0]}x{SIZE[1]}",
         "batch": args.batch, "cpu": platform.processor() or platform.machine(),
         "torch_threads_default": default_threads,
-        "stages_ms_per_frame": stages(predictor, clip, args.stage_frames, args.batch), "runs": {},
+        "stages_ms_per_frame": stages(predictor, clip, args.stage_frames, args.batch, frozen),
+        "runs": {},
     }  # fmt: skip
     runs = results["runs"]
     preset, overlay = pv.X264_PRESET, pv.overlay_prediction
@@ -206,19 +218,30 @@ def main() -> None:
             predictor, clip, args.out / f"threads{threads}", args.batch, "threads"
         )
     torch.set_num_threads(default_threads)
+    runs["serial, frozen graph (--graph auto)"] = end_to_end(
+        Predictor.from_pretrained(args.model, device="cpu", graph="auto"),
+        clip, args.out / "frozen", args.batch, "serial",
+    )  # fmt: skip
     reference = runs["serial"]["csv"].read_text()
+    flags = [row["polyp"] for row in csv.DictReader(io.StringIO(reference))]
     for run in runs.values():
-        run["csv_identical"] = run.pop("csv").read_text() == reference
+        text = run.pop("csv").read_text()
+        run["csv_identical"] = text == reference
+        other = [row["polyp"] for row in csv.DictReader(io.StringIO(text))]
+        run["polyp_flag_differs"] = sum(a != b for a, b in zip(flags, other, strict=True))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "video_speed.json").write_text(json.dumps(results, indent=2))
-    total = sum(v for k, v in results["stages_ms_per_frame"].items() if "before" not in k)
+    today = {k: v for k, v in results["stages_ms_per_frame"].items() if "before" not in k}
+    total = sum(v for k, v in today.items() if "frozen" not in k)
     print(f"\n{args.model}: {results['settings']}; clip {results['clip']}, batch {args.batch}\n")
-    print("| run | frames | frames/s | CSV as serial |\n|---|---:|---:|---|")
+    print("| run | frames | frames/s | CSV as serial | polyp yes/no differs |")
+    print("|---|---:|---:|---|---:|")
     for name, run in runs.items():
-        print(f"| {name} | {run['frames']} | {run['frames_per_s']} | {run['csv_identical']} |")
+        print(f"| {name} | {run['frames']} | {run['frames_per_s']} | {run['csv_identical']} "
+              f"| {run['polyp_flag_differs']} |")  # fmt: skip
     print("\n| stage (alone) | ms/frame | share of today's serial sum |\n|---|---:|---:|")
     for name, value in results["stages_ms_per_frame"].items():
-        share = "" if "before" in name else f"{100 * value / total:.0f} %"
+        share = "" if "before" in name or "frozen" in name else f"{100 * value / total:.0f} %"
         print(f"| {name} | {value} | {share} |")
     print(f"\nwritten: {args.out / 'video_speed.json'}")
 

@@ -21,6 +21,7 @@ __all__ = [
     "ModelOpt",
     "OutOpt",
     "PostOpt",
+    "GraphOpt",
     "PrecisionOpt",
     "SizeOpt",
     "TTAOpt",
@@ -80,6 +81,14 @@ TTAOpt = Annotated[
 SizeOpt = Annotated[int | None, typer.Option(help="Override the model's input size.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
 ThresholdOpt = Annotated[float | None, typer.Option(help="Override the model's threshold.")]
+GraphOpt = Annotated[
+    str,
+    typer.Option(
+        help="eager; frozen: on the CPU, run the model as a TorchScript graph traced on the first "
+        "batch (~1.5 s once, then 20-30 % faster; equal up to bf16 rounding); auto: frozen after "
+        "8 batches (videos, large folders)."
+    ),
+]
 PrecisionOpt = Annotated[
     str, typer.Option(help="fp32, bf16 or auto (bf16 where the hardware runs it natively).")
 ]

@@ -10,6 +10,7 @@ import typer
 from colonseg.cli.options import (
     BackendOpt,
     DeviceOpt,
+    GraphOpt,
     ModelOpt,
     OutOpt,
     PostOpt,
@@ -37,6 +38,7 @@ def create_predictor(
     precision: str,
     postprocess: str | None,
     sam_checkpoint: Path | None = None,
+    graph: str = "eager",
 ):
     """The Predictor that ``predict`` and ``evaluate`` share, from their common options."""
     from colonseg.engine.predict import Predictor
@@ -52,6 +54,7 @@ def create_predictor(
         precision=precision,
         postprocess=postprocess,
         files={"sam_checkpoint": sam_checkpoint} if sam_checkpoint else None,
+        graph=graph,
     )
 
 
@@ -73,6 +76,7 @@ def evaluate(
     precision: PrecisionOpt = "auto",
     postprocess: PostOpt = None,
     backend: BackendOpt = "torch",
+    graph: GraphOpt = "eager",
 ) -> None:
     """Evaluate a model on labelled datasets.
 
@@ -89,7 +93,7 @@ def evaluate(
     ]
     predictor = create_predictor(
         model, weights, backend, tta, size, device, threshold, precision, postprocess,
-        sam_checkpoint,
+        sam_checkpoint, graph,
     )  # fmt: skip
     run_evaluate(predictor, sources, out, title=f"colonseg evaluate — {model}")
     typer.echo(f"{model}: {predictor.settings()}")
@@ -126,6 +130,7 @@ def predict(
         Path | None, typer.Option(help="Also write a run-length-encoded Kaggle CSV (NeoPolyp).")
     ] = None,
     backend: BackendOpt = "torch",
+    graph: GraphOpt = "auto",
     frame_masks: Annotated[
         bool, typer.Option(help="Videos: also write each frame's mask.")
     ] = False,
@@ -175,7 +180,7 @@ def predict(
     images = [p for p in inputs if p not in videos]
     predictor = create_predictor(
         model, weights, backend, tta, size, device, threshold, precision, postprocess,
-        sam_checkpoint,
+        sam_checkpoint, graph,
     )  # fmt: skip
     for video in videos:
         r = run_predict_video(predictor, video, out, frame_masks, batch_size or VIDEO_BATCH,
