@@ -64,6 +64,7 @@ from colonseg.registry import Registry
 __all__ = ["LAYOUTS", "Pair", "detect_layout", "find_pairs", "hold_out", "read_split"]
 
 LAYOUTS = Registry("dataset layout")
+SHIPPED_SPLITS = Path(__file__).resolve().parent / "splits"  # <dataset folder>/<split>.txt
 
 
 @dataclass(frozen=True)
@@ -350,9 +351,11 @@ def detect_layout(root: str | Path) -> str:
 
 
 def read_split(root: Path, split: str | Path) -> list[str]:
-    """Read a split file (one stem per line): a path, or a name under ``root/splits``."""
+    """Read a split file (one stem per line): a path, or a name under ``root/splits``, or one
+    that colonseg ships for a public dataset of ``root``'s folder name (``SHIPPED_SPLITS``)."""
     path = Path(split)
-    candidates = [path, root / path, root / "splits" / path, root / "splits" / f"{split}.txt"]
+    candidates = [path, root / path, root / "splits" / path, root / "splits" / f"{split}.txt",
+                  SHIPPED_SPLITS / root.name / f"{split}.txt"]  # fmt: skip
     for c in candidates:
         if c.is_file():
             stems = [ln.strip() for ln in c.read_text().splitlines() if ln.strip()]

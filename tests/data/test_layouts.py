@@ -118,3 +118,18 @@ def test_negatives_pair_every_frame_with_an_empty_mask_of_its_size(tmp_path):
     (root / "images" / "d.png").write_bytes(b"not a png")
     with pytest.raises(ColonsegError, match=r"d\.png: unreadable image"):
         find_pairs(root, "negatives")
+
+
+def test_a_split_shipped_for_a_public_dataset_is_read_by_its_folder_name(tmp_path):
+    # colonseg/data/splits/polypgen-normal/centres_AB.txt lists PolypGen centres A and B (500)
+    stems = ["centre_A__negative__seq1_neg__seq1_img1", "centre_C__negative__seq1_neg__seq1_img1"]
+    root = _make(tmp_path / "polypgen-normal", [f"images/{s}.png" for s in stems])
+    with pytest.raises(ColonsegError, match="499 stems have no image"):  # the shipped file
+        find_pairs(root, "negatives", split="centres_AB")
+    (root / "splits").mkdir()
+    (root / "splits" / "centres_AB.txt").write_text(f"{stems[1]}\n")  # the dataset's own wins
+    assert [p.id for p in find_pairs(root, "negatives", split="centres_AB")] == [stems[1]]
+    (root / "splits" / "centres_AB.txt").unlink()
+    renamed = root.rename(tmp_path / "my-normal-frames")  # shipped splits go by folder name
+    with pytest.raises(ColonsegError, match="split file not found"):
+        find_pairs(renamed, "negatives", split="centres_AB")
