@@ -14,7 +14,7 @@ import streamlit as st
 
 from colonseg.app import logic, server
 from colonseg.data.io import IMAGE_EXTENSIONS
-from colonseg.engine.checkpoint import list_zoo
+from colonseg.engine.checkpoint import NEW_DATA_MODEL, list_zoo
 from colonseg.engine.predict import Predictor
 from colonseg.engine.predict_video import VIDEO_EXTENSIONS, run_predict_video
 from colonseg.engine.tta import TTA_LABELS, TTA_MODES
@@ -86,7 +86,15 @@ def choose_model() -> str | None:
     st.sidebar.header("Model")
     zoo = list_zoo()
     if st.sidebar.radio("Source", ["Shipped model", "Upload a checkpoint"]) == "Shipped model":
-        return st.sidebar.selectbox("Shipped model", zoo, index=zoo.index("default"))
+        pick = NEW_DATA_MODEL if NEW_DATA_MODEL in zoo else "default"
+        name = st.sidebar.selectbox("Shipped model", zoo, index=zoo.index(pick))
+        if NEW_DATA_MODEL in zoo:
+            st.sidebar.caption(
+                f"Frames from your own hospital: **{NEW_DATA_MODEL}** (trained on the polyps of "
+                "three centres). `default`: the PraNet-protocol model of the published "
+                "comparisons."
+            )
+        return name
     upload = st.sidebar.file_uploader(
         "Exported .onnx, or a .zip of a checkpoint folder", type=list(logic.CHECKPOINT_TYPES)
     )

@@ -111,7 +111,16 @@ def predict(
         list[Path], typer.Argument(metavar="INPUTS", help="Images, folders and/or videos.")
     ],
     out: OutOpt,
-    model: ModelOpt = "default",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Zoo name, checkpoint folder or .onnx file. For frames from your own hospital: "
+            "polyp_general (trained on the polyps of three centres); default is the "
+            "PraNet-protocol model that the benchmarks compare.",
+        ),
+    ] = "default",
     weights: WeightsOpt = None,
     sam_checkpoint: SamCheckpointOpt = None,
     tta: TTAOpt = None,
@@ -136,8 +145,9 @@ def predict(
     ] = False,
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Images per forward pass (default: 8; video frames 2).",
-                     show_default=False),
+        typer.Option(
+            min=1, help="Images per forward pass (default: 8; video frames 2).", show_default=False
+        ),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Image-decoding processes (default: automatic).")

@@ -52,6 +52,7 @@ from colonseg.models.state_dict import read_state_dict
 __all__ = [
     "ModelMeta",
     "ZOO_DIR",
+    "NEW_DATA_MODEL",
     "list_zoo",
     "merge_trained_on",
     "load_pretrained",
@@ -60,6 +61,9 @@ __all__ = [
 ]
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "weights"
+# The zoo model recommended for frames from a hospital colonseg has not seen (trained on every
+# labelled polyp set); `default` stays the PraNet-protocol model of the published comparisons.
+NEW_DATA_MODEL = "polyp_general"
 FORMAT = "colonseg-checkpoint"
 _SAFETENSORS_DTYPES = {
     "F16": torch.float16,
