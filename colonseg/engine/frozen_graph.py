@@ -3,8 +3,9 @@
 ``torch.jit.trace`` records the forward pass once, on the first batch (one input size, any
 batch size afterwards); ``torch.jit.freeze`` inlines the weights and folds the batch norms into
 the convolutions, and the graph then runs without Python between its operators. With `default`
-on 2 CPU cores that took video from 19 to 24–26 frames/s end to end; ``torch.compile`` gained
-nothing on the same path (``docs/benchmarks.md``, "Video speed").
+on 2 CPU cores that took the forward pass from 39.5 to 27.4 ms per frame and video from 24.3 to
+27.4 frames/s end to end; ``torch.compile`` gained nothing on the same path
+(``docs/benchmarks.md``, "Video speed").
 
 TorchScript is deprecated upstream in favour of ``torch.compile`` / ``torch.export``; its
 deprecation warnings are silenced here, and a model that does not trace, or whose graph does

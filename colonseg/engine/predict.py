@@ -148,8 +148,8 @@ class Predictor:
         self.precision = precision
         if graph not in GRAPHS:
             raise ColonsegError(f"Unknown graph '{graph}'. Available: {', '.join(GRAPHS)}.")
-        frozen = isinstance(model, nn.Module) and self.device.type == "cpu"
-        self.graph = graph if frozen else "eager"  # frozen graphs: torch models on the CPU
+        freezable = isinstance(model, nn.Module) and self.device.type == "cpu"
+        self.graph = graph if freezable else "eager"  # frozen graphs: torch models on the CPU
         self._frozen: dict[tuple[int, ...], Callable] = {}  # input (C, H, W) → forward pass
         self._seen: dict[tuple[int, ...], int] = {}  # graph="auto": eager batches per input size
         self.scheme = get_scheme(meta.labels)
