@@ -18,8 +18,8 @@ from ``--normal`` in between; the bundled sample frames when a folder is missing
 4. ``threads``: decoding and writing in their own threads overlapping the model (the default
    on more than two CPUs), once per ``--torch-threads`` value (e.g. ``--torch-threads 1,2``);
 5. ``serial, frozen graph``: what ``colonseg predict`` does now: ``serial`` with the model run
-   as a frozen TorchScript graph (``--graph auto``, traced on the second batch: the trace is in
-   the time).
+   as a frozen TorchScript graph (``--graph auto``: traced after 8 eager batches; the trace is
+   in the time).
 
 Runs 1-4 run the model eagerly. Each run's frames/s is end to end (opening the clip to the CSV
 renamed into place), and each run's CSV is compared with the serial run's: runs 1-4 must be
@@ -231,8 +231,8 @@ def main() -> None:
         run["polyp_flag_differs"] = sum(a != b for a, b in zip(flags, other, strict=True))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "video_speed.json").write_text(json.dumps(results, indent=2))
-    today = {k: v for k, v in results["stages_ms_per_frame"].items() if "before" not in k}
-    total = sum(v for k, v in today.items() if "frozen" not in k)
+    stages_ms = results["stages_ms_per_frame"]
+    total = sum(v for k, v in stages_ms.items() if "before" not in k and "frozen" not in k)
     print(f"\n{args.model}: {results['settings']}; clip {results['clip']}, batch {args.batch}\n")
     print("| run | frames | frames/s | CSV as serial | polyp yes/no differs |")
     print("|---|---:|---:|---|---:|")
