@@ -9,12 +9,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from colonseg.data.io import read_mask
+from colonseg.data.io import read_image, read_mask
+from colonseg.data.labels import read_label
 from colonseg.data.sources import DataSource
 from colonseg.engine.checkpoint import ZOO_DIR, list_zoo
 from colonseg.engine.demo import samples_for
 from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
+from colonseg.metrics.auroc import AUROCMeter
 from colonseg.postprocess import PostProcess
 
 
@@ -61,7 +63,23 @@ def test_shipped_model_segments_the_samples(name, tmp_path):
     else:
         assert summary["s"]["dice"] > 0.75  # a trained model, not noise
     if multiclass:  # and it tells the classes apart
-        assert summary["s"]["dice_neo"] > 0.5 and summary["s"]["dice_non"] > 0.1
+        assert summary["s"]["dice_neo"] > 0.5
+        assert _non_neoplastic_ranking(predictor, samples) > 0.55
+
+
+def _non_neoplastic_ranking(predictor: Predictor, samples) -> float:
+    """AUROC of the non-neoplastic share p(non) / (p(neo) + p(non)) between the samples' true
+    non-neoplastic and neoplastic pixels: 0.5 for a model that cannot tell the classes apart.
+    (Pooled ``dice_non`` on the 4 samples is not used: 2 of them hold the class, and a model
+    better on the 200 test frames can miss both.)"""
+    meter = AUROCMeter()
+    for image in sorted((samples / "images").glob("*")):
+        probs = predictor.predict(read_image(image)).probs
+        truth = read_label(samples / "masks" / f"{image.stem}.png", predictor.scheme)
+        polyp = truth > 0
+        share = probs[2] / np.maximum(probs[1] + probs[2], 1e-6)
+        meter.update(share[polyp], truth[polyp] == 2)
+    return meter.compute()
 
 
 def _first_member(meta) -> str | None:
