@@ -388,3 +388,20 @@ def test_attention_maps_follow_the_image_at_its_size_within_0_1():
         device="cpu",
     )
     assert logic.attention_maps(plain, disc) == {}  # no attention: the page shows no panel
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("polyp_general", "recommended for frames from your own hospital"),
+        ("neopolyp_pranet_lite0", "three classes"),
+        ("mssg_glas", "histology"),
+        ("default", "PraNet-protocol"),
+        ("polyp_unet_lite0_448", "own hospital: **polyp_general**"),
+    ],
+)
+def test_zoo_caption_fits_the_picked_model(name, says):
+    caption = logic.zoo_caption(name)
+    assert says in caption
+    if name != "polyp_general":  # every other model points to the recommended one, or away
+        assert "polyp_general" in caption or "histology" in caption

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import json
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from colonseg.data.io import (
     unique_stems,
     write_atomic,
 )
+from colonseg.engine.checkpoint import NEW_DATA_MODEL, ZOO_DIR
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
@@ -51,6 +53,7 @@ __all__ = [
     "regions_summary",
     "selected_box",
     "zip_results",
+    "zoo_caption",
 ]
 
 MAX_APP_PIXELS = 40_000_000  # 40 megapixels: larger frames are refused with a message
@@ -64,6 +67,28 @@ ATTENTION_LABELS = {
     "gate_stride4": "Skip gate, stride 4",
     "gate_stride2": "Skip gate, stride 2",
 }
+
+
+def zoo_caption(name: str) -> str:
+    """What the sidebar says under a picked zoo model: what it is for, and which model to pick
+    for frames from the user's own hospital."""
+    meta = json.loads((ZOO_DIR / name / "config.json").read_text())
+    own = f"For polyps in frames from your own hospital: **{NEW_DATA_MODEL}**."
+    if name == NEW_DATA_MODEL:
+        return (
+            f"**{name}**: recommended for frames from your own hospital (trained on the polyps "
+            "of three centres)."
+        )
+    if meta.get("labels") == "neopolyp":
+        return (
+            f"**{name}**: three classes (BKAI-IGH NeoPolyp), neoplastic and non-neoplastic "
+            f"polyp tissue; research grade for the rarer non-neoplastic class. {own}"
+        )
+    if "gland" in meta.get("class_names", []):
+        return f"**{name}**: glands in colon histology (H&E tiles), not colonoscopy frames."
+    if name == "default":
+        return f"**default**: the PraNet-protocol model of the published comparisons. {own}"
+    return own
 
 
 def check_upload(name: str, data: bytes, extensions: tuple[str, ...]) -> None:

@@ -89,11 +89,7 @@ def choose_model() -> str | None:
         pick = NEW_DATA_MODEL if NEW_DATA_MODEL in zoo else "default"
         name = st.sidebar.selectbox("Shipped model", zoo, index=zoo.index(pick))
         if NEW_DATA_MODEL in zoo:
-            st.sidebar.caption(
-                f"Frames from your own hospital: **{NEW_DATA_MODEL}** (trained on the polyps of "
-                "three centres). `default`: the PraNet-protocol model of the published "
-                "comparisons."
-            )
+            st.sidebar.caption(logic.zoo_caption(name))
         return name
     upload = st.sidebar.file_uploader(
         "Exported .onnx, or a .zip of a checkpoint folder", type=list(logic.CHECKPOINT_TYPES)
