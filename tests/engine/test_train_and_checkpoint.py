@@ -274,3 +274,34 @@ def test_evaluate_warns_when_it_scores_the_training_images(tiny_cfg, tmp_path):
     assert f"warning: 8 of 11 evaluated images were used to train {model}" in seen.output
     unseen = CliRunner().invoke(app, [*args, "--data", str(other)])
     assert unseen.exit_code == 0 and "warning" not in unseen.output
+
+
+@pytest.mark.parametrize(("mode", "passes"), [("all", 3), ("one", 1)])
+def test_multi_scale_modes_cost_what_they_say(tiny_batch, mode, passes):
+    """``all``: each batch at every scale (PraNet); ``one``: a single drawn scale per batch."""
+    from colonseg.methods.supervised.module import SupervisedModule
+    from colonseg.models import create_model
+
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    module = SupervisedModule(net, train_scales=[0.5, 1.0, 1.5], train_scale_mode=mode)
+    sizes = []
+    net.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[-1]))
+    torch.manual_seed(0)
+    drawn = set()
+    for _ in range(8):
+        sizes.clear()
+        module.training_step(tiny_batch, 0)
+        # a drawn scale other than 1 also scores the batch at its own size (no grad)
+        trained = sizes[:passes]
+        assert len(trained) == passes and set(trained) <= {32, 64, 96}
+        drawn.update(trained)
+    assert drawn == {32, 64, 96}  # every scale is used over the batches
+
+
+def test_multi_scale_mode_is_checked():
+    from colonseg.methods.supervised.module import SupervisedModule
+    from colonseg.models import create_model
+
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    with pytest.raises(ColonsegError, match="data.train_scale_mode: all or one"):
+        SupervisedModule(net, train_scales=[1.0, 1.5], train_scale_mode="some")

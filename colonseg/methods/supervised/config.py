@@ -34,6 +34,9 @@ class DataConfig:
     cache_dir: str | None = None
     labels: str = "binary"  # label scheme: binary, or neopolyp (3 classes, RGB masks)
     train_scales: list[float] = field(default_factory=lambda: [1.0])
+    # all: every batch at each scale (PraNet; costs the sum of the scales' areas); one: each
+    # batch at one scale drawn at random (about one scale's cost)
+    train_scale_mode: str = "all"
     fold: int | None = None  # K: fold{K}_train / fold{K}_val split files (colonseg.data.splits)
 
 

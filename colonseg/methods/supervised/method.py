@@ -118,6 +118,7 @@ class Supervised(Method):
                 list(loss.deep_supervision_weights) if loss.deep_supervision_weights else None
             ),
             train_scales=list(cfg.data.train_scales),
+            train_scale_mode=cfg.data.train_scale_mode,
             classes=cfg.model.classes,
             class_keys=list(get_scheme(cfg.data.labels).keys[1:]),
             class_weights=list(loss.class_weights) if loss.class_weights else None,

@@ -51,6 +51,7 @@ class SupervisedModule(L.LightningModule):
         deep_supervision: bool | str = False,
         deep_supervision_weights: list[float] | None = None,
         train_scales: list[float] | None = None,
+        train_scale_mode: str = "all",
         classes: int = 1,
         class_keys: list[str] | None = None,
         class_weights: list[float] | None = None,
@@ -74,6 +75,8 @@ class SupervisedModule(L.LightningModule):
             else None
         )
         self.train_scales = list(train_scales or [1.0])
+        if train_scale_mode not in ("all", "one"):
+            raise ColonsegError(f"data.train_scale_mode: all or one, not {train_scale_mode!r}")
         self._val_counts: dict[int, list[torch.Tensor]] = {}
         self._val_class_counts: list[torch.Tensor] = []
         self._train_counts: list[torch.Tensor] = []
@@ -107,7 +110,10 @@ class SupervisedModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
         losses, logits = [], None
-        for scale in self.train_scales:  # PraNet's multi-scale training: every batch at each scale
+        scales = self.train_scales  # PraNet's multi-scale training: every batch at each scale
+        if self.hparams.train_scale_mode == "one":  # or one drawn per batch (the seeded RNG)
+            scales = [scales[int(torch.randint(len(scales), ()))]]
+        for scale in scales:
             if scale == 1.0:
                 loss, logits = self._loss(images, masks)
             else:
