@@ -82,7 +82,7 @@ def zoo_caption(name: str) -> str:
     if meta.get("labels") == "neopolyp":
         return (
             f"**{name}**: three classes (BKAI-IGH NeoPolyp), neoplastic and non-neoplastic "
-            f"polyp tissue; research grade for the rarer non-neoplastic class. {own}"
+            f"polyp tissue (the non-neoplastic class is found less reliably). {own}"
         )
     if "gland" in meta.get("class_names", []):
         return f"**{name}**: glands in colon histology (H&E tiles), not colonoscopy frames."
