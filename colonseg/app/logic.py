@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import io
-import json
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ from colonseg.data.io import (
     unique_stems,
     write_atomic,
 )
-from colonseg.engine.checkpoint import NEW_DATA_MODEL, ZOO_DIR
+from colonseg.engine.checkpoint import NEW_DATA_MODEL, read_meta
 from colonseg.engine.predict import Prediction, Predictor
 from colonseg.errors import ColonsegError
 from colonseg.postprocess import PostProcess
@@ -69,22 +69,23 @@ ATTENTION_LABELS = {
 }
 
 
+@functools.lru_cache(maxsize=64)  # zoo files do not change while the app runs
 def zoo_caption(name: str) -> str:
     """What the sidebar says under a picked zoo model: what it is for, and which model to pick
     for frames from the user's own hospital."""
-    meta = json.loads((ZOO_DIR / name / "config.json").read_text())
+    meta = read_meta(name)
     own = f"For polyps in frames from your own hospital: **{NEW_DATA_MODEL}**."
     if name == NEW_DATA_MODEL:
         return (
             f"**{name}**: recommended for frames from your own hospital (trained on the polyps "
             "of three centres)."
         )
-    if meta.get("labels") == "neopolyp":
+    if meta.labels == "neopolyp":
         return (
             f"**{name}**: three classes (BKAI-IGH NeoPolyp), neoplastic and non-neoplastic "
             f"polyp tissue (the non-neoplastic class is found less reliably). {own}"
         )
-    if "gland" in meta.get("class_names", []):
+    if "gland" in meta.class_names:
         return f"**{name}**: glands in colon histology (H&E tiles), not colonoscopy frames."
     if name == "default":
         return f"**default**: the PraNet-protocol model of the published comparisons. {own}"

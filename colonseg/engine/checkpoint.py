@@ -56,6 +56,7 @@ __all__ = [
     "list_zoo",
     "merge_trained_on",
     "load_pretrained",
+    "read_meta",
     "resolve_model_path",
     "save_pretrained",
 ]
@@ -203,6 +204,11 @@ def stored_dtypes(model: str | Path) -> dict[str, torch.dtype]:
         raise ColonsegError(
             f"{path}: corrupt safetensors file ({exc.__class__.__name__})"
         ) from None
+
+
+def read_meta(model: str | Path) -> ModelMeta:
+    """What a zoo name's or checkpoint folder's ``config.json`` says, without loading weights."""
+    return _read_config(resolve_model_path(model))
 
 
 def _read_config(folder: Path) -> ModelMeta:
