@@ -93,7 +93,10 @@ class TrainerConfig:
       minutes of training, and on Ctrl-C / SIGTERM (0: at epoch ends only);
     - ``checkpoint_every``: every this many epochs a usable model in ``checkpoints/epoch_NNN/``;
     - ``monitor``: ``model/`` is the epoch with the highest value of this logged metric (e.g.
-      ``val/box_iou``); empty: the last epoch.
+      ``val/box_iou``); empty: the last epoch;
+    - ``ema_decay``: keep an exponential moving average of the weights, updated after every
+      optimiser step with this decay (e.g. 0.99), and make it the model: validation, ``model/``
+      and every checkpoint hold the average (0: off).
     """
 
     max_epochs: int = 10
@@ -111,6 +114,7 @@ class TrainerConfig:
     checkpoint_minutes: float = 10.0
     checkpoint_every: int = 0
     monitor: str | None = None
+    ema_decay: float = 0.0
     logger: bool = True
     progress_bar: bool = True
 

@@ -47,6 +47,9 @@ def load_config(
     if quick:
         cfg.name = f"{cfg.name}-quick"
     try:
+        decay = cfg.trainer.ema_decay
+        if not 0.0 <= decay < 1.0:
+            raise ColonsegError(f"trainer.ema_decay={decay}: a decay in (0, 1), or 0")
         cls().validate(cfg)
     except ColonsegError as exc:
         raise ColonsegError(f"{path}: {exc}") from None

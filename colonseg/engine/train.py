@@ -33,7 +33,7 @@ from colonseg.engine.checkpoint import (
 from colonseg.engine.checkpoint_schema import PATH_KEYS
 from colonseg.engine.evaluate import run_evaluate
 from colonseg.engine.predict import Predictor
-from colonseg.engine.trainer import EpochTimer, check_resumable, create_trainer
+from colonseg.engine.trainer import EpochTimer, check_resumable, create_trainer, saved_net
 from colonseg.errors import ColonsegError
 from colonseg.methods import METHODS
 from colonseg.methods.base import Method, Stage
@@ -144,9 +144,10 @@ class _ModelCopies(Callback):
             if score > self.best:
                 self.best = score
                 self.meta.metrics = {self.monitor: score, "best_epoch": epoch}
-                save_pretrained(module.net, self.meta, self.out / "model")
+                save_pretrained(saved_net(trainer, module), self.meta, self.out / "model")
         if self.every and epoch % self.every == 0:
-            save_pretrained(module.net, self.meta, self.out / "checkpoints" / f"epoch_{epoch:03d}")
+            copy = self.out / "checkpoints" / f"epoch_{epoch:03d}"
+            save_pretrained(saved_net(trainer, module), self.meta, copy)
 
 
 def evaluate_command(model_dir: Path, cfg: DictConfig, method: Method) -> str:

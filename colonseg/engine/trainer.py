@@ -4,7 +4,8 @@ Every method trains through it, so every method has the same run folder and the 
 capabilities: a rolling ``checkpoints/last.ckpt`` at each epoch end, every
 ``trainer.checkpoint_minutes`` of training and when the run is stopped (Ctrl-C, SIGTERM), so a
 stopped run loses minutes, not an epoch; ``--resume`` from it; per-epoch reseeding; the time of
-each epoch; CSV + TensorBoard logs; DDP (``trainer.strategy=ddp``) and mixed precision.
+each epoch; CSV + TensorBoard logs; DDP (``trainer.strategy=ddp``) and mixed precision; an
+exponential moving average of the weights as the model (``trainer.ema_decay``).
 Every checkpoint is written to a hidden temporary file beside it and renamed over it, so a run
 killed while writing one (``kill -9``, the out-of-memory killer) keeps the previous one whole;
 the next run deletes the temporary file it left.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -34,6 +35,7 @@ __all__ = [
     "SafeCheckpoint",
     "check_resumable",
     "create_trainer",
+    "saved_net",
     "trainer_precision",
 ]
 
@@ -125,6 +127,16 @@ class SafeCheckpoint(L.Callback):
             rank_zero_info(f"stopped: {self.path} written; continue with --resume")
 
 
+def saved_net(trainer: L.Trainer, module: L.LightningModule) -> torch.nn.Module:
+    """The network a model copy taken during training must hold: the moving average of the
+    weights when ``trainer.ema_decay`` keeps one (what validation scored), else the module's."""
+    for callback in trainer.callbacks:
+        average = getattr(callback, "_average_model", None)  # Lightning's WeightAveraging
+        if isinstance(callback, EMAWeightAveraging) and average is not None:
+            return average.module.net
+    return module.net
+
+
 def check_resumable(last: Path) -> int:
     """Refuse a missing, corrupt or code-carrying ``last.ckpt`` in one line before Lightning
     reads it (tensors and plain values only: ``torch.load(weights_only=True)``); return the
@@ -164,6 +176,8 @@ def create_trainer(cfg: DictConfig, out: Path, callbacks: list | None = None) ->
         EpochSeed(cfg.seed),
         EpochTimer(),
     ]  # fmt: skip
+    if t.ema_decay:  # the average replaces the weights in validation, checkpoints and the end
+        every.append(EMAWeightAveraging(decay=t.ema_decay))
     if t.progress_bar:
         every.append(TQDMProgressBar(refresh_rate=5))
     loggers = []

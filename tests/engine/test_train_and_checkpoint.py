@@ -305,3 +305,43 @@ def test_multi_scale_mode_is_checked():
     net = create_model("unet", encoder="test_efficientnet", pretrained=False)
     with pytest.raises(ColonsegError, match="data.train_scale_mode: all or one"):
         SupervisedModule(net, train_scales=[1.0, 1.5], train_scale_mode="some")
+
+
+def test_ema_decay_makes_the_weight_average_the_model(tiny_cfg):
+    """``trainer.ema_decay``: ``model/``, the epoch copies and ``last.ckpt`` hold the moving
+    average of the weights after each step, not the last step's weights; a resume continues it."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from colonseg.engine.config import load_config
+
+    steps = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            steps.append({k: v.detach().clone() for k, v in module.net.named_parameters()})
+
+    decay = 0.5
+    cfg = OmegaConf.merge(
+        tiny_cfg,
+        OmegaConf.from_dotlist([f"trainer.ema_decay={decay}", "trainer.checkpoint_every=1"]),
+    )
+    run = run_train(cfg, callbacks=[Record()])["run_dir"]
+    assert len(steps) == 2
+    # the first step's weights start the average, each later step moves it by (1 - decay)
+    expected = {k: decay * steps[0][k] + (1 - decay) * steps[1][k] for k in steps[0]}
+    for folder in ("model", "checkpoints/epoch_001"):
+        net, _ = load_pretrained(run / folder)
+        got = dict(net.named_parameters())
+        for k, v in expected.items():
+            torch.testing.assert_close(got[k], v, msg=f"{folder}: {k}")
+        assert any(not torch.equal(got[k], steps[1][k]) for k in got)  # not the last step's
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "current_model_state" in ckpt  # the raw weights travel with the average
+
+    cfg.trainer.max_epochs = 2
+    last = run_train(cfg, resume=True, allow_changed=True)["run_dir"] / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+    with pytest.raises(ColonsegError, match=r"trainer.ema_decay=1.0: a decay in \(0, 1\)"):
+        load_config("polyp_unet_lite0", ["trainer.ema_decay=1.0"])
