@@ -6,6 +6,8 @@ Run:
         --out runs/gen/endoscope --epochs 16 [--folds kvasir,clinicdb,bkai,pranet] [--dry-run]
     .venv/bin/python benchmarks/generalisation.py --out runs/gen/endoscope \\
         --compare runs/gen/unet_lite0      # paired bootstrap: endoscope − unet_lite0
+    .venv/bin/python benchmarks/generalisation.py --out runs/gen/endoscope \\
+        --archive benchmarks/results/generalisation/endoscope  # per-image scores, to commit
     .venv/bin/python benchmarks/generalisation.py polyp_unet_lite0 --negatives A,B \\
         --out runs/gen/negatives_ab        # + PolypGen centres A, B normal frames as negatives
 
@@ -381,6 +383,41 @@ def compare(out: Path, other: Path, folds: list[str]) -> str:
     return "\n".join(lines)
 
 
+ARCHIVED = ("dataset", "id", "dice", "mdice_256")  # per image: what --compare and a reader need
+
+
+def archive(out: Path, dest: Path, folds: list[str]) -> list[Path]:
+    """Copy ``out``'s table, results and the per-image scores of each evaluated fold
+    (``ARCHIVED`` columns only, a few tens of kB a fold) into ``dest``, laid out like ``out``, so
+    that a later run can ``--compare`` against it after ``out`` (gitignored, on one machine) is
+    gone. Returns the files written."""
+    written = []
+    for name in ("table.md", "results.json"):
+        if (out / name).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            text = (out / name).read_text()
+            write_atomic(dest / name, lambda tmp, text=text: tmp.write_text(text))
+            written.append(dest / name)
+    for name in folds:
+        source = out / name / "eval" / "per_case.csv"
+        if not source.is_file():
+            continue
+        with source.open(newline="") as f:
+            rows = [[row[k] for k in ARCHIVED] for row in csv.DictReader(f)]
+        target = dest / name / "eval" / "per_case.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path, rows=rows) -> None:
+            with tmp.open("w", newline="") as f:
+                csv.writer(f).writerows([ARCHIVED, *rows])
+
+        write_atomic(target, write)
+        written.append(target)
+    if not written:
+        raise SystemExit(f"error: --archive: nothing evaluated in {out}")
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -412,6 +449,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="OTHER_OUT",
         help="paired bootstrap of this --out against another; runs nothing",
     )
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="copy this --out's tables and per-image scores into DIR (small enough to commit, "
+        "and --compare reads it); runs nothing",
+    )
     args = parser.parse_args(argv)
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
     unknown = [f for f in folds if f not in FOLDS]
@@ -419,6 +463,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--folds: unknown {unknown}; choose from {','.join(FOLDS)}")
     if args.compare:
         print(compare(args.out, args.compare, folds))
+        return
+    if args.archive:
+        for path in archive(args.out, args.archive, folds):
+            print(path)
         return
     if args.config is None:
         parser.error("CONFIG is required (except with --compare)")

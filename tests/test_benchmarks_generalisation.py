@@ -207,3 +207,31 @@ def test_negatives_train_on_some_centres_and_false_alarms_count_the_others(
         with pytest.raises(SystemExit):
             gen.main(["polyp_unet_lite0", "--out", str(out), "--data", str(data), "--folds",
                       "kvasir", "--negatives", bad, "--dry-run"])  # fmt: skip
+
+
+def test_an_archived_run_is_small_and_can_still_be_compared(gen, tmp_path, capsys):
+    """``--archive`` keeps what ``--compare`` needs after the run folder is gone, and only that."""
+    import shutil
+
+    base, new, kept = tmp_path / "base", tmp_path / "new", tmp_path / "kept"
+    for fold, dataset in (("kvasir", "kvasir-seg"), ("clinicdb", "cvc-clinicdb"),
+                          ("bkai", "bkai-neopolyp")):  # fmt: skip
+        _write_fold(base, fold, dataset, [0.5, 0.6, 0.7, 0.8])
+        _write_fold(new, fold, dataset, [0.6, 0.7, 0.8, 0.9])
+        table = base / fold / "eval" / "per_case.csv"  # evaluate writes many more columns
+        rows = table.read_text().splitlines()
+        table.write_text("\n".join([rows[0] + ",hd95", *(r + ",3.0" for r in rows[1:])]))
+    (base / "table.md").write_text("the table\n")
+    folds = "kvasir,clinicdb,bkai"
+    gen.main(["--out", str(base), "--archive", str(kept), "--folds", folds])
+    shutil.rmtree(base)
+    assert (kept / "table.md").read_text() == "the table\n"
+    assert (kept / "bkai" / "eval" / "per_case.csv").read_text().splitlines()[:2] == [
+        "dataset,id,dice,mdice_256",
+        "bkai-neopolyp,case_0,0.5,0.5",
+    ]
+    capsys.readouterr()
+    gen.main(["--out", str(new), "--compare", str(kept), "--folds", folds])
+    assert "| **mean, leave one out** | | 12 | | | **+0.1000** |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="nothing evaluated"):
+        gen.main(["--out", str(tmp_path / "none"), "--archive", str(kept), "--folds", folds])
