@@ -58,6 +58,22 @@ def test_structure_loss_weights_the_boundary():
     assert loss(edge, target) > loss(centre, target) > 0
 
 
+def test_structure_loss_is_pranets_formula():
+    """PraNet's loss as its paper writes it (one 31×31 mean pool), on random masks and logits."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    target = (torch.rand(3, 1, 40, 48, generator=gen) > 0.6).float()
+    pred = torch.randn(3, 1, 40, 48, generator=gen) * 3
+    weight = 1 + 5 * (F.avg_pool2d(target, 31, stride=1, padding=15) - target).abs()
+    bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+    wbce = (weight * bce).sum((2, 3)) / weight.sum((2, 3))
+    prob = torch.sigmoid(pred)
+    inter, union = (prob * target * weight).sum((2, 3)), ((prob + target) * weight).sum((2, 3))
+    expected = (wbce + 1 - (inter + 1) / (union - inter + 1)).mean()
+    torch.testing.assert_close(create_loss("structure")(pred, target), expected)
+
+
 def test_deep_supervision_sums_weighted_outputs():
     from colonseg.losses import DeepSupervisionLoss
 
