@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
             print(path)
         return
     if args.config is None:
-        parser.error("CONFIG is required (except with --compare)")
+        parser.error("CONFIG is required (except with --compare or --archive)")
     fixed = [o for o in args.overrides if resolve_alias(o.split("=", 1)[0]) in FIXED]
     if fixed:
         parser.error(f"{', '.join(fixed)}: the benchmark sets {', '.join(FIXED)} for each fold")
