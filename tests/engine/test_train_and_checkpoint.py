@@ -307,6 +307,28 @@ def test_multi_scale_mode_is_checked():
         SupervisedModule(net, train_scales=[1.0, 1.5], train_scale_mode="some")
 
 
+def test_encoder_lr_scale_slows_only_the_encoder(tiny_batch):
+    """``optim.encoder_lr_scale``: the encoder's parameters learn at ``lr × scale``; at 0 an
+    optimiser step leaves them as they were while the decoder moves."""
+    from colonseg.methods.supervised.module import SupervisedModule
+    from colonseg.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("unet", encoder="test_efficientnet", pretrained=False)
+    module = SupervisedModule(net, scheduler="none", encoder_lr_scale=0.0)
+    opt = module.configure_optimizers()
+    assert sorted(g["lr"] for g in opt.param_groups) == [0.0, 1e-3]
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    module.training_step(tiny_batch, 0).backward()
+    opt.step()
+    moved = {k for k, v in net.named_parameters() if not torch.equal(v, before[k])}
+    assert moved and all(not k.startswith("encoder.") for k in moved)
+    assert any(k.startswith("decoder.") for k in moved)
+
+    with pytest.raises(ColonsegError, match=r"optim.encoder_lr_scale: a factor in \[0, 1\]"):
+        SupervisedModule(net, encoder_lr_scale=2.0)
+
+
 def test_ema_decay_makes_the_weight_average_the_model(tiny_cfg):
     """``trainer.ema_decay``: ``model/``, the epoch copies and ``last.ckpt`` hold the moving
     average of the weights after each step, not the last step's weights; a resume continues it."""

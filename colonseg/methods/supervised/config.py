@@ -47,6 +47,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     scheduler: str = "cosine"
     warmup_steps: int = 0
+    encoder_lr_scale: float = 1.0  # the pretrained encoder learns at lr × this (supervised)
     gamma: float = 0.6
     step_epochs: int = 5
 

@@ -108,6 +108,7 @@ class Supervised(Method):
             weight_decay=o.weight_decay,
             scheduler=o.scheduler,
             warmup_steps=o.warmup_steps,
+            encoder_lr_scale=o.encoder_lr_scale,
             gamma=o.gamma,
             step_epochs=o.step_epochs,
             threshold=cfg.threshold,

@@ -43,6 +43,7 @@ class SupervisedModule(L.LightningModule):
         weight_decay: float = 1e-4,
         scheduler: str = "cosine",
         warmup_steps: int = 0,
+        encoder_lr_scale: float = 1.0,
         gamma: float = 0.6,
         step_epochs: int = 5,
         threshold: float = 0.5,
@@ -75,6 +76,14 @@ class SupervisedModule(L.LightningModule):
             else None
         )
         self.train_scales = list(train_scales or [1.0])
+        if encoder_lr_scale != 1.0 and not hasattr(net, "encoder"):
+            raise ColonsegError(
+                f"optim.encoder_lr_scale: {net.__class__.__name__} has no pretrained encoder"
+            )
+        if not 0.0 <= encoder_lr_scale <= 1.0:
+            raise ColonsegError(
+                f"optim.encoder_lr_scale: a factor in [0, 1], not {encoder_lr_scale}"
+            )
         if train_scale_mode not in ("all", "one"):
             raise ColonsegError(f"data.train_scale_mode: all or one, not {train_scale_mode!r}")
         self._val_counts: dict[int, list[torch.Tensor]] = {}
@@ -204,9 +213,21 @@ class SupervisedModule(L.LightningModule):
         self.log(f"{stage}/accuracy", acc.float())
         self.log(f"{stage}/f1", f1.float())
 
+    def _param_groups(self) -> list[dict]:
+        """One group, or with ``encoder_lr_scale`` the pretrained encoder at ``lr × scale``
+        and the rest at ``lr`` (discriminative fine-tuning: ImageNet features move less)."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        scale = self.hparams.encoder_lr_scale
+        if scale == 1.0:
+            return [{"params": trainable}]
+        in_encoder = {id(p) for p in self.net.encoder.parameters()}
+        encoder = [p for p in trainable if id(p) in in_encoder]
+        rest = [p for p in trainable if id(p) not in in_encoder]
+        return [{"params": rest}, {"params": encoder, "lr": self.hparams.lr * scale}]
+
     def configure_optimizers(self):
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self._param_groups()
         if hp.optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adam":
