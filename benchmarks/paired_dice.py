@@ -1,7 +1,7 @@
 """Per-image comparison of two `colonseg evaluate` runs on the same images: mean Dice difference
 with a paired bootstrap 95 % interval, and how many images got better / worse by more than 0.01.
 
-Run: .venv/bin/python benchmarks/paired_dice.py eval/A eval/B [eval/C ...]
+Run: .venv/bin/python benchmarks/paired_dice.py eval/A eval/B [eval/C ...] [--metric mdice_256]
 Each later run is compared with the first (B − A, C − A, ...), per dataset, on the images both
 hold (their ``per_case.csv``).
 """
@@ -51,14 +51,21 @@ def paired(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", type=Path, nargs="+", help="evaluate output folders")
+    parser.add_argument(
+        "--metric",
+        choices=("dice", "mdice_256"),
+        default="dice",
+        help="dice: Dice at the threshold; mdice_256: the PraNet toolbox's mean Dice",
+    )
     args = parser.parse_args()
     if len(args.runs) < 2:
         raise SystemExit("error: give at least two evaluate output folders")
-    base = read_dice(args.runs[0])
-    print("| run | dataset | n | mean dice | Δ vs first | 95 % CI | better / worse (> 0.01) |")
+    base = read_dice(args.runs[0], args.metric)
+    columns = ["run", "dataset", "n", f"mean {args.metric}", "Δ vs first", "95 % CI"]
+    print("| " + " | ".join([*columns, "better / worse (> 0.01)"]) + " |")
     print("|---|---|---:|---:|---:|---|---|")
     for run in args.runs[1:]:
-        other = read_dice(run)
+        other = read_dice(run, args.metric)
         for dataset, scores in base.items():
             ids = sorted(set(scores) & set(other.get(dataset, {})))
             if not ids:
