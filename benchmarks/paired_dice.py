@@ -61,8 +61,9 @@ def main() -> None:
     if len(args.runs) < 2:
         raise SystemExit("error: give at least two evaluate output folders")
     base = read_dice(args.runs[0], args.metric)
-    columns = ["run", "dataset", "n", f"mean {args.metric}", "Δ vs first", "95 % CI"]
-    print("| " + " | ".join([*columns, "better / worse (> 0.01)"]) + " |")
+    columns = ["run", "dataset", "n", f"mean {args.metric}", "Δ vs first", "95 % CI",
+               "better / worse (> 0.01)"]  # fmt: skip
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---:|---:|---:|---|---|")
     for run in args.runs[1:]:
         other = read_dice(run, args.metric)
